@@ -1,0 +1,51 @@
+# Switchyard — `make run` starts everything, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+# Django 6 needs Python 3.12+: use the first suitable interpreter on PATH (pyenv included).
+PYTHON ?= $(shell for p in python3.12 python3.13 python3; do \
+	  for v in "" 3.12 3.13; do \
+	    if PYENV_VERSION=$$v $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	      echo "env PYENV_VERSION=$$v $$p"; exit 0; fi; \
+	  done; done; \
+	  for d in $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do [ -x $$d ] && echo $$d && exit 0; done)
+
+.PHONY: help install run test lint bench clean-var
+
+help:
+	@echo "make run    start web, worker, beat, replay fleet and demo data (PORT=$(PORT))"
+	@echo "make test   run the whole test suite against a real PostgreSQL"
+	@echo "make lint   ruff (lint + format check) and mypy"
+	@echo "make bench  run the benchmarks; results in bench/results/"
+
+$(VENV)/.installed: pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "Switchyard needs Python 3.12 or newer (Django 6)."; exit 1; fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	PORT=$(PORT) $(PY) -m controlplane.stack run
+
+test: install
+	$(PY) -m controlplane.stack exec $(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -d '\n') DJANGO_DEBUG=0 \
+	  DJANGO_HTTPS=1 DJANGO_ALLOWED_HOSTS=switchyard.example.com \
+	  $(PY) manage.py check --deploy --fail-level WARNING
+	$(PY) -m controlplane.stack test $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+bench: install
+	$(PY) -m controlplane.stack exec $(PY) bench/run_all.py
+
+clean-var:
+	rm -rf var/

@@ -1,0 +1,71 @@
+"""Reads from the registry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+
+from controlplane.models import (
+    ApiKey,
+    AuditLog,
+    ModelEndpoint,
+    ModelPrice,
+    Route,
+    RoutingTableVersion,
+    TaskClass,
+    VersionStatus,
+)
+
+# last_used_at is written at most this often per key, to keep authentication cheap.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def api_key_from_secret(secret: str, *, now: datetime | None = None) -> ApiKey | None:
+    """The usable key for ``secret``, or None (unknown, revoked or expired)."""
+    if not secret or len(secret) > 200:
+        return None
+    key = (
+        ApiKey.objects.select_related("application", "application__team")
+        .filter(secret_hash=ApiKey.hash_secret(secret))
+        .first()
+    )
+    now = now or timezone.now()
+    if key is None or not key.is_usable(now):
+        return None
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key
+
+
+def routing_version_active() -> RoutingTableVersion | None:
+    return RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+
+
+def routing_version_list() -> QuerySet[RoutingTableVersion]:
+    return RoutingTableVersion.objects.select_related("created_by", "activated_by").order_by(
+        "-number"
+    )
+
+
+def routing_version_routes(version: RoutingTableVersion) -> QuerySet[Route]:
+    return version.routes.select_related("primary", "task_class").order_by("task_class__slug")
+
+
+def model_endpoint_list() -> QuerySet[ModelEndpoint]:
+    return ModelEndpoint.objects.prefetch_related(
+        Prefetch("prices", queryset=ModelPrice.objects.order_by("-effective_from"))
+    ).order_by("tier", "slug")
+
+
+def model_price_at(model: ModelEndpoint, when: datetime) -> ModelPrice | None:
+    return model.price_at(when)
+
+
+def task_class_list() -> QuerySet[TaskClass]:
+    return TaskClass.objects.order_by("slug")
+
+
+def audit_log_recent(limit: int = 50) -> QuerySet[AuditLog]:
+    return AuditLog.objects.select_related("actor").order_by("-at", "-id")[:limit]
