@@ -21,8 +21,16 @@ class ModelEndpointOutput(serializers.ModelSerializer[ModelEndpoint]):
     class Meta:
         model = ModelEndpoint
         fields = [
-            "slug", "provider", "base_url", "provider_model", "version", "tier", "locality",
-            "context_window", "max_output_tokens", "status",
+            "slug",
+            "provider",
+            "base_url",
+            "provider_model",
+            "version",
+            "tier",
+            "locality",
+            "context_window",
+            "max_output_tokens",
+            "status",
         ]
 
 
@@ -30,21 +38,41 @@ class TaskClassOutput(serializers.ModelSerializer[TaskClass]):
     class Meta:
         model = TaskClass
         fields = [
-            "slug", "name", "description", "risk", "data_policy", "default_output_cap",
-            "output_schema", "latency_class", "quality_target", "is_active",
+            "slug",
+            "name",
+            "description",
+            "risk",
+            "data_policy",
+            "default_output_cap",
+            "output_schema",
+            "latency_class",
+            "quality_target",
+            "is_active",
         ]
 
 
 class RouteOutput(serializers.ModelSerializer[Route]):
-    task_class = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    primary = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    task_class: serializers.SlugRelatedField[TaskClass] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    primary: serializers.SlugRelatedField[ModelEndpoint] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     escalation_triggers = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Route
         fields = [
-            "task_class", "primary", "fallbacks", "escalation_triggers", "max_context_tokens",
-            "max_latency_budget_ms", "data_classifications", "teams", "output_cap", "strategy",
+            "task_class",
+            "primary",
+            "fallbacks",
+            "escalation_triggers",
+            "max_context_tokens",
+            "max_latency_budget_ms",
+            "data_classifications",
+            "teams",
+            "output_cap",
+            "strategy",
         ]
 
 
@@ -90,9 +118,7 @@ class RoutingVersionActivateApi(APIView):
     class InputSerializer(serializers.Serializer[Any]):
         comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
-    @extend_schema(
-        request=InputSerializer, responses=RoutingVersionOutput, tags=["registry"]
-    )
+    @extend_schema(request=InputSerializer, responses=RoutingVersionOutput, tags=["registry"])
     def post(self, request: Request, number: int) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

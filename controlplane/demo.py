@@ -26,7 +26,6 @@ from controlplane.models import (
     ModelEndpoint,
     RoutingTableVersion,
     TaskClass,
-    Team,
 )
 
 CREDENTIALS_PATH = VAR_DIR / "demo-credentials.json"
@@ -38,12 +37,39 @@ def fleet_url() -> str:
 
 # slug, provider, provider model, tier, locality, context, max out, $in/1M, $out/1M
 MODELS: list[tuple[str, str, str, int, str, int, int, str, str]] = [
-    ("llama-3.1-8b-local", "on-prem vLLM", "meta-llama/Llama-3.1-8B-Instruct", 1, "local",
-     32768, 4096, "0.03", "0.06"),
-    ("qwen2.5-7b-local", "on-prem vLLM", "Qwen/Qwen2.5-7B-Instruct", 1, "local",
-     32768, 4096, "0.03", "0.06"),
-    ("mistral-small-hosted", "Mistral", "mistral-small-latest", 2, "cloud",
-     32768, 8192, "0.20", "0.60"),
+    (
+        "llama-3.1-8b-local",
+        "on-prem vLLM",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        1,
+        "local",
+        32768,
+        4096,
+        "0.03",
+        "0.06",
+    ),
+    (
+        "qwen2.5-7b-local",
+        "on-prem vLLM",
+        "Qwen/Qwen2.5-7B-Instruct",
+        1,
+        "local",
+        32768,
+        4096,
+        "0.03",
+        "0.06",
+    ),
+    (
+        "mistral-small-hosted",
+        "Mistral",
+        "mistral-small-latest",
+        2,
+        "cloud",
+        32768,
+        8192,
+        "0.20",
+        "0.60",
+    ),
     ("gpt-4o-mini", "OpenAI", "gpt-4o-mini", 2, "cloud", 128000, 16384, "0.15", "0.60"),
     ("gpt-4o", "OpenAI", "gpt-4o", 3, "cloud", 128000, 16384, "2.50", "10.00"),
     ("claude-sonnet", "Anthropic", "claude-sonnet", 3, "cloud", 200000, 8192, "3.00", "15.00"),
@@ -51,26 +77,116 @@ MODELS: list[tuple[str, str, str, int, str, int, int, str, str]] = [
 
 # slug, name, risk, data policy, output cap, latency class, quality target, schema?, description
 TASK_CLASSES: list[tuple[str, str, str, str, int, str, str, bool, str]] = [
-    ("ticket-triage", "Ticket triage", "normal", "any", 64, "interactive", "0.950", False,
-     "Assign a support ticket to a queue and a priority."),
-    ("field-extraction", "Field extraction", "normal", "any", 512, "batch", "0.950", True,
-     "Extract invoice or contract fields as JSON."),
-    ("intent-detection", "Intent detection", "normal", "any", 32, "interactive", "0.950", False,
-     "Classify what a customer message asks for."),
-    ("short-summary", "Short summary", "normal", "any", 256, "interactive", "0.900", False,
-     "Summarise a short note or thread in three sentences."),
-    ("policy-check", "Policy check", "normal", "any", 128, "interactive", "0.950", False,
-     "Check a draft against the communication policy."),
-    ("pii-redaction", "PII redaction", "normal", "local_only", 2048, "batch", "0.980", False,
-     "Redact personal data from documents; data must stay on local models."),
-    ("sql-generation", "SQL generation", "normal", "any", 1024, "interactive", "0.900", False,
-     "Turn an analyst's question into SQL against the warehouse."),
-    ("long-report-synthesis", "Long report synthesis", "normal", "any", 4096, "batch", "0.850",
-     False, "Synthesise a long report from many retrieved documents."),
-    ("multi-step-reasoning", "Multi-step reasoning", "normal", "any", 2048, "batch", "0.850",
-     False, "Word problems and multi-step analysis."),
-    ("customer-reply-draft", "Customer reply draft", "high", "any", 1024, "interactive", "0.950",
-     False, "Draft a reply to a customer; a person approves it before it is sent."),
+    (
+        "ticket-triage",
+        "Ticket triage",
+        "normal",
+        "any",
+        64,
+        "interactive",
+        "0.950",
+        False,
+        "Assign a support ticket to a queue and a priority.",
+    ),
+    (
+        "field-extraction",
+        "Field extraction",
+        "normal",
+        "any",
+        512,
+        "batch",
+        "0.950",
+        True,
+        "Extract invoice or contract fields as JSON.",
+    ),
+    (
+        "intent-detection",
+        "Intent detection",
+        "normal",
+        "any",
+        32,
+        "interactive",
+        "0.950",
+        False,
+        "Classify what a customer message asks for.",
+    ),
+    (
+        "short-summary",
+        "Short summary",
+        "normal",
+        "any",
+        256,
+        "interactive",
+        "0.900",
+        False,
+        "Summarise a short note or thread in three sentences.",
+    ),
+    (
+        "policy-check",
+        "Policy check",
+        "normal",
+        "any",
+        128,
+        "interactive",
+        "0.950",
+        False,
+        "Check a draft against the communication policy.",
+    ),
+    (
+        "pii-redaction",
+        "PII redaction",
+        "normal",
+        "local_only",
+        2048,
+        "batch",
+        "0.980",
+        False,
+        "Redact personal data from documents; data must stay on local models.",
+    ),
+    (
+        "sql-generation",
+        "SQL generation",
+        "normal",
+        "any",
+        1024,
+        "interactive",
+        "0.900",
+        False,
+        "Turn an analyst's question into SQL against the warehouse.",
+    ),
+    (
+        "long-report-synthesis",
+        "Long report synthesis",
+        "normal",
+        "any",
+        4096,
+        "batch",
+        "0.850",
+        False,
+        "Synthesise a long report from many retrieved documents.",
+    ),
+    (
+        "multi-step-reasoning",
+        "Multi-step reasoning",
+        "normal",
+        "any",
+        2048,
+        "batch",
+        "0.850",
+        False,
+        "Word problems and multi-step analysis.",
+    ),
+    (
+        "customer-reply-draft",
+        "Customer reply draft",
+        "high",
+        "any",
+        1024,
+        "interactive",
+        "0.950",
+        False,
+        "Draft a reply to a customer; a person approves it before it is sent.",
+    ),
 ]
 
 # The table in force at the start of the demo period: cautious, frontier-heavy.
@@ -146,18 +262,31 @@ def demo_registry_load() -> None:
             if ModelEndpoint.objects.filter(slug=slug).exists():
                 continue
             services.model_endpoint_create(
-                slug=slug, provider=provider, base_url=fleet_url(), provider_model=pmodel,
-                version="2026-10", tier=tier, locality=loc, context_window=ctx,
-                max_output_tokens=out, input_usd_per_mtok=pin, output_usd_per_mtok=pout,
-                price_effective_from=period_start - timedelta(days=60), price_is_example=True,
+                slug=slug,
+                provider=provider,
+                base_url=fleet_url(),
+                provider_model=pmodel,
+                version="2026-10",
+                tier=tier,
+                locality=loc,
+                context_window=ctx,
+                max_output_tokens=out,
+                input_usd_per_mtok=pin,
+                output_usd_per_mtok=pout,
+                price_effective_from=period_start - timedelta(days=60),
+                price_is_example=True,
             )
         for slug, name, risk, policy, cap, latency, target, schema, desc in TASK_CLASSES:
             TaskClass.objects.get_or_create(
                 slug=slug,
                 defaults={
-                    "name": name, "risk": risk, "data_policy": policy,
-                    "default_output_cap": cap, "latency_class": latency,
-                    "quality_target": Decimal(target), "description": desc,
+                    "name": name,
+                    "risk": risk,
+                    "data_policy": policy,
+                    "default_output_cap": cap,
+                    "latency_class": latency,
+                    "quality_target": Decimal(target),
+                    "description": desc,
                     "output_schema": FIELD_SCHEMA if schema else None,
                     "prompt_retention_days": 0 if policy == "local_only" else 30,
                 },
@@ -175,22 +304,28 @@ def demo_registry_load() -> None:
             _routes_apply(v2, ROUTES_V2)
             services.routing_version_activate(version=v2, comment="tier-1 rollout")
             when = now - timedelta(days=16)
-            RoutingTableVersion.objects.filter(pk=v2.pk).update(
-                created_at=when, activated_at=when
-            )
+            RoutingTableVersion.objects.filter(pk=v2.pk).update(created_at=when, activated_at=when)
         for slug, name, app_slug, limit in TEAMS:
             team = services.team_get_or_create(slug=slug, name=name)
             services.application_get_or_create(slug=app_slug, team=team, name=app_slug)
             if not Budget.objects.filter(name=f"{slug}-monthly").exists():
                 services.budget_create(
-                    name=f"{slug}-monthly", scope="team", team=team, period="month",
-                    limit_usd=Decimal(limit), soft_limit_pct=Decimal("80"),
+                    name=f"{slug}-monthly",
+                    scope="team",
+                    team=team,
+                    period="month",
+                    limit_usd=Decimal(limit),
+                    soft_limit_pct=Decimal("80"),
                     hard_action="local_only" if slug == "analytics" else "block",
                 )
         if not Budget.objects.filter(name="global-daily").exists():
             services.budget_create(
-                name="global-daily", scope="global", period="day", limit_usd=Decimal("400"),
-                soft_limit_pct=Decimal("90"), hard_action="block",
+                name="global-daily",
+                scope="global",
+                period="day",
+                limit_usd=Decimal("400"),
+                soft_limit_pct=Decimal("90"),
+                hard_action="block",
             )
 
 
@@ -217,9 +352,12 @@ def demo_keys_load() -> dict[str, dict[str, Any]]:
     keys: dict[str, dict[str, Any]] = {}
     for app in Application.objects.order_by("slug"):
         entry = saved.get(app.slug)
-        if entry and ApiKey.objects.filter(
-            secret_hash=ApiKey.hash_secret(entry["secret"]), revoked_at=None
-        ).exists():
+        if (
+            entry
+            and ApiKey.objects.filter(
+                secret_hash=ApiKey.hash_secret(entry["secret"]), revoked_at=None
+            ).exists()
+        ):
             keys[app.slug] = entry
             continue
         scopes = ["decide", "report", "read"]

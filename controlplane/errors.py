@@ -38,7 +38,11 @@ class ApiError(exceptions.APIException):
     """An API error with its own code and optional extra payload."""
 
     def __init__(
-        self, status_code: int, code: str, message: str, fields: dict[str, Any] | None = None,
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        fields: dict[str, Any] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(message, code)
@@ -79,9 +83,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(body, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         fields = _flatten(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
-        return Response(
-            error_body(400, "invalid", _message_for(fields), fields), status=400
-        )
+        return Response(error_body(400, "invalid", _message_for(fields), fields), status=400)
     if isinstance(exc, OperationalError | InterfaceError):
         return Response(
             error_body(503, "database_unavailable", "The database is unreachable; retry."),
@@ -102,9 +104,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code = "error"
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
-        return Response(
-            error_body(400, "invalid", _message_for(fields), fields), status=400
-        )
+        return Response(error_body(400, "invalid", _message_for(fields), fields), status=400)
     if isinstance(exc, exceptions.ParseError):
         code = "malformed_json"
     elif isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):

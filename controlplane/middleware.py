@@ -52,9 +52,11 @@ class AuditActorMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = getattr(request, "user", None)
-        if user is not None and getattr(user, "is_authenticated", False) and request.method in {
-            "POST", "PUT", "PATCH", "DELETE"
-        }:
+        if (
+            user is not None
+            and getattr(user, "is_authenticated", False)
+            and request.method in {"POST", "PUT", "PATCH", "DELETE"}
+        ):
             with audit_actor(user):
                 return self.get_response(request)
         return self.get_response(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -76,9 +76,7 @@ class ModelEndpoint(models.Model):
 
     def price_at(self, when: datetime) -> ModelPrice | None:
         """The price in force at ``when`` (the newest one effective at or before it)."""
-        return (
-            self.prices.filter(effective_from__lte=when).order_by("-effective_from").first()
-        )
+        return self.prices.filter(effective_from__lte=when).order_by("-effective_from").first()
 
 
 class ModelPrice(models.Model):
@@ -213,7 +211,9 @@ class Strategy(models.TextChoices):
 
 
 class Route(models.Model):
-    version = models.ForeignKey(RoutingTableVersion, on_delete=models.CASCADE, related_name="routes")
+    version = models.ForeignKey(
+        RoutingTableVersion, on_delete=models.CASCADE, related_name="routes"
+    )
     task_class = models.ForeignKey(TaskClass, on_delete=models.PROTECT, related_name="routes")
     primary = models.ForeignKey(ModelEndpoint, on_delete=models.PROTECT, related_name="+")
     fallbacks = ArrayField(
@@ -337,14 +337,30 @@ class Budget(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=(
-                    Q(scope="global", team__isnull=True, application__isnull=True,
-                      task_class__isnull=True)
-                    | Q(scope="team", team__isnull=False, application__isnull=True,
-                        task_class__isnull=True)
-                    | Q(scope="application", application__isnull=False, team__isnull=True,
-                        task_class__isnull=True)
-                    | Q(scope="task_class", task_class__isnull=False, team__isnull=True,
-                        application__isnull=True)
+                    Q(
+                        scope="global",
+                        team__isnull=True,
+                        application__isnull=True,
+                        task_class__isnull=True,
+                    )
+                    | Q(
+                        scope="team",
+                        team__isnull=False,
+                        application__isnull=True,
+                        task_class__isnull=True,
+                    )
+                    | Q(
+                        scope="application",
+                        application__isnull=False,
+                        team__isnull=True,
+                        task_class__isnull=True,
+                    )
+                    | Q(
+                        scope="task_class",
+                        task_class__isnull=False,
+                        team__isnull=True,
+                        application__isnull=True,
+                    )
                 ),
                 name="budget_scope_target_matches",
             ),
@@ -364,7 +380,7 @@ class Budget(models.Model):
         return None
 
     def period_start(self, when: datetime) -> datetime:
-        when = when.astimezone(timezone.UTC)
+        when = when.astimezone(UTC)
         start = when.replace(hour=0, minute=0, second=0, microsecond=0)
         if self.period == BudgetPeriod.MONTH:
             start = start.replace(day=1)
@@ -383,6 +399,9 @@ class BudgetSpend(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["budget", "period_start"], name="one_spend_per_period"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.budget_id} {self.period_start:%Y-%m-%d}: {self.spent_usd}"
 
 
 class ApiScope(models.TextChoices):

@@ -44,15 +44,14 @@ def model_url_validate(url: str, *, resolve: bool = False) -> None:
     """Refuse model URLs outside the admin-set allowlist, and any link-local/metadata address.
 
     1. The scheme must be allowlisted (http/https by default).
-    2. The host must be allowlisted by name (SWITCHYARD["MODEL_URL_HOSTS"]).
+    2. The host must be allowlisted by name (SWITCHYARD_MODEL_URL_HOSTS).
     3. A literal IP must not be link-local, multicast, unspecified or reserved
        (169.254.169.254 and fd00:ec2::254 — cloud metadata — among them).
     4. With ``resolve``, every address the name resolves to is checked the same way,
        so an allowlisted name pointed at a metadata address is still refused.
     """
-    conf = settings.SWITCHYARD
     parts = urlsplit(url)
-    if parts.scheme not in conf["MODEL_URL_SCHEMES"]:
+    if parts.scheme not in settings.SWITCHYARD_MODEL_URL_SCHEMES:
         raise ValidationError({"base_url": f"Scheme {parts.scheme!r} is not allowed."})
     host = (parts.hostname or "").lower()
     if not host:
@@ -66,11 +65,11 @@ def model_url_validate(url: str, *, resolve: bool = False) -> None:
     except ValueError:
         if resolve:
             try:
-                addresses.extend(info[4][0] for info in socket.getaddrinfo(host, None))
+                addresses.extend(str(info[4][0]) for info in socket.getaddrinfo(host, None))
             except OSError as exc:
                 raise ValidationError({"base_url": f"Host {host!r} does not resolve."}) from exc
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
+        ip = ipaddress.ip_address(str(address).split("%")[0])
         if (
             ip.is_link_local
             or ip.is_multicast
@@ -81,10 +80,8 @@ def model_url_validate(url: str, *, resolve: bool = False) -> None:
             raise ValidationError(
                 {"base_url": f"Address {ip} is link-local, metadata or reserved: refused."}
             )
-    if host not in [h.lower() for h in conf["MODEL_URL_HOSTS"]]:
-        raise ValidationError(
-            {"base_url": f"Host {host!r} is not on the model URL allowlist."}
-        )
+    if host not in [h.lower() for h in settings.SWITCHYARD_MODEL_URL_HOSTS]:
+        raise ValidationError({"base_url": f"Host {host!r} is not on the model URL allowlist."})
 
 
 # --- models and prices ---------------------------------------------------------------------
@@ -349,9 +346,7 @@ def routing_version_rollback(*, user: Any = None, comment: str = "") -> RoutingT
                 .order_by("-activated_at")
                 .first()
             ) or previous
-        return routing_version_activate(
-            version=previous, user=user, comment=comment or "rollback"
-        )
+        return routing_version_activate(version=previous, user=user, comment=comment or "rollback")
 
 
 # --- teams, applications, budgets -----------------------------------------------------------
@@ -424,7 +419,7 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta | None = None) -> tuple[ApiK
     if not key.is_usable():
         raise ValidationError({"key": "A revoked or expired key cannot be rotated."})
     if grace is None:
-        grace = timedelta(hours=settings.SWITCHYARD["KEY_ROTATION_GRACE_HOURS"])
+        grace = timedelta(hours=settings.SWITCHYARD_KEY_ROTATION_GRACE_HOURS)
     with transaction.atomic():
         new_key, secret = api_key_create(
             application=key.application,

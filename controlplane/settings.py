@@ -165,13 +165,11 @@ LOGGING = {
 }
 
 # --- Product settings
-SWITCHYARD = {
-    # Rotation: how long the old secret of a rotated API key keeps working.
-    "KEY_ROTATION_GRACE_HOURS": env_int("SWITCHYARD_KEY_ROTATION_GRACE_HOURS", 24),
-    # Model base URLs must use one of these schemes and hosts (SSRF guard).
-    "MODEL_URL_SCHEMES": env_list("SWITCHYARD_MODEL_URL_SCHEMES", ["http", "https"]),
-    "MODEL_URL_HOSTS": env_list(
-        "SWITCHYARD_MODEL_URL_HOSTS",
-        ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com", "api.mistral.ai"],
-    ),
-}
+# Rotation: how long the old secret of a rotated API key keeps working.
+SWITCHYARD_KEY_ROTATION_GRACE_HOURS = env_int("SWITCHYARD_KEY_ROTATION_GRACE_HOURS", 24)
+# Model base URLs must use one of these schemes and hosts (SSRF guard).
+SWITCHYARD_MODEL_URL_SCHEMES = env_list("SWITCHYARD_MODEL_URL_SCHEMES", ["http", "https"])
+SWITCHYARD_MODEL_URL_HOSTS = env_list(
+    "SWITCHYARD_MODEL_URL_HOSTS",
+    ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com", "api.mistral.ai"],
+)

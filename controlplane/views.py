@@ -149,6 +149,4 @@ def api_key_action(request: HttpRequest) -> HttpResponse:
 
 @role_required(OPERATOR)
 def audit_log(request: HttpRequest) -> HttpResponse:
-    return render(
-        request, "controlplane/audit.html", {"entries": selectors.audit_log_recent(200)}
-    )
+    return render(request, "controlplane/audit.html", {"entries": selectors.audit_log_recent(200)})

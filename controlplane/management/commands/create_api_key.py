@@ -21,8 +21,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("application", help="application slug")
-        parser.add_argument("--scopes", default="decide,report,read",
-                            help="comma-separated: decide, report, read, admin")
+        parser.add_argument(
+            "--scopes",
+            default="decide,report,read",
+            help="comma-separated: decide, report, read, admin",
+        )
         parser.add_argument("--name", default="")
         parser.add_argument("--expires-days", type=int, default=None)
 

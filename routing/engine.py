@@ -1,0 +1,933 @@
+"""Switchyard routing core: a pure function from (request, snapshot) to a decision.
+
+This module must stay free of Django and of any I/O.  The control plane loads the active
+routing table, the model registry, budget spend and observed latencies from the database,
+builds an immutable :class:`Snapshot` with :func:`snapshot_build` (which precomputes every
+index :func:`decide` needs) and then calls :func:`decide` once per request.
+
+Enumerated *inputs* (tier, locality, status, risk, ...) are plain ``str``/``int`` so values
+read from the database can be passed through unchanged; the accepted values are listed in
+the ``*_VALUES`` constants and checked by :func:`snapshot_build`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+__all__ = [
+    "BUDGET_SCOPE_VALUES",
+    "DATA_CLASSIFICATION_VALUES",
+    "LOCALITY_VALUES",
+    "MODEL_STATUS_VALUES",
+    "BudgetAction",
+    "BudgetExceeded",
+    "BudgetState",
+    "BudgetView",
+    "Candidate",
+    "Decision",
+    "DecisionRequest",
+    "EscalationTriggers",
+    "FallbackOption",
+    "ModelInfo",
+    "NoEligibleModel",
+    "RouteConditions",
+    "RouteInfo",
+    "RoutingError",
+    "Snapshot",
+    "SnapshotIndex",
+    "Strategy",
+    "TaskClassInfo",
+    "UnknownTaskClass",
+    "decide",
+    "snapshot_build",
+]
+
+Strategy = Literal["rule", "policy", "budget", "fallback"]
+BudgetAction = Literal["none", "downgrade", "block", "local_only"]
+
+TIER_VALUES: Final = frozenset({1, 2, 3})
+LOCALITY_VALUES: Final = frozenset({"local", "cloud"})
+MODEL_STATUS_VALUES: Final = frozenset({"active", "disabled", "deprecated"})
+RISK_VALUES: Final = frozenset({"normal", "high"})
+DATA_POLICY_VALUES: Final = frozenset({"any", "local_only"})
+LATENCY_CLASS_VALUES: Final = frozenset({"interactive", "batch"})
+BUDGET_SCOPE_VALUES: Final = frozenset({"global", "team", "application", "task_class"})
+BUDGET_PERIOD_VALUES: Final = frozenset({"day", "month"})
+HARD_ACTION_VALUES: Final = frozenset({"block", "local_only"})
+DATA_CLASSIFICATION_VALUES: Final = frozenset({"public", "internal", "confidential", "personal"})
+
+DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = {1: 0.7, 2: 0.8, 3: 0.9}
+FALLBACK_CONFIDENCE_FACTOR: Final = 0.9
+
+_NO_TIER_LIMIT: Final = 1 << 30
+_SCOPE_LABEL: Final[Mapping[str, str]] = {
+    "global": "Global",
+    "team": "Team",
+    "application": "Application",
+    "task_class": "Task class",
+}
+
+# Which restriction displaced a route model; drives the decision strategy.
+_KIND_NONE: Final = 0
+_KIND_LOCAL: Final = 1  # cloud model while local-only (data policy or budget)
+_KIND_TIER: Final = 2  # above the max tier of a soft-limit downgrade
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshot data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model endpoint of the registry, with its current price and observed latency."""
+
+    slug: str
+    provider: str
+    base_url: str
+    provider_model: str
+    version: str
+    tier: int  # 1 small/local, 2 mid hosted, 3 frontier cloud
+    locality: str  # "local" | "cloud"
+    context_window: int
+    max_output_tokens: int
+    status: str  # "active" | "disabled" | "deprecated"
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    p95_latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationTriggers:
+    """When a caller should escalate from the chosen model to the next fallback."""
+
+    confidence_below: float | None = None
+    on_invalid_output: bool = False
+    on_error: bool = False  # error or timeout
+
+    def as_list(self) -> list[str]:
+        """Triggers as strings, e.g. ``["confidence_below:0.7", "invalid_output"]``."""
+        out: list[str] = []
+        if self.confidence_below is not None:
+            out.append(f"confidence_below:{self.confidence_below:g}")
+        if self.on_invalid_output:
+            out.append("invalid_output")
+        if self.on_error:
+            out.append("error_timeout")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConditions:
+    """Conditions under which a route's *primary* applies (``None``/empty = no condition)."""
+
+    max_context_tokens: int | None = None
+    max_latency_budget_ms: int | None = None
+    data_classifications: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        return (
+            self.max_context_tokens is None
+            and self.max_latency_budget_ms is None
+            and not self.data_classifications
+            and not self.teams
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """The active routing-table entry for one task class."""
+
+    task_class: str
+    primary: str
+    fallbacks: tuple[str, ...] = ()
+    escalation: EscalationTriggers = EscalationTriggers()
+    conditions: RouteConditions = RouteConditions()
+    strategy: str = "rule"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskClassInfo:
+    slug: str
+    risk: str = "normal"  # "normal" | "high"
+    data_policy: str = "any"  # "any" | "local_only"
+    default_output_cap: int = 1024
+    latency_class: str = "interactive"  # "interactive" | "batch"
+    quality_target: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A budget with its spend for the current period.  Soft action: downgrade one tier."""
+
+    id: int
+    name: str
+    scope: str  # "global" | "team" | "application" | "task_class"
+    scope_key: str | None  # team / application / task class slug; None for global
+    period: str  # "day" | "month"
+    limit_usd: float
+    spent_usd: float
+    soft_limit_pct: float = 80.0
+    hard_action: str = "block"  # "block" | "local_only"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """A budget as reported in a decision, with the action it has on this request."""
+
+    budget_id: int
+    name: str
+    scope: str
+    scope_key: str | None
+    spent_usd: float
+    limit_usd: float
+    remaining_usd: float
+    action: BudgetAction
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainEntry:
+    slug: str
+    model: ModelInfo | None  # None: slug not in the registry
+    tier: int  # 0 when unknown
+    cap: int  # output cap for this task class on this model
+    is_primary: bool
+    fallback: FallbackOption | None  # prebuilt option with the route's triggers
+
+
+@dataclass(frozen=True, slots=True)
+class _BudgetEntry:
+    pos: int  # position in Snapshot.budgets (evaluation order)
+    state: BudgetState
+    view: BudgetView
+    action: BudgetAction
+    action_text: str  # policy_actions entry ("" for action "none")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything decide() needs for one task class, precomputed."""
+
+    task: TaskClassInfo
+    route: RouteInfo
+    primary_slug: str
+    primary_tier: int
+    chain: tuple[_ChainEntry, ...]
+    downgraded_chain: tuple[_ChainEntry, ...]  # chain with tier <= downgrade_max_tier first
+    downgrade_max_tier: int
+    chain_slugs: frozenset[str]
+    conditions: RouteConditions | None  # None when the route has no conditions
+    triggers: tuple[str, ...]
+    high_risk: bool
+    policy_local: bool
+    base_budgets: tuple[_BudgetEntry, ...]  # global + this task class, in snapshot order
+    quality: Mapping[str, float]  # observed success rate by model slug
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotIndex:
+    """Indexes precomputed by :func:`snapshot_build`; treat as opaque."""
+
+    plans: Mapping[str, _Plan]
+    valid_task_classes: tuple[str, ...]
+    team_budgets: Mapping[str, tuple[_BudgetEntry, ...]]
+    application_budgets: Mapping[str, tuple[_BudgetEntry, ...]]
+    active_ranked: tuple[ModelInfo, ...]  # active models, tier desc then cheapest
+    local_ranked: tuple[ModelInfo, ...]  # active local models, tier desc then cheapest
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable, in-memory view of the active routing configuration.
+
+    Build it with :func:`snapshot_build` (or :meth:`Snapshot.build`), which fills ``index``.
+    A snapshot constructed directly still works, but :func:`decide` then rebuilds the
+    index on every call.
+    """
+
+    version: int
+    models: dict[str, ModelInfo]
+    task_classes: dict[str, TaskClassInfo]
+    routes: dict[str, RouteInfo]
+    budgets: tuple[BudgetState, ...] = ()
+    quality: dict[tuple[str, str], float] = field(default_factory=dict)
+    index: SnapshotIndex | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        version: int,
+        models: Mapping[str, ModelInfo] | Iterable[ModelInfo],
+        task_classes: Mapping[str, TaskClassInfo] | Iterable[TaskClassInfo],
+        routes: Mapping[str, RouteInfo] | Iterable[RouteInfo],
+        budgets: Iterable[BudgetState] = (),
+        quality: Mapping[tuple[str, str], float] | None = None,
+    ) -> Snapshot:
+        """Same as :func:`snapshot_build`."""
+        return snapshot_build(
+            version=version,
+            models=models,
+            task_classes=task_classes,
+            routes=routes,
+            budgets=budgets,
+            quality=quality,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and decisions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    task_class: str
+    input_tokens: int
+    context_tokens: int = 0
+    latency_budget_ms: int | None = None
+    max_cost_usd: float | None = None
+    data_classification: str | None = None  # public | internal | confidential | personal
+    pii_found: tuple[str, ...] = ()
+    pii_detection_failed: bool = False
+    team: str | None = None
+    application: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: str
+    tier: int  # 0 if the slug is not in the registry
+    accepted: bool
+    reason: str  # why rejected, or "selected" / "eligible fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackOption:
+    model: ModelInfo
+    triggers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    model: ModelInfo
+    strategy: Strategy
+    reason: str
+    confidence: float
+    fallbacks: tuple[FallbackOption, ...]
+    max_output_tokens: int
+    handoff_required: bool
+    pii_types_found: tuple[str, ...]
+    policy_actions: tuple[str, ...]
+    budgets: tuple[BudgetView, ...]
+    candidates: tuple[Candidate, ...]
+    routing_table_version: int
+    local_only: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class RoutingError(Exception):
+    """Base class of every error :func:`decide` raises."""
+
+
+class UnknownTaskClass(RoutingError):
+    def __init__(self, valid: tuple[str, ...], task_class: str = "") -> None:
+        self.valid = valid
+        self.task_class = task_class
+        super().__init__(
+            f"unknown task class {task_class!r}; valid task classes: {', '.join(valid) or '-'}"
+        )
+
+    def __reduce__(self) -> tuple[type[UnknownTaskClass], tuple[tuple[str, ...], str]]:
+        return (type(self), (self.valid, self.task_class))
+
+
+class BudgetExceeded(RoutingError):
+    def __init__(self, budget: BudgetView) -> None:
+        self.budget = budget
+        super().__init__(
+            f"budget {budget.name!r} ({budget.scope}) exhausted: spent "
+            f"${budget.spent_usd:.2f} of ${budget.limit_usd:.2f}"
+        )
+
+    def __reduce__(self) -> tuple[type[BudgetExceeded], tuple[BudgetView]]:
+        return (type(self), (self.budget,))
+
+
+class NoEligibleModel(RoutingError):
+    def __init__(self, candidates: tuple[Candidate, ...], task_class: str = "") -> None:
+        self.candidates = candidates
+        self.task_class = task_class
+        detail = "; ".join(f"{c.model}: {c.reason}" for c in candidates) or "no candidates"
+        super().__init__(f"no eligible model for task class {task_class!r} ({detail})")
+
+    def __reduce__(self) -> tuple[type[NoEligibleModel], tuple[tuple[Candidate, ...], str]]:
+        return (type(self), (self.candidates, self.task_class))
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshot building
+# --------------------------------------------------------------------------------------------
+
+
+def _keyed[T](items: Mapping[str, T] | Iterable[T], key_of: str, what: str) -> dict[str, T]:
+    if isinstance(items, Mapping):
+        out = dict(items)
+        for key, item in out.items():
+            if getattr(item, key_of) != key:
+                raise ValueError(f"{what} keyed {key!r} has {key_of} {getattr(item, key_of)!r}")
+        return out
+    keyed: dict[str, T] = {}
+    for item in items:
+        key = getattr(item, key_of)
+        if key in keyed:
+            raise ValueError(f"duplicate {what} {key!r}")
+        keyed[key] = item
+    return keyed
+
+
+def _check(value: object, allowed: frozenset[object], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"invalid {what} {value!r}; expected one of {sorted(map(str, allowed))}")
+
+
+def _validate(
+    models: Mapping[str, ModelInfo],
+    task_classes: Mapping[str, TaskClassInfo],
+    budgets: tuple[BudgetState, ...],
+) -> None:
+    for m in models.values():
+        _check(m.tier, TIER_VALUES, f"tier of model {m.slug!r}")
+        _check(m.locality, LOCALITY_VALUES, f"locality of model {m.slug!r}")
+        _check(m.status, MODEL_STATUS_VALUES, f"status of model {m.slug!r}")
+    for t in task_classes.values():
+        _check(t.risk, RISK_VALUES, f"risk of task class {t.slug!r}")
+        _check(t.data_policy, DATA_POLICY_VALUES, f"data policy of task class {t.slug!r}")
+        _check(t.latency_class, LATENCY_CLASS_VALUES, f"latency class of task class {t.slug!r}")
+    for b in budgets:
+        _check(b.scope, BUDGET_SCOPE_VALUES, f"scope of budget {b.name!r}")
+        _check(b.period, BUDGET_PERIOD_VALUES, f"period of budget {b.name!r}")
+        _check(b.hard_action, HARD_ACTION_VALUES, f"hard action of budget {b.name!r}")
+        if b.scope != "global" and not b.scope_key:
+            raise ValueError(f"budget {b.name!r} with scope {b.scope!r} needs a scope_key")
+
+
+def _price_key(m: ModelInfo) -> tuple[int, float, str]:
+    return (-m.tier, m.input_usd_per_mtok + m.output_usd_per_mtok, m.slug)
+
+
+def _budget_entry(pos: int, b: BudgetState) -> _BudgetEntry:
+    action: BudgetAction
+    if b.spent_usd >= b.limit_usd:
+        action = "block" if b.hard_action == "block" else "local_only"
+        text = f"local_only: budget {b.name!r} hard limit reached"
+    elif b.spent_usd >= b.soft_limit_pct / 100.0 * b.limit_usd:
+        action = "downgrade"
+        text = f"downgrade: budget {b.name!r} above {b.soft_limit_pct:g}% soft limit"
+    else:
+        action = "none"
+        text = ""
+    view = BudgetView(
+        budget_id=b.id,
+        name=b.name,
+        scope=b.scope,
+        scope_key=b.scope_key,
+        spent_usd=b.spent_usd,
+        limit_usd=b.limit_usd,
+        remaining_usd=max(0.0, b.limit_usd - b.spent_usd),
+        action=action,
+    )
+    return _BudgetEntry(pos=pos, state=b, view=view, action=action, action_text=text)
+
+
+def _group(entries: Iterable[_BudgetEntry]) -> dict[str, tuple[_BudgetEntry, ...]]:
+    out: dict[str, list[_BudgetEntry]] = {}
+    for e in entries:
+        out.setdefault(e.state.scope_key or "", []).append(e)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _build_index(
+    models: Mapping[str, ModelInfo],
+    task_classes: Mapping[str, TaskClassInfo],
+    routes: Mapping[str, RouteInfo],
+    budgets: tuple[BudgetState, ...],
+    quality: Mapping[tuple[str, str], float],
+) -> SnapshotIndex:
+    entries = [_budget_entry(i, b) for i, b in enumerate(budgets)]
+    global_budgets = tuple(e for e in entries if e.state.scope == "global")
+    by_task = _group(e for e in entries if e.state.scope == "task_class")
+    team_budgets = _group(e for e in entries if e.state.scope == "team")
+    application_budgets = _group(e for e in entries if e.state.scope == "application")
+
+    quality_by_task: dict[str, dict[str, float]] = {}
+    for (model_slug, task_slug), rate in quality.items():
+        quality_by_task.setdefault(task_slug, {})[model_slug] = rate
+
+    plans: dict[str, _Plan] = {}
+    for slug, route in routes.items():
+        task = task_classes.get(slug)
+        if task is None:
+            continue
+        triggers = tuple(route.escalation.as_list())
+        chain: list[_ChainEntry] = []
+        seen: set[str] = set()
+        for i, model_slug in enumerate((route.primary, *route.fallbacks)):
+            if model_slug in seen:
+                continue
+            seen.add(model_slug)
+            m = models.get(model_slug)
+            chain.append(
+                _ChainEntry(
+                    slug=model_slug,
+                    model=m,
+                    tier=m.tier if m is not None else 0,
+                    cap=min(task.default_output_cap, m.max_output_tokens) if m is not None else 0,
+                    is_primary=i == 0,
+                    fallback=FallbackOption(m, triggers) if m is not None else None,
+                )
+            )
+        primary = models.get(route.primary)
+        primary_tier = primary.tier if primary is not None else max(TIER_VALUES)
+        max_tier = max(1, primary_tier - 1)
+        fits = [e for e in chain if e.model is not None and e.tier <= max_tier]
+        rest = [e for e in chain if not (e.model is not None and e.tier <= max_tier)]
+        base = sorted(global_budgets + by_task.get(slug, ()), key=_budget_pos)
+        plans[slug] = _Plan(
+            task=task,
+            route=route,
+            primary_slug=route.primary,
+            primary_tier=primary_tier,
+            chain=tuple(chain),
+            downgraded_chain=tuple(fits + rest),
+            downgrade_max_tier=max_tier,
+            chain_slugs=frozenset(seen),
+            conditions=None if route.conditions.is_empty() else route.conditions,
+            triggers=triggers,
+            high_risk=task.risk == "high",
+            policy_local=task.data_policy == "local_only",
+            base_budgets=tuple(base),
+            quality=quality_by_task.get(slug, {}),
+        )
+
+    active_ranked = tuple(
+        sorted((m for m in models.values() if m.status == "active"), key=_price_key)
+    )
+    return SnapshotIndex(
+        plans=plans,
+        valid_task_classes=tuple(sorted(plans)),
+        team_budgets=team_budgets,
+        application_budgets=application_budgets,
+        active_ranked=active_ranked,
+        local_ranked=tuple(m for m in active_ranked if m.locality == "local"),
+    )
+
+
+def _budget_pos(e: _BudgetEntry) -> int:
+    return e.pos
+
+
+def snapshot_build(
+    *,
+    version: int,
+    models: Mapping[str, ModelInfo] | Iterable[ModelInfo],
+    task_classes: Mapping[str, TaskClassInfo] | Iterable[TaskClassInfo],
+    routes: Mapping[str, RouteInfo] | Iterable[RouteInfo],
+    budgets: Iterable[BudgetState] = (),
+    quality: Mapping[tuple[str, str], float] | None = None,
+) -> Snapshot:
+    """Validate the inputs and build a :class:`Snapshot` with its precomputed index.
+
+    ``models``/``task_classes``/``routes`` may be mappings keyed by slug (routes: by task
+    class slug) or plain iterables.  Raises ``ValueError`` for malformed data (unknown
+    enumeration values, mismatched keys, duplicates).  Routes that point at models missing
+    from the registry are accepted; such models are reported as rejected candidates.
+    """
+    model_map = _keyed(models, "slug", "model")
+    task_map = _keyed(task_classes, "slug", "task class")
+    route_map = _keyed(routes, "task_class", "route")
+    budget_tuple = tuple(budgets)
+    quality_map = dict(quality) if quality else {}
+    _validate(model_map, task_map, budget_tuple)
+    return Snapshot(
+        version=version,
+        models=model_map,
+        task_classes=task_map,
+        routes=route_map,
+        budgets=budget_tuple,
+        quality=quality_map,
+        index=_build_index(model_map, task_map, route_map, budget_tuple, quality_map),
+    )
+
+
+def _index_of(snapshot: Snapshot) -> SnapshotIndex:
+    index = snapshot.index
+    if index is None:  # hand-built snapshot: correct, but slow
+        index = _build_index(
+            snapshot.models,
+            snapshot.task_classes,
+            snapshot.routes,
+            snapshot.budgets,
+            snapshot.quality,
+        )
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# Decision
+# --------------------------------------------------------------------------------------------
+
+
+def _route_condition_failure(cond: RouteConditions, request: DecisionRequest, prompt: int) -> str:
+    limit = cond.max_context_tokens
+    if limit is not None and prompt > limit:
+        return f"route condition: context {prompt} tokens above {limit}"
+    latency_limit = cond.max_latency_budget_ms
+    budget = request.latency_budget_ms
+    if latency_limit is not None and budget is not None and budget > latency_limit:
+        return f"route condition: latency budget {budget}ms above {latency_limit}ms"
+    classes = cond.data_classifications
+    if classes and request.data_classification not in classes:
+        return (
+            f"route condition: data classification {request.data_classification or 'unset'}"
+            f" not in ({', '.join(classes)})"
+        )
+    teams = cond.teams
+    if teams and request.team not in teams:
+        return f"route condition: team {request.team or 'unset'} not in ({', '.join(teams)})"
+    return ""
+
+
+def _rejection(
+    m: ModelInfo,
+    cap: int,
+    request: DecisionRequest,
+    prompt: int,
+    local_reason: str,
+    max_tier: int,
+    conditions: RouteConditions | None,
+) -> str:
+    """Why ``m`` cannot serve the request ("" if it can).  Policy and budget checks first."""
+    if local_reason and m.locality != "local":
+        return local_reason
+    if m.tier > max_tier:
+        return f"tier {m.tier} above max tier {max_tier} under budget downgrade"
+    if m.status != "active":
+        return f"model {m.status}"
+    if conditions is not None:
+        failure = _route_condition_failure(conditions, request, prompt)
+        if failure:
+            return failure
+    needed = prompt + cap
+    if needed > m.context_window:
+        return (
+            f"context {needed} tokens (prompt {prompt} + output {cap})"
+            f" exceeds window {m.context_window}"
+        )
+    budget_ms = request.latency_budget_ms
+    p95 = m.p95_latency_ms
+    if budget_ms is not None and p95 is not None and p95 > budget_ms:
+        return f"p95 latency {p95:.0f}ms exceeds budget {budget_ms}ms"
+    max_cost = request.max_cost_usd
+    if max_cost is not None:
+        cost = (request.input_tokens * m.input_usd_per_mtok + cap * m.output_usd_per_mtok) / 1e6
+        if cost > max_cost:
+            return f"estimated cost ${cost:.6f} exceeds max ${max_cost:.6f}"
+    return ""
+
+
+def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
+    """Choose the model for ``request`` from ``snapshot``.  Pure: no I/O, no Django.
+
+    1. Look up the task class and its route; if either is missing raise
+       :class:`UnknownTaskClass` with the sorted valid slugs.
+    2. Policy gate: the request is *local-only* if the task class data policy is
+       ``local_only``, the data classification is ``personal``/``confidential`` (or an
+       unrecognised label), PII was found, or PII detection failed (fail closed: treated as
+       personal).  High-risk task classes require a human handoff.  Each effect is
+       recorded in ``policy_actions``.
+    3. Budgets applying to the request (global, its team, its application, its task class),
+       in snapshot order: an exhausted budget with hard action ``block`` raises
+       :class:`BudgetExceeded` (the first one); ``local_only`` makes the request local-only;
+       a budget past its soft limit downgrades one tier (max tier = primary tier - 1, at
+       least 1).  Every applicable budget is reported with its action.
+    4. Candidate chain = primary + fallbacks in order.  Under a downgrade, chain models
+       within the max tier go first.  If no chain model is eligible and a downgrade or
+       local-only is in effect, the registry's active models (local ones if local-only)
+       within the max tier are appended, highest tier first, then cheapest.
+    5. Each candidate is accepted or rejected with a reason, checked in this order: cloud
+       model while local-only; tier above the downgrade max tier; status not active; route
+       conditions (primary only); prompt + output cap over the context window; p95 latency
+       over the latency budget; estimated cost over ``max_cost_usd``.
+    6. The first accepted candidate is selected (none: :class:`NoEligibleModel`).
+       Strategy when the primary is selected: ``policy`` if a data local-only is in
+       effect, else ``budget`` if a budget local-only is, else ``rule``.  Otherwise
+       ``policy``/``budget`` if that restriction (local-only / tier downgrade) rejected a
+       route model that would have served the request without it (it "changed the
+       choice"), else ``fallback`` (the primary failed for an ordinary reason: status,
+       route condition, context, latency, cost).  Later accepted candidates become the
+       fallbacks, with the route's escalation triggers.  Confidence is the observed
+       quality of (model, task class) or a per-tier default, times 0.9 for ``fallback``.
+    7. ``handoff_required`` for high-risk task classes; ``max_output_tokens`` is the
+       selected model's output cap (min of task class default and model maximum).
+    """
+    index = snapshot.index
+    if index is None:
+        index = _index_of(snapshot)
+
+    # 1. Task class and route.
+    task_slug = request.task_class
+    plan = index.plans.get(task_slug)
+    if plan is None:
+        raise UnknownTaskClass(index.valid_task_classes, task_slug)
+
+    # 2. Policy gate.
+    actions: list[str] = []
+    cause = ""  # reason-sentence prefix for a data local-only
+    local_reason = ""  # candidate rejection reason for cloud models
+    pii = request.pii_found
+    if pii:
+        if len(pii) > 1:
+            pii = tuple(dict.fromkeys(pii))
+        joined = ", ".join(pii)
+        actions.append(f"local_only: pii detected ({joined})")
+        cause = f"Personal data detected ({joined})"
+        local_reason = "personal data: cloud model not allowed"
+    if request.pii_detection_failed:
+        actions.append("local_only: detection failed, treated as personal")
+        if not cause:
+            cause = "PII detection failed (treated as personal data)"
+            local_reason = "personal data: cloud model not allowed"
+    classification = request.data_classification
+    if classification is not None and classification != "public" and classification != "internal":
+        if classification == "personal" or classification == "confidential":
+            actions.append(f"local_only: data classified {classification}")
+            if not cause:
+                cause = f"Data classified {classification}"
+                local_reason = f"{classification} data: cloud model not allowed"
+        else:  # unrecognised label: fail closed
+            actions.append(
+                f"local_only: unknown data classification {classification!r}, treated as personal"
+            )
+            if not cause:
+                cause = f"Unknown data classification {classification!r} (treated as personal)"
+                local_reason = "personal data: cloud model not allowed"
+    if plan.policy_local:
+        actions.append("local_only: task class data policy local_only")
+        if not cause:
+            cause = f"Task class {task_slug} is local-only by data policy"
+            local_reason = "task class data policy: cloud model not allowed"
+    data_local = bool(cause)
+    if plan.high_risk:
+        actions.append("handoff: high-risk task class")
+
+    # 3. Budgets.
+    applicable = plan.base_budgets
+    merged = False
+    team = request.team
+    if team is not None:
+        extra = index.team_budgets.get(team)
+        if extra:
+            applicable = applicable + extra
+            merged = True
+    application = request.application
+    if application is not None:
+        extra = index.application_budgets.get(application)
+        if extra:
+            applicable = applicable + extra
+            merged = True
+    if merged:
+        applicable = tuple(sorted(applicable, key=_budget_pos))
+    budget_local: _BudgetEntry | None = None
+    downgrade: _BudgetEntry | None = None
+    for budget_entry in applicable:
+        action = budget_entry.action
+        if action == "none":
+            continue
+        if action == "block":
+            raise BudgetExceeded(budget_entry.view)
+        actions.append(budget_entry.action_text)
+        if action == "local_only":
+            if budget_local is None:
+                budget_local = budget_entry
+        elif downgrade is None:
+            downgrade = budget_entry
+    if budget_local is not None and not local_reason:
+        local_reason = f"budget {budget_local.state.name!r} local-only: cloud model not allowed"
+
+    # 4./5. Candidate chain and rejections.
+    if downgrade is not None:
+        max_tier = plan.downgrade_max_tier
+        chain = plan.downgraded_chain
+    else:
+        max_tier = _NO_TIER_LIMIT
+        chain = plan.chain
+    in_tokens = request.input_tokens
+    prompt = request.context_tokens
+    if in_tokens > prompt:
+        prompt = in_tokens
+
+    candidates: list[Candidate] = []
+    accepted: list[_ChainEntry] = []
+    primary_reason = ""
+    for entry in chain:
+        m = entry.model
+        if m is None:
+            reason = "model not in registry"
+        else:
+            reason = _rejection(
+                m,
+                entry.cap,
+                request,
+                prompt,
+                local_reason,
+                max_tier,
+                plan.conditions if entry.is_primary else None,
+            )
+        if reason:
+            candidates.append(Candidate(entry.slug, entry.tier, False, reason))
+            if entry.is_primary:
+                primary_reason = reason
+        else:
+            candidates.append(
+                Candidate(
+                    entry.slug, entry.tier, True, "eligible fallback" if accepted else "selected"
+                )
+            )
+            accepted.append(entry)
+
+    # Registry models appended when the chain has nothing eligible under a restriction.
+    from_registry = False
+    if not accepted and (local_reason or downgrade is not None):
+        from_registry = True
+        task = plan.task
+        for m in index.local_ranked if local_reason else index.active_ranked:
+            if m.tier > max_tier or m.slug in plan.chain_slugs:
+                continue
+            cap = min(task.default_output_cap, m.max_output_tokens)
+            reason = _rejection(m, cap, request, prompt, local_reason, max_tier, None)
+            if reason:
+                candidates.append(Candidate(m.slug, m.tier, False, reason))
+            else:
+                candidates.append(
+                    Candidate(m.slug, m.tier, True, "eligible fallback" if accepted else "selected")
+                )
+                accepted.append(
+                    _ChainEntry(m.slug, m, m.tier, cap, False, FallbackOption(m, plan.triggers))
+                )
+
+    # 6. Selection and strategy.
+    if not accepted:
+        raise NoEligibleModel(tuple(candidates), task_slug)
+    chosen = accepted[0]
+    model = chosen.model
+    assert model is not None  # accepted entries always carry a model
+    slug = model.slug
+    strategy: Strategy
+    # `displaced`: the route model that would have served the request without the
+    # policy/budget restrictions (the restriction "changed the choice").
+    displaced: ModelInfo | None = None
+    kind = _KIND_NONE
+    if chosen.is_primary:
+        if data_local:
+            strategy = "policy"
+        elif budget_local is not None:
+            strategy = "budget"
+        else:
+            strategy = "rule"
+    else:
+        if local_reason or downgrade is not None:
+            for entry in plan.chain:
+                m = entry.model
+                if entry is chosen:
+                    break
+                if m is None:
+                    continue
+                if local_reason and m.locality != "local":
+                    restriction = _KIND_LOCAL
+                elif m.tier > max_tier:
+                    restriction = _KIND_TIER
+                else:
+                    continue  # rejected for an ordinary reason
+                conditions = plan.conditions if entry.is_primary else None
+                if not _rejection(m, entry.cap, request, prompt, "", _NO_TIER_LIMIT, conditions):
+                    displaced = m
+                    kind = restriction
+                    break
+            if displaced is None and from_registry:
+                kind = _KIND_LOCAL if local_reason else _KIND_TIER
+        if kind == _KIND_LOCAL:
+            strategy = "policy" if data_local else "budget"
+        elif kind == _KIND_TIER:
+            strategy = "budget"
+        else:
+            strategy = "fallback"
+
+    confidence = plan.quality.get(slug)
+    if confidence is None:
+        confidence = DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7)
+    if strategy == "fallback":
+        confidence *= FALLBACK_CONFIDENCE_FACTOR
+        confidence = round(confidence, 4)
+    if confidence > 1.0:
+        confidence = 1.0
+    elif confidence < 0.0:
+        confidence = 0.0
+
+    if strategy == "rule":
+        reason = f"Routed {task_slug} to {slug} by routing table v{snapshot.version} rule."
+    elif strategy == "fallback":
+        reason = f"Primary {plan.primary_slug} rejected ({primary_reason}): fell back to {slug}."
+    elif kind == _KIND_TIER and downgrade is not None:
+        b = downgrade.state
+        prefix = (
+            f"{_SCOPE_LABEL.get(b.scope, b.scope)} budget {b.name!r} above its"
+            f" {b.soft_limit_pct:g}% soft limit"
+        )
+        if displaced is not None:
+            reason = (
+                f"{prefix}: downgraded from tier {displaced.tier} to tier {model.tier} ({slug})."
+            )
+        else:
+            reason = f"{prefix}: no route model eligible within tier {max_tier}, using {slug}."
+    else:
+        if strategy == "policy":
+            prefix = cause
+        else:
+            assert budget_local is not None
+            b = budget_local.state
+            prefix = f"{_SCOPE_LABEL.get(b.scope, b.scope)} budget {b.name!r} exhausted"
+        if chosen.is_primary:
+            reason = f"{prefix}: kept on local model {slug}."
+        elif displaced is not None:
+            reason = f"{prefix}: routed to local model {slug} instead of {displaced.slug}."
+        else:
+            reason = f"{prefix}: no route model eligible, using local model {slug}."
+
+    fallbacks: tuple[FallbackOption, ...] = ()
+    if len(accepted) > 1:
+        fallbacks = tuple(e.fallback for e in accepted[1:] if e.fallback is not None)
+
+    # 7. Handoff and output cap.
+    return Decision(
+        model=model,
+        strategy=strategy,
+        reason=reason,
+        confidence=confidence,
+        fallbacks=fallbacks,
+        max_output_tokens=chosen.cap,
+        handoff_required=plan.high_risk,
+        pii_types_found=pii,
+        policy_actions=tuple(actions),
+        budgets=tuple([e.view for e in applicable]),
+        candidates=tuple(candidates),
+        routing_table_version=snapshot.version,
+        local_only=bool(local_reason),
+    )

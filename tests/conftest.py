@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from controlplane import services
+from controlplane.models import Application, Team
+from tests import factories
+
+
+@pytest.fixture
+def registry(db: Any) -> dict[str, Any]:
+    """A small registry: a local, a mid and a frontier model, two task classes, an active table."""
+    local = factories.model_create(slug="small-local", tier=1, locality="local")
+    mid = factories.model_create(slug="mid-cloud", tier=2, locality="cloud", context_window=32000)
+    big = factories.model_create(
+        slug="big-cloud",
+        tier=3,
+        locality="cloud",
+        context_window=128000,
+        input_usd_per_mtok="2.50",
+        output_usd_per_mtok="10.00",
+    )
+    triage = factories.task_class_create(slug="triage", default_output_cap=64)
+    redact = factories.task_class_create(slug="redact", data_policy="local_only")
+    version = factories.routing_table_create(
+        {triage: (local, ["mid-cloud", "big-cloud"]), redact: (local, [])}
+    )
+    team = Team.objects.create(slug="team-a", name="Team A")
+    app = Application.objects.create(slug="app-a", name="App A", team=team)
+    return {
+        "local": local,
+        "mid": mid,
+        "big": big,
+        "triage": triage,
+        "redact": redact,
+        "version": version,
+        "team": team,
+        "app": app,
+    }
+
+
+@pytest.fixture
+def api_key(registry: dict[str, Any]) -> str:
+    _, secret = services.api_key_create(
+        application=registry["app"], scopes=["decide", "report", "read"]
+    )
+    return secret
+
+
+def client_for(role: str | None) -> Client:
+    client = Client()
+    if role is not None:
+        client.force_login(factories.user_create(role))
+    return client
+
+
+@pytest.fixture
+def role_client() -> Any:
+    return client_for

@@ -1,0 +1,76 @@
+"""Test data builders (plain functions: short, typed, and they go through the services)."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth.models import Group, User
+from django.utils import timezone
+
+from controlplane import services
+from controlplane.models import (
+    ModelEndpoint,
+    RoutingTableVersion,
+    TaskClass,
+)
+
+_seq = itertools.count(1)
+
+
+def model_create(**overrides: Any) -> ModelEndpoint:
+    n = next(_seq)
+    fields: dict[str, Any] = {
+        "slug": f"model-{n}",
+        "provider": "test",
+        "base_url": "http://127.0.0.1:8100/v1",
+        "provider_model": f"provider-model-{n}",
+        "tier": 1,
+        "locality": "local",
+        "context_window": 8192,
+        "max_output_tokens": 2048,
+        "input_usd_per_mtok": "0.10",
+        "output_usd_per_mtok": "0.20",
+        "price_effective_from": timezone.now() - timezone.timedelta(days=365),
+    }
+    fields.update(overrides)
+    return services.model_endpoint_create(**fields)
+
+
+def task_class_create(**overrides: Any) -> TaskClass:
+    n = next(_seq)
+    fields: dict[str, Any] = {
+        "slug": f"task-{n}",
+        "name": f"Task {n}",
+        "default_output_cap": 256,
+        "quality_target": Decimal("0.9"),
+    }
+    fields.update(overrides)
+    return TaskClass.objects.create(**fields)
+
+
+def routing_table_create(
+    routes: dict[TaskClass, tuple[ModelEndpoint, list[str]]], *, activate: bool = True
+) -> RoutingTableVersion:
+    version = services.routing_version_draft_create(based_on=None)
+    version.routes.all().delete()
+    for task_class, (primary, fallbacks) in routes.items():
+        services.route_set(
+            version=version, task_class=task_class, primary=primary, fallbacks=fallbacks
+        )
+    if activate:
+        services.routing_version_activate(version=version)
+    return version
+
+
+def user_create(role: str | None, username: str | None = None) -> User:
+    user = User.objects.create_user(
+        username=username or f"user-{next(_seq)}", password="test-password-123"
+    )
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+        if role in {"Operator", "Admin"}:
+            user.is_staff = True
+            user.save(update_fields=["is_staff"])
+    return user
