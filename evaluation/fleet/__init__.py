@@ -1,0 +1,43 @@
+"""Replay fleet: a small OpenAI-compatible HTTP server simulating the demo model registry.
+
+Used by the demo, evaluation sweeps, tests and benchmarks so that model calls are real HTTP.
+Plain Python (standard library only, no Django)::
+
+    from evaluation.fleet import fleet_start
+
+    with fleet_start(latency_scale=0.0) as fleet:
+        httpx.post(f"{fleet.url}/v1/chat/completions", json={...})
+
+CLI: ``python -m evaluation.fleet --host 127.0.0.1 --port 8100 [--gsm8k PATH]``.
+"""
+
+from .answers import (
+    DEFAULT_FLEET,
+    Answer,
+    AnswerEngine,
+    FleetModel,
+    Gsm8kRow,
+    estimate_tokens,
+    fleet_model_from_dict,
+    gsm8k_load,
+    normalise_prompt,
+    sample_latency_ms,
+)
+from .server import FleetServer, FleetState, RunningFleet, fleet_start
+
+__all__ = [
+    "DEFAULT_FLEET",
+    "Answer",
+    "AnswerEngine",
+    "FleetModel",
+    "FleetServer",
+    "FleetState",
+    "Gsm8kRow",
+    "RunningFleet",
+    "estimate_tokens",
+    "fleet_model_from_dict",
+    "fleet_start",
+    "gsm8k_load",
+    "normalise_prompt",
+    "sample_latency_ms",
+]
