@@ -173,3 +173,6 @@ SWITCHYARD_MODEL_URL_HOSTS = env_list(
     "SWITCHYARD_MODEL_URL_HOSTS",
     ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com", "api.mistral.ai"],
 )
+# Decisions and outcomes are kept this many days; older daily partitions are dropped whole.
+SWITCHYARD_DECISION_RETENTION_DAYS = env_int("SWITCHYARD_DECISION_RETENTION_DAYS", 90)
+SWITCHYARD_PARTITIONS_AHEAD_DAYS = env_int("SWITCHYARD_PARTITIONS_AHEAD_DAYS", 14)

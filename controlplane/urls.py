@@ -46,6 +46,8 @@ urlpatterns = [
     path("registry/keys/", views.api_key_list, name="api-keys"),
     path("registry/keys/action", views.api_key_action, name="api-key-action"),
     path("registry/audit/", views.audit_log, name="audit-log"),
+    path("", include("telemetry.urls")),
+    path("", include("evaluation.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

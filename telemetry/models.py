@@ -1,0 +1,124 @@
+"""Decision records and outcomes: two time-partitioned tables (daily partitions).
+
+Both tables are created by hand-written migrations (PostgreSQL declarative partitioning);
+Django sees ``id`` / ``decision_id`` as the primary key, while in the database the key also
+holds the partition column, as PostgreSQL requires. Registry rows are referenced by id and
+slug without foreign keys: the hot path inserts without lookups, and history stays readable
+after a model or application is renamed or removed.
+"""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+
+class DecisionRecord(models.Model):
+    id = models.UUIDField(primary_key=True)  # UUIDv7; created_at is derived from it
+    created_at = models.DateTimeField()
+    request_id = models.CharField(max_length=128, blank=True)
+    application_id = models.BigIntegerField()
+    application = models.CharField(max_length=64)
+    team = models.CharField(max_length=64, blank=True)
+    task_class = models.CharField(max_length=64)
+    model = models.CharField(max_length=64)
+    provider_model = models.CharField(max_length=128)
+    tier = models.SmallIntegerField()
+    locality = models.CharField(max_length=8)
+    strategy = models.CharField(max_length=12)
+    confidence = models.FloatField()
+    reason = models.TextField()
+    routing_table_version = models.IntegerField()
+    handoff_required = models.BooleanField(default=False)
+    data_classification = models.CharField(max_length=16, blank=True)
+    pii_types = ArrayField(models.CharField(max_length=32), default=list)
+    input_tokens = models.IntegerField()
+    context_tokens = models.IntegerField()
+    max_output_tokens = models.IntegerField()
+    latency_budget_ms = models.IntegerField(null=True)
+    max_cost_usd = models.FloatField(null=True)
+    decision_us = models.IntegerField()
+    end_user = models.CharField(max_length=128, blank=True)
+    prompt = models.TextField(null=True)  # kept only when the task class's retention allows
+    prompt_expires_at = models.DateTimeField(null=True)
+    prompt_template_id = models.CharField(max_length=128, blank=True)
+    prompt_template_version = models.CharField(max_length=64, blank=True)
+    retrieval_query = models.TextField(blank=True)
+    retrieval_document_ids = ArrayField(models.CharField(max_length=256), default=list)
+    metadata = models.JSONField(default=dict)
+    # The decision path: candidates and why each was rejected, fallbacks, policy, budgets.
+    path = models.JSONField(default=dict)
+    # The response body exactly as sent, replayed for a repeated request_id.
+    response = models.JSONField(default=dict)
+
+    class Meta:
+        managed = True
+        db_table = "telemetry_decision"
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.task_class} → {self.model}"
+
+
+class DecisionIdempotency(models.Model):
+    """(application, request_id) → decision: one decision per idempotency key."""
+
+    application_id = models.BigIntegerField()
+    request_id = models.CharField(max_length=128)
+    decision_id = models.UUIDField()
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "telemetry_decision_idempotency"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["application_id", "request_id"], name="one_decision_per_request_id"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application_id}:{self.request_id}"
+
+
+class FinalStatus(models.TextChoices):
+    OK = "ok", "ok"
+    ERROR = "error", "error"
+    TIMEOUT = "timeout", "timeout"
+    INVALID_OUTPUT = "invalid_output", "invalid output"
+    LOW_CONFIDENCE = "low_confidence", "low confidence"
+
+
+class DecisionOutcome(models.Model):
+    """What happened after a decision: attempts, cost, latency, quality."""
+
+    decision_id = models.UUIDField(primary_key=True)
+    decision_created_at = models.DateTimeField()
+    reported_at = models.DateTimeField()
+    application_id = models.BigIntegerField()
+    application = models.CharField(max_length=64)
+    team = models.CharField(max_length=64, blank=True)
+    task_class = models.CharField(max_length=64)
+    routed_model = models.CharField(max_length=64)
+    routed_tier = models.SmallIntegerField()
+    final_model = models.CharField(max_length=64)
+    final_tier = models.SmallIntegerField()
+    final_status = models.CharField(max_length=16, choices=FinalStatus.choices)
+    # [{model, tier, status, latency_ms, input_tokens, output_tokens, escalation_reason,
+    #   cost_usd}], in the order tried.
+    attempts = models.JSONField(default=list)
+    attempt_count = models.SmallIntegerField()
+    escalated = models.BooleanField()
+    input_tokens = models.IntegerField()
+    output_tokens = models.IntegerField()
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=8)
+    latency_ms = models.IntegerField(help_text="Sum of attempt latencies")
+    quality_score = models.FloatField(null=True)
+    user_feedback = models.CharField(max_length=32, blank=True)
+    validation = models.JSONField(default=dict)
+    retrieval_document_ids = ArrayField(models.CharField(max_length=256), default=list)
+    charged_attempts = models.SmallIntegerField(default=0)
+
+    class Meta:
+        db_table = "telemetry_outcome"
+
+    def __str__(self) -> str:
+        return f"{self.decision_id} {self.final_status}"
