@@ -1,0 +1,787 @@
+"""Fast, dependency-free PII detection for the routing hot path.
+
+This module deliberately has no Django (or other third-party) imports so it can be used from
+anywhere - request middleware, Celery workers, benchmarks - and it is designed for throughput:
+
+* cheap pre-filters skip whole families of detectors (no digit in the text -> no digit-based
+  detector runs; no ``@`` -> no e-mail scan; no ``+`` / ``(`` / ``:`` -> no scan for phone
+  numbers written that way or for IPv6);
+* all digit-led kinds (cards, SSNs, IPv4, DNI, most phone formats) are found in ONE regex pass,
+  and IBAN / NINO / NIE in another: each regex starts with a plain character class so the engine
+  can skip quickly to plausible starting points (left "word boundary" checks are look-behinds
+  placed *after* the first character for that reason), and a gate of necessary prefixes rejects
+  dates, times, versions and amounts inside the regex engine, before any Python code runs;
+* regexes only propose candidates - the candidates are then confirmed by small pure validation
+  functions (Luhn, ISO 7064 mod-97, SSA ranges, DNI check letter, ...) and context checks
+  ("Phone:" / "Order no." / "version" right before a number), which use anchored matches on the
+  reversed preceding text.
+
+Public API: :data:`PII_TYPES`, :class:`PiiMatch`, :func:`pii_scan` and :func:`pii_types`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from bisect import bisect_left
+from dataclasses import dataclass
+
+__all__ = [
+    "PII_TYPES",
+    "PiiMatch",
+    "dni_check_letter",
+    "dni_is_valid",
+    "iban_is_valid",
+    "luhn_is_valid",
+    "nino_is_valid",
+    "pii_scan",
+    "pii_types",
+    "ssn_is_valid",
+]
+
+PII_TYPES: tuple[str, ...] = (
+    "email",
+    "phone",
+    "credit_card",
+    "iban",
+    "us_ssn",
+    "ip_address",
+    "uk_nino",
+    "es_dni",
+)
+
+# When two candidate matches overlap, the kind listed first wins.  Checksum-validated kinds come
+# before the heuristic ones (phone numbers are the weakest signal, so they lose every tie).
+_PRIORITY: dict[str, int] = {
+    kind: rank
+    for rank, kind in enumerate(
+        (
+            "email",
+            "iban",
+            "_blocker",
+            "credit_card",
+            "us_ssn",
+            "es_dni",
+            "uk_nino",
+            "ip_address",
+            "phone",
+        )
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PiiMatch:
+    """A validated PII finding: ``text[start:end]`` is the matched value."""
+
+    kind: str
+    start: int
+    end: int
+
+
+# --------------------------------------------------------------------------------------------
+# Pure validation functions
+# --------------------------------------------------------------------------------------------
+
+
+def luhn_is_valid(digits: str) -> bool:
+    """Return True if the string of ASCII digits passes the Luhn (mod 10) checksum."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+# IBAN lengths per country (SWIFT IBAN registry).
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
+    "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27,
+    "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27,
+    "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28,
+    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+
+
+_IBAN_LETTERS = {
+    ord(letter): str(value) for value, letter in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10)
+}
+
+
+def iban_is_valid(iban: str) -> bool:
+    """Validate a compact (no spaces) upper-case IBAN: country length and ISO 7064 mod-97."""
+    if not iban.isascii() or not iban.isalnum() or not iban.isupper():
+        return False
+    expected = IBAN_LENGTHS.get(iban[:2])
+    if expected is None or len(iban) != expected or not iban[2:4].isdigit():
+        return False
+    # ISO 13616: move the first four characters to the end, letters become 10..35, mod 97 == 1.
+    return int((iban[4:] + iban[:4]).translate(_IBAN_LETTERS)) % 97 == 1
+
+
+def ssn_is_valid(area: str, group: str, serial: str) -> bool:
+    """US SSN structural rules (SSA): area not 000/666/9xx, group not 00, serial not 0000."""
+    if len(area) != 3 or len(group) != 2 or len(serial) != 4:
+        return False
+    if not (area + group + serial).isdigit():
+        return False
+    if area in ("000", "666") or area[0] == "9":
+        return False
+    if group == "00" or serial == "0000":
+        return False
+    # Famous numbers that were never valid for an individual (Woolworth wallet card, ads).
+    return (area, group, serial) not in (("078", "05", "1120"), ("219", "09", "9999"))
+
+
+_NINO_BAD_FIRST = frozenset("DFIQUV")
+_NINO_BAD_SECOND = frozenset("DFIOQUV")
+_NINO_BAD_PREFIXES = frozenset(("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"))
+
+
+def nino_is_valid(nino: str) -> bool:
+    """Validate a compact UK National Insurance number such as ``AB123456C`` (HMRC rules)."""
+    if len(nino) != 9 or not nino.isascii():
+        return False
+    prefix, digits, suffix = nino[:2], nino[2:8], nino[8]
+    if not prefix.isalpha() or not prefix.isupper() or not digits.isdigit():
+        return False
+    if prefix[0] in _NINO_BAD_FIRST or prefix[1] in _NINO_BAD_SECOND:
+        return False
+    if prefix in _NINO_BAD_PREFIXES:
+        return False
+    return suffix in "ABCD"
+
+
+_DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
+
+
+def dni_check_letter(number: str) -> str:
+    """Return the check letter of a Spanish DNI number (8 digits) or NIE (X/Y/Z + 7 digits)."""
+    if len(number) == 8 and number[0] in "XYZ":
+        number = str("XYZ".index(number[0])) + number[1:]
+    if len(number) != 8 or not number.isascii() or not number.isdigit():
+        raise ValueError(f"not a DNI/NIE number: {number!r}")
+    return _DNI_LETTERS[int(number) % 23]
+
+
+def dni_is_valid(dni: str) -> bool:
+    """Validate a compact DNI (``12345678Z``) or NIE (``X1234567L``)."""
+    if len(dni) != 9:
+        return False
+    try:
+        return dni_check_letter(dni[:8]) == dni[8]
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary and context helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _left_ok(text: str, start: int) -> bool:
+    """The candidate must be a standalone token, not the tail of a longer code or number."""
+    if start == 0:
+        return True
+    prev = text[start - 1]
+    if _is_word(prev):
+        return False
+    if prev in "-/#+.\\" and start >= 2 and _is_word(text[start - 2]):
+        return False  # INV-4111..., ORD#..., ref/..., 1.415...
+    if prev == "#":
+        return False
+    return not (prev == " " and start >= 2 and text[start - 2].isdigit())
+
+
+def _right_ok(text: str, end: int) -> bool:
+    if end >= len(text):
+        return True
+    nxt = text[end]
+    if _is_word(nxt):
+        return False
+    if nxt in "-./:" and end + 1 < len(text) and text[end + 1].isalnum():
+        return False  # 4111...-01, 0132.50, 10:30, 1.2.3.4-beta
+    return not (nxt == " " and end + 1 < len(text) and text[end + 1].isdigit())
+
+
+# Context keywords.  A label such as "Phone:" or "Order no." right before a number decides what
+# the number is.  The patterns are matched against the *reversed* text before the candidate with
+# ``re.match`` - anchored, so it costs one attempt instead of a search through the window.
+
+
+def _reversed_keyword_re(phrases: str, suffixes: str, punctuation: str) -> re.Pattern[str]:
+    """Build a matcher for ``<phrase> [<suffix>] [<punctuation>]`` at the end of a string.
+
+    `phrases` and `suffixes` are ``|``-separated; words inside a phrase are space-separated and
+    match any run of whitespace.  The phrase must start at a word boundary.
+    """
+
+    def reverse(phrase: str) -> str:
+        return r"\s+".join(re.escape(word[::-1]) for word in reversed(phrase.split()))
+
+    phrase_alternatives = "|".join(reverse(phrase) for phrase in phrases.split("|"))
+    suffix_alternatives = "|".join(reverse(s) for s in suffixes.split("|"))
+    return re.compile(
+        rf"\s*(?:[{punctuation}]\s*){{0,2}}(?:(?:{suffix_alternatives})\s*)?"
+        rf"(?:{phrase_alternatives})(?![a-z])",
+        re.IGNORECASE,
+    )
+
+
+def _phrases(*parts: str) -> str:
+    """Expand "call|text" x "me|us" ... into every combination; "" makes a part optional."""
+    combos = [""]
+    for part in parts:
+        combos = [f"{head} {word}".strip() for head in combos for word in part.split("|")]
+    return "|".join(combos)
+
+
+_PHONE_CONTEXT_RE = _reversed_keyword_re(
+    "phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|landline|hotline|ph|dial|"
+    + _phrases("call", "|me|us|him|her|them|back", "|at|on")
+    + "|"
+    + _phrases("text", "me|us", "|at|on")
+    + "|"
+    + _phrases("reach", "me|us|him|her|them", "at|on"),
+    "number|no|no.|nr|nr.|#",
+    r":=.\-(",
+)
+_ID_CONTEXT_RE = _reversed_keyword_re(
+    "order|invoice|inv|ticket|case|ref|reference|po|sku|part|serial|s/n|sn|tracking|account|"
+    "acct|id|no|nr|num|build|version|ver|release|batch|lot|txn|transaction|confirmation|"
+    "booking|policy|claim|member|employee|container|shipment|parcel|pnr|incident|request|req|"
+    "job|run|pid|uid|customer|cust|contract|quote|item|receipt|voucher|code|pin|otp|amount|"
+    "total|qty|quantity|isbn|ean|upc|gtin|imei|msisdn|tag|asset",
+    "number|no|no.|nr|nr.|id|#|num",
+    r":#=.\-",
+)
+_VERSION_CONTEXT_RE = _reversed_keyword_re(
+    "v|version|ver|release|rel|build|firmware|fw|rev|revision|section|sec|clause|chapter|ch|"
+    "step|item|rule|oid|mib|patch|sdk|api|assembly|fileversion|productversion|§|"
+    # products whose four-part version numbers look like addresses
+    "android|ios|ipados|macos|windows|win|chrome|chromium|firefox|safari|edge|opera|java|jdk|"
+    "jre|kernel|office",
+    "number|no|no.|nr|nr.",
+    r":#=",
+)
+_SSN_CONTEXT_RE = _reversed_keyword_re(
+    "ssn|ss#|ss no|ss no.|social security|social security number|social security no|"
+    "social security no.|social security #|tin|itin",
+    "is|was",
+    r":#=\-",
+)
+
+
+def _reversed_context(text: str, start: int, width: int = 40) -> str:
+    """The `width` characters before `start`, reversed (for the `_*_CONTEXT_RE` matchers)."""
+    return text[max(0, start - width) : start][::-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Detectors.  Each appends (kind, start, end) for validated candidates to `found`.
+# --------------------------------------------------------------------------------------------
+
+_Finding = tuple[str, int, int]
+# Pseudo-kind for spans that are known not to be PII but look like it (an IBAN with a wrong
+# checksum): they take part in overlap resolution and are then dropped from the results.
+_BLOCKER = "_blocker"
+
+_LOCAL_PART_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}\Z")
+_DOMAIN_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})(?![A-Za-z0-9\-])"
+)
+# TLD-looking suffixes that are really file extensions (logo@2x.png, bundle@1.0.js, ...).
+_FILE_EXTENSIONS = frozenset((
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tif", "tiff", "heic", "js", "mjs",
+    "cjs", "css", "scss", "less", "ts", "tsx", "jsx", "vue", "java", "jar", "war", "class", "kt",
+    "swift", "pyc", "whl", "egg", "zip", "gz", "tgz", "bz2", "xz", "tar", "rar", "7z", "log", "txt",
+    "json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "lock", "html", "htm", "php", "exe",
+    "dll", "bin", "iso", "dmg", "pkg", "msi", "pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx",
+    "csv", "tsv", "mp3", "mp4", "wav", "mov", "avi", "mkv", "ttf", "otf", "woff", "woff2", "map",
+))  # fmt: skip
+
+
+def _scan_email(text: str, found: list[_Finding]) -> None:
+    find = text.find
+    at = find("@")
+    while at != -1:
+        next_at = find("@", at + 1)
+        local = _LOCAL_PART_RE.search(text, max(0, at - 64), at)
+        domain = _DOMAIN_RE.match(text, at + 1) if local is not None else None
+        if local is not None and domain is not None:
+            start, end = local.start(), domain.end()
+            local_text = local.group()
+            # Trim leading punctuation picked up from the surrounding prose ("(-alice@x.com").
+            while local_text and local_text[0] in ".%+-":
+                local_text = local_text[1:]
+                start += 1
+            tld = domain.group(1).lower()
+            ok = (
+                bool(local_text)
+                and not local_text.endswith(".")
+                and ".." not in local_text
+                and tld not in _FILE_EXTENSIONS
+                and (
+                    start == 0
+                    or text[start - 1] not in "/:@"
+                    or text[max(0, start - 7) : start].lower() == "mailto:"
+                )
+            )
+            if ok and end < len(text) and text[end] == ":":
+                # scp-style remotes: git@github.com:org/repo.git
+                ok = not (
+                    end + 1 < len(text) and (text[end + 1].isalnum() or text[end + 1] in "/~")
+                )
+            if ok:
+                found.append(("email", start, end))
+        at = next_at
+
+
+def _card_prefix_ok(digits: str) -> bool:
+    """Plausible issuer identification number (IIN) for the card length."""
+    length = len(digits)
+    two = int(digits[:2])
+    three = int(digits[:3])
+    four = int(digits[:4])
+    if digits[0] == "4":  # Visa
+        return length in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:  # Mastercard
+        return length == 16
+    if two in (34, 37):  # American Express
+        return length == 15
+    if two == 36 or 300 <= three <= 305 or two in (38, 39):  # Diners Club
+        return 14 <= length <= 19
+    if four == 6011 or 644 <= three <= 649 or two == 65:  # Discover
+        return 16 <= length <= 19
+    if 3528 <= four <= 3589:  # JCB
+        return 16 <= length <= 19
+    if two == 62:  # UnionPay
+        return 16 <= length <= 19
+    if two == 50 or 56 <= two <= 58 or two in (63, 67):  # Maestro
+        return 12 <= length <= 19
+    return False
+
+
+def _card_groups_ok(candidate: str) -> bool:
+    separators = {char for char in candidate if not char.isdigit()}
+    if not separators:
+        return True
+    if len(separators) > 1:
+        return False
+    groups = candidate.split(separators.pop())
+    sizes = [len(group) for group in groups]
+    if sizes in ([4, 6, 5], [4, 6, 4]):  # Amex / Diners
+        return True
+    return all(size == 4 for size in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
+_DATE_PREFIX_RE = re.compile(
+    r"(?:0?[1-9]|[12][0-9]|3[01])[ ./\-](?:0?[1-9]|1[0-2]|[12][0-9]|3[01])[ ./\-](?:19|20)[0-9]{2}"
+)
+
+
+def _phone_context_ok(text: str, start: int) -> bool | None:
+    """True: labelled as a phone; False: labelled as an identifier; None: no opinion."""
+    before = _reversed_context(text, start)
+    if _PHONE_CONTEXT_RE.match(before):
+        return True
+    if _ID_CONTEXT_RE.match(before):
+        return False
+    return None
+
+
+def _phone_separators_ok(candidate: str) -> bool:
+    separators = [char for char in candidate if char in " .-/"]
+    if separators.count("/") > 1 or (separators and "/" in separators[1:]):
+        return False  # only "030/901820" style: a single slash after the area code
+    return not ("." in separators and any(sep != "." for sep in separators))
+
+
+# --- Digit-led kinds: one combined pass ---------------------------------------------------------
+#
+# Scanning the text once per kind is what makes naive detectors slow: each pass has to stop at
+# every digit.  Instead, one regex stops at each *token-initial* digit, applies a cheap gate
+# (a necessary prefix of one of the shapes) and then records, through optional look-aheads
+# (``(?=(?P<name>...)|)``), every candidate shape that starts there.  Each named group holds
+# the candidate *minus its first digit*: the span is ``(start, start + 1 + len(group))``.
+_DIGIT_RE = re.compile(
+    r"[0-9](?<![\w.][0-9])"
+    # gate: a necessary prefix of at least one of the shapes below (dates, times, versions,
+    # amounts and short numbers fail here, in C, without creating a match object)
+    r"(?=[0-9]{3}[ \-]?[0-9]{4}|[0-9]{2}[\- ]?[0-9]{2}[\- ]?[0-9]{4}|[0-9]{0,2}\.[0-9]{1,3}\."
+    r"|[0-9]\.[0-9]{3}\.[0-9]{3}|[0-9]{2}[ .\-][2-9][0-9]{2}[ .\-][0-9]{4}"
+    r"|(?<=1)[ .\-]?\(?[2-9][0-9]{2}\)?[ .\-]?[2-9][0-9]{2}|(?<=0)[1-9](?:[ .\-/]{0,3}[0-9]){7}"
+    r"|(?<=0)0[1-9])"
+    # credit card: 13-19 digits, optional single space/dash separators
+    r"(?=(?P<card>(?:[ \-]?[0-9]){12,18})(?![0-9])|)"
+    # US SSN: AAA-GG-SSSS (space or no separator need an "SSN" label before it)
+    r"(?=(?P<ssn>[0-9]{2}(?P<ssep>[\- ]?)[0-9]{2}(?P=ssep)[0-9]{4})(?![0-9])|)"
+    # IPv4 dotted quad
+    r"(?=(?P<ipv4>[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9])|)"
+    # Spanish DNI: 8 digits (optionally 12.345.678) and a check letter
+    r"(?=(?P<dni>[0-9]\.?[0-9]{3}\.?[0-9]{3}-?[A-Z])(?!\w)|)"
+    # US phone 415-555-0132 / 415.555.0132 / 415 555 0132
+    r"(?=(?<=[2-9])(?P<us>[0-9]{2}(?P<usep>[ .\-])[2-9][0-9]{2}(?P=usep)[0-9]{4})(?![0-9])|)"
+    # US phone with the 1 prefix: 1-800-555-0199, 1 (800) 555-0175
+    r"(?=(?<=1)(?P<us1>[ .\-]?(?:\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .\-]?|"
+    r"[2-9][0-9]{2}(?P<usep1>[ .\-])[2-9][0-9]{2}(?P=usep1))[0-9]{4})(?![0-9])|)"
+    # European national format with trunk 0: 020 7946 0958, 030/901820, 06 12 34 56 78 and the
+    # older German "040 - 123 456 78"
+    r"(?=(?<![\-/:]0)(?<=0)(?=[1-9])(?P<natl>(?:[0-9]|[ .\-/](?=[0-9])| - (?=[0-9])){5,16})"
+    r"(?![0-9])|)"
+    # international with 00 instead of +: 0044 20 7946 0958
+    r"(?=(?<=0)(?P<intl00>0[1-9](?:[0-9]|[ .\-](?=[0-9]|\([0-9]{1,4}\))|\([0-9]{1,4}\)){6,24})"
+    r"(?![0-9])|)"
+    # bare digit run: a phone number only when labelled ("phone: 4155550123")
+    r"(?=(?P<bare>[0-9]{8,11})(?![0-9])|)"
+)
+_PHONE_PLUS_RE = re.compile(
+    r"\+(?<![\w+]\+)[1-9](?:[0-9]|[ .\-](?=[0-9]|\([0-9]{1,4}\))|\([0-9]{1,4}\)){6,24}(?![0-9])"
+)
+_PHONE_PAREN_RE = re.compile(
+    r"\((?:(?P<us>[2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .\-]?[0-9]{4})|"
+    r"(?P<natl>0[1-9][0-9]{0,3}\) ?(?:[0-9]|[ .\-/](?=[0-9])){5,16}))(?![0-9])"
+)
+# Upper-case-led kinds: IBAN, UK NINO, Spanish NIE.
+_UPPER_RE = re.compile(
+    r"[A-Z](?<![\w][A-Z])"
+    r"(?=[A-Z] ?[0-9]{2}|(?<=[XYZ])-?[0-9]{7})"
+    r"(?=(?P<iban>[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,30})|)"
+    r"(?=(?P<nino>[A-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D])(?![\w])|)"
+    r"(?=(?<=[XYZ])(?P<nie>-?[0-9]{7}-?[A-Z])(?![\w])|)"
+)
+
+
+def _check_card(text: str, start: int, end: int) -> bool:
+    if not _left_ok(text, start) or not _right_ok(text, end):
+        return False
+    candidate = text[start:end]
+    if not _card_groups_ok(candidate):
+        return False
+    digits = candidate.replace(" ", "").replace("-", "")
+    return _card_prefix_ok(digits) and luhn_is_valid(digits)
+
+
+def _check_ssn(text: str, start: int, end: int, separator: str) -> bool:
+    if not _left_ok(text, start) or not _right_ok(text, end):
+        return False
+    if separator != "-" and not _SSN_CONTEXT_RE.match(_reversed_context(text, start)):
+        return False  # "123 45 6789" and bare 9-digit numbers need an explicit SSN label
+    digits = text[start:end].replace("-", "").replace(" ", "")
+    return ssn_is_valid(digits[:3], digits[3:5], digits[5:])
+
+
+def _is_netmask(octets: list[int]) -> bool:
+    """255.255.255.0 and friends: a contiguous run of one bits is a subnet mask, not a host."""
+    if octets[0] != 255:
+        return False
+    value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
+    host_bits = ~value & 0xFFFFFFFF
+    return host_bits & (host_bits + 1) == 0
+
+
+def _check_ipv4(text: str, start: int, end: int) -> bool:
+    if start > 0 and text[start - 1] in "-+":
+        return False
+    if end < len(text):
+        nxt = text[end]
+        if _is_word(nxt):
+            return False
+        if nxt in ".-" and end + 1 < len(text) and text[end + 1].isalnum():
+            return False  # 1.3.6.1.4.1 (OID), 1.2.3.4-beta
+    octets = [int(octet) for octet in text[start:end].split(".")]
+    if any(octet > 255 for octet in octets) or _is_netmask(octets):
+        return False
+    return not _VERSION_CONTEXT_RE.match(_reversed_context(text, start, 24))
+
+
+def _check_dni(text: str, start: int, end: int) -> bool:
+    if not _left_ok(text, start) or not _right_ok(text, end):
+        return False
+    compact = text[start:end].replace(".", "").replace("-", "")
+    return len(compact) == 9 and dni_is_valid(compact)
+
+
+def _check_phone(text: str, start: int, end: int, form: str) -> bool:
+    """Validate a phone candidate; `form` is the shape that proposed it."""
+    candidate = text[start:end]
+    if form in ("plus", "intl00"):
+        digits = sum(char.isdigit() for char in candidate.replace("(0)", ""))
+        minimum = 8
+        if form == "intl00":
+            # "0044 20 7946 0958": the 00 trunk form needs separators and a full-length number.
+            digits -= 2
+            minimum = 10
+            if not any(char in " .-(" for char in candidate):
+                return False
+        if not minimum <= digits <= 15 or not _phone_separators_ok(candidate):
+            return False
+        if not _right_ok(text, end) or (start > 0 and _is_word(text[start - 1])):
+            return False
+        if form == "intl00" and not _left_ok(text, start):
+            return False
+        return _phone_context_ok(text, start) is not False
+    if not _left_ok(text, start) or not _right_ok(text, end):
+        return False
+    context = _phone_context_ok(text, start)
+    if form == "bare":
+        return context is True
+    if context is False:
+        return False
+    if form == "us":
+        return True
+    # European national format.
+    digits = sum(char.isdigit() for char in candidate)
+    if not 9 <= digits <= 12:
+        return False
+    groups = [group for group in _PHONE_GROUP_SPLIT_RE.split(candidate) if group]
+    if len(groups) == 1 and not candidate.startswith("(") and context is not True:
+        return False  # bare "07700900123" needs a phone keyword
+    if any(len(group) < 2 for group in groups) or not _phone_separators_ok(candidate):
+        return False
+    if " - " in candidate and (
+        candidate.count(" - ") > 1 or candidate.index(" - ") != len(groups[0])
+    ):
+        return False  # "040 - 123 456 78": the spaced dash only after the area code
+    return _DATE_PREFIX_RE.match(candidate) is None
+
+
+_PHONE_GROUP_SPLIT_RE = re.compile(r"[ .\-/()]+")
+
+
+def _scan_digits(text: str, found: list[_Finding]) -> None:
+    append = found.append
+    for match in _DIGIT_RE.finditer(text):
+        start = match.start()
+        groups = match.groups()
+        # Each named group holds a candidate minus its first digit (see _DIGIT_RE).
+        for index, kind, form in _DIGIT_GROUPS:
+            value = groups[index]
+            if value is None:
+                continue
+            end = start + 1 + len(value)
+            if kind == "credit_card":
+                ok = _check_card(text, start, end)
+            elif kind == "us_ssn":
+                ok = _check_ssn(text, start, end, groups[_SSN_SEPARATOR] or "")
+            elif kind == "ip_address":
+                ok = _check_ipv4(text, start, end)
+            elif kind == "es_dni":
+                ok = _check_dni(text, start, end)
+            else:
+                ok = _check_phone(text, start, end, form)
+            if ok:
+                append((kind, start, end))
+
+
+_DIGIT_GROUPS: tuple[tuple[int, str, str], ...] = tuple(
+    (_DIGIT_RE.groupindex[group] - 1, kind, form)
+    for group, kind, form in (
+        ("card", "credit_card", ""),
+        ("ssn", "us_ssn", ""),
+        ("ipv4", "ip_address", ""),
+        ("dni", "es_dni", ""),
+        ("us", "phone", "us"),
+        ("us1", "phone", "us"),
+        ("natl", "phone", "natl"),
+        ("intl00", "phone", "intl00"),
+        ("bare", "phone", "bare"),
+    )
+)
+_SSN_SEPARATOR = _DIGIT_RE.groupindex["ssep"] - 1
+
+
+def _scan_plus_phones(text: str, found: list[_Finding]) -> None:
+    for match in _PHONE_PLUS_RE.finditer(text):
+        start, end = match.span()
+        if _check_phone(text, start, end, "plus"):
+            found.append(("phone", start, end))
+
+
+def _scan_paren_phones(text: str, found: list[_Finding]) -> None:
+    for match in _PHONE_PAREN_RE.finditer(text):
+        start, end = match.span()
+        if _check_phone(text, start, end, "us" if match.group("us") else "natl"):
+            found.append(("phone", start, end))
+
+
+def _iban_shape_end(candidate: str) -> int:
+    """Length of the longest prefix printed like an IBAN: compact, or groups of four."""
+    if " " not in candidate:
+        return len(candidate)
+    used = 0
+    for index, group in enumerate(candidate.split(" ")):
+        used += len(group) + (1 if index else 0)
+        if len(group) != 4:
+            break
+    return used
+
+
+def _check_iban(text: str, start: int, candidate: str, found: list[_Finding]) -> None:
+    expected = IBAN_LENGTHS.get(candidate[:2])
+    if expected is None:
+        return
+    # Take exactly `expected` alphanumerics; the next character must end the group.
+    count = 0
+    cut = len(candidate)
+    for index, char in enumerate(candidate):
+        if char != " ":
+            count += 1
+            if count == expected:
+                cut = index + 1
+                break
+    value = candidate[:cut]
+    end = start + cut
+    if (
+        count == expected
+        and (cut == len(candidate) or candidate[cut] == " ")
+        and _iban_shape_end(value) == cut
+        and (_right_ok(text, end) or text[end] == " ")
+        and iban_is_valid(value.replace(" ", ""))
+    ):
+        found.append(("iban", start, end))
+        return
+    shape = _iban_shape_end(candidate)
+    if shape >= 15:
+        # Shaped like an IBAN of a known country but invalid (wrong length or check digits):
+        # not reported, but it stops the digit groups inside it being read as phone numbers.
+        found.append((_BLOCKER, start, start + shape))
+
+
+def _scan_upper(text: str, found: list[_Finding]) -> None:
+    for match in _UPPER_RE.finditer(text):
+        start = match.start()
+        iban = match.group("iban")
+        if iban is not None:
+            _check_iban(text, start, text[start : match.end("iban")], found)
+        end = match.end("nino")
+        if (
+            end != -1
+            and _left_ok(text, start)
+            and _right_ok(text, end)
+            and nino_is_valid(text[start:end].replace(" ", ""))
+        ):
+            found.append(("uk_nino", start, end))
+        end = match.end("nie")
+        if end != -1 and _check_dni(text, start, end):
+            found.append(("es_dni", start, end))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF:")
+# "::", or a colon with a hex digit on its left and another colon within four hex digits.
+_IPV6_SEED_RE = re.compile(r":(?::|(?<=[0-9A-Fa-f]:)(?=[0-9A-Fa-f]{0,4}:))")
+_IPV6_BODY_RE = re.compile(r"[0-9A-Fa-f:]+(?:\.[0-9]{1,3}){0,3}")
+
+
+def _scan_ipv6(text: str, found: list[_Finding]) -> None:
+    pos = 0
+    length = len(text)
+    search = _IPV6_SEED_RE.search
+    while True:
+        seed = search(text, pos)
+        if seed is None:
+            return
+        start = seed.start()
+        while start > 0 and text[start - 1] in _HEX:
+            start -= 1
+        body = _IPV6_BODY_RE.match(text, start)
+        end = body.end() if body is not None else seed.end()
+        pos = max(end, seed.end())
+        if start > 0 and (_is_word(text[start - 1]) or text[start - 1] in ".%"):
+            continue
+        if end < length and (_is_word(text[end]) or text[end] == ":"):
+            continue
+        candidate = text[start:end]
+        if candidate.count(":") < 2 or candidate == "::":
+            continue
+        if "::" not in candidate and candidate.count(":") != 7 and "." not in candidate:
+            continue  # 10:30:00, 00:1A:2B:3C:4D:5E
+        # "a::b" style tokens: require some digit so C++/Perl scope operators are not flagged.
+        if not any(char.isdigit() for char in candidate):
+            continue
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        found.append(("ip_address", start, end))
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+_ANY_DIGIT_RE = re.compile(r"[0-9]")
+
+
+def _candidates(text: str) -> list[_Finding]:
+    found: list[_Finding] = []
+    if "@" in text:
+        _scan_email(text, found)
+    if _ANY_DIGIT_RE.search(text) is not None:
+        _scan_digits(text, found)
+        _scan_upper(text, found)
+        if "+" in text:
+            _scan_plus_phones(text, found)
+        if "(" in text:
+            _scan_paren_phones(text, found)
+        if ":" in text:
+            _scan_ipv6(text, found)
+    return found
+
+
+def _resolve(found: list[_Finding]) -> tuple[PiiMatch, ...]:
+    """Drop candidates overlapping a higher-priority (or earlier, longer) accepted match."""
+    if len(found) <= 1:
+        return tuple(PiiMatch(kind, start, end) for kind, start, end in found if kind != _BLOCKER)
+    found.sort(key=lambda item: (_PRIORITY[item[0]], item[1], item[1] - item[2]))
+    starts: list[int] = []  # accepted, non-overlapping, sorted by start
+    ends: list[int] = []
+    kinds: list[str] = []
+    for kind, start, end in found:
+        index = bisect_left(starts, start)
+        if index > 0 and ends[index - 1] > start:
+            continue
+        if index < len(starts) and starts[index] < end:
+            continue
+        starts.insert(index, start)
+        ends.insert(index, end)
+        kinds.insert(index, kind)
+    return tuple(
+        PiiMatch(k, s, e) for k, s, e in zip(kinds, starts, ends, strict=True) if k != _BLOCKER
+    )
+
+
+def pii_scan(text: str) -> tuple[PiiMatch, ...]:
+    """Return every validated PII match in ``text``, ordered by position, non-overlapping."""
+    if not text:
+        return ()
+    return _resolve(_candidates(text))
+
+
+def pii_types(text: str) -> tuple[str, ...]:
+    """Return the sorted unique PII kinds present in ``text`` (the routing hot path)."""
+    if not text:
+        return ()
+    found = _candidates(text)
+    if not found:
+        return ()
+    kinds = {kind for kind, _, _ in found}
+    if len(kinds) == 1 and _BLOCKER not in kinds:
+        return (found[0][0],)  # a single kind: overlap resolution cannot remove all of them
+    return tuple(sorted({match.kind for match in _resolve(found)}))

@@ -1,0 +1,432 @@
+"""Tests for routing.pii: checksum helpers, per-kind detection, labelled-set accuracy, fuzzing."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from routing.pii import (
+    PII_TYPES,
+    PiiMatch,
+    dni_check_letter,
+    dni_is_valid,
+    iban_is_valid,
+    luhn_is_valid,
+    nino_is_valid,
+    pii_scan,
+    pii_types,
+    ssn_is_valid,
+)
+
+LABELLED = Path(__file__).parent / "data" / "pii_labelled.jsonl"
+
+
+def _found(text: str, kind: str) -> list[str]:
+    return [text[m.start : m.end] for m in pii_scan(text) if m.kind == kind]
+
+
+# --------------------------------------------------------------------------------------------
+# API shape
+# --------------------------------------------------------------------------------------------
+
+
+def test_pii_types_constant() -> None:
+    assert isinstance(PII_TYPES, tuple)
+    assert len(set(PII_TYPES)) == len(PII_TYPES)
+    for kind in ("email", "phone", "credit_card", "iban", "us_ssn", "ip_address"):
+        assert kind in PII_TYPES
+    assert "uk_nino" in PII_TYPES
+    assert "es_dni" in PII_TYPES
+
+
+def test_pii_match_is_frozen_and_slotted() -> None:
+    match = PiiMatch("email", 0, 5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.start = 1  # type: ignore[misc]
+    assert not hasattr(match, "__dict__")
+
+
+def test_empty_and_clean_text() -> None:
+    assert pii_scan("") == ()
+    assert pii_types("") == ()
+    assert pii_types("The router restarted cleanly, no action needed.") == ()
+
+
+def test_pii_types_is_sorted_unique_and_matches_scan() -> None:
+    text = (
+        "Call +44 20 7946 0958 or +1 415 555 0132, mail a@example.com or b@example.org, "
+        "card 4111 1111 1111 1111, from 203.0.113.9"
+    )
+    kinds = pii_types(text)
+    assert kinds == ("credit_card", "email", "ip_address", "phone")
+    assert kinds == tuple(sorted({m.kind for m in pii_scan(text)}))
+
+
+def test_scan_spans_are_ordered_and_non_overlapping() -> None:
+    text = "IBAN DE89 3704 0044 0532 0130 00, tel 020 7946 0958, jo@example.com"
+    matches = pii_scan(text)
+    assert [m.kind for m in matches] == ["iban", "phone", "email"]
+    for previous, current in itertools.pairwise(matches):
+        assert previous.end <= current.start
+    assert text[matches[0].start : matches[0].end] == "DE89 3704 0044 0532 0130 00"
+
+
+# --------------------------------------------------------------------------------------------
+# Checksum / validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "digits",
+    ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117", "0", "18"],
+)
+def test_luhn_valid(digits: str) -> None:
+    assert luhn_is_valid(digits)
+
+
+@pytest.mark.parametrize(
+    "digits", ["4111111111111112", "1234567890123456", "", "41111111a1111111", "١٢٣"]
+)
+def test_luhn_invalid(digits: str) -> None:
+    assert not luhn_is_valid(digits)
+
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "GB82WEST12345698765432",
+        "DE89370400440532013000",
+        "FR1420041010050500013M02606",
+        "NL91ABNA0417164300",
+        "NO9386011117947",
+        "MT84MALT011000012345MTLCAST001S",
+    ],
+)
+def test_iban_valid(iban: str) -> None:
+    assert iban_is_valid(iban)
+
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "GB82WEST12345698765433",  # check digits wrong
+        "DE89370400440532013001",
+        "DE8937040044053201300",  # too short for DE
+        "XX82WEST12345698765432",  # unknown country
+        "gb82west12345698765432",  # lower case
+        "GB82 WEST 1234 5698 7654 32",  # not compact
+        "",
+    ],
+)
+def test_iban_invalid(iban: str) -> None:
+    assert not iban_is_valid(iban)
+
+
+def test_ssn_rules() -> None:
+    assert ssn_is_valid("536", "22", "1418")
+    assert ssn_is_valid("001", "01", "0001")
+    assert ssn_is_valid("899", "12", "7745")
+    assert not ssn_is_valid("000", "12", "3456")
+    assert not ssn_is_valid("666", "12", "3456")
+    assert not ssn_is_valid("900", "12", "3456")
+    assert not ssn_is_valid("987", "65", "4321")
+    assert not ssn_is_valid("123", "00", "4567")
+    assert not ssn_is_valid("123", "45", "0000")
+    assert not ssn_is_valid("078", "05", "1120")  # the Woolworth wallet-card number
+    assert not ssn_is_valid("12", "345", "6789")
+
+
+def test_nino_rules() -> None:
+    assert nino_is_valid("AB123456C")
+    assert nino_is_valid("JG103759A")
+    assert not nino_is_valid("QQ123456C")  # Q is never a first letter
+    assert not nino_is_valid("AO123456C")  # O is never a second letter
+    assert not nino_is_valid("BG123456A")  # reserved prefix
+    assert not nino_is_valid("AB123456E")  # suffix must be A-D
+    assert not nino_is_valid("AB12345C")
+
+
+def test_dni_check_letter() -> None:
+    assert dni_check_letter("12345678") == "Z"
+    assert dni_check_letter("87654321") == "X"
+    assert dni_check_letter("X1234567") == "L"
+    assert dni_check_letter("Y7654321") == "G"
+    assert dni_is_valid("12345678Z")
+    assert not dni_is_valid("12345678A")
+    assert not dni_is_valid("1234567Z")
+    with pytest.raises(ValueError):
+        dni_check_letter("1234ABCD")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-kind detection: (text, expected matched substring)
+# --------------------------------------------------------------------------------------------
+
+POSITIVES: dict[str, list[tuple[str, str]]] = {
+    "email": [
+        ("Contact jane.doe@example.com today", "jane.doe@example.com"),
+        ("<ops-team+alerts@corp.example.org>", "ops-team+alerts@corp.example.org"),
+        ("mailto:sales@northwind.example.com", "sales@northwind.example.com"),
+        ("ALEX.KIM@EXAMPLE.COM.", "ALEX.KIM@EXAMPLE.COM"),
+    ],
+    "phone": [
+        ("call +1 (415) 555-0132 now", "+1 (415) 555-0132"),
+        ("mobile +44 7700 900123.", "+44 7700 900123"),
+        ("office 020 7946 0958 (reception)", "020 7946 0958"),
+        ("voicemail from 415-555-0176 today", "415-555-0176"),
+        ("reach him at (212) 555-0198", "(212) 555-0198"),
+        ("Kontakt: 030/901820", "030/901820"),
+        ("rappel au 06 12 34 56 78 demain", "06 12 34 56 78"),
+        ("Rufnummer +49 (0)89 1234 5678", "+49 (0)89 1234 5678"),
+        ("hotline 1-800-555-0199 is down", "1-800-555-0199"),
+        ("phone: 4155550123", "4155550123"),
+        ("dial 0044 20 7946 0958", "0044 20 7946 0958"),
+        ("Telefonnummer: 040 - 123 456 78", "040 - 123 456 78"),
+    ],
+    "credit_card": [
+        ("card 4111 1111 1111 1111 exp 12/27", "4111 1111 1111 1111"),
+        ("card 5555-5555-5555-4444.", "5555-5555-5555-4444"),
+        ("Amex 3782 822463 10005 declined", "3782 822463 10005"),
+        ("cc=4012888888881881&x=1", "4012888888881881"),
+        ("Diners 3056 9309 0259 04", "3056 9309 0259 04"),
+    ],
+    "iban": [
+        ("IBAN GB82 WEST 1234 5698 7654 32.", "GB82 WEST 1234 5698 7654 32"),
+        ("to DE89370400440532013000 now", "DE89370400440532013000"),
+        ("IBAN DE89 3704 0044 0532 0130 00 EUR", "DE89 3704 0044 0532 0130 00"),
+        ("FR14 2004 1010 0505 0001 3M02 606", "FR14 2004 1010 0505 0001 3M02 606"),
+    ],
+    "us_ssn": [
+        ("SSN 536-22-1418 on file", "536-22-1418"),
+        ("social security number 219 44 5823", "219 44 5823"),
+        ("SSN is 318459021.", "318459021"),
+    ],
+    "ip_address": [
+        ("from 203.0.113.45, blocked", "203.0.113.45"),
+        ("peer 172.16.254.1:5432", "172.16.254.1"),
+        ("allow 198.51.100.0/24", "198.51.100.0"),
+        ("addr 2001:db8:85a3::8a2e:370:7334 seen", "2001:db8:85a3::8a2e:370:7334"),
+        ("bind ::1 only", "::1"),
+        ("from ::ffff:192.0.2.128.", "::ffff:192.0.2.128"),
+        ("up 2001:0db8:0000:0000:0000:ff00:0042:8329", "2001:0db8:0000:0000:0000:ff00:0042:8329"),
+    ],
+    "uk_nino": [
+        ("NI number AB 12 34 56 C here", "AB 12 34 56 C"),
+        ("NINO CE123456B", "CE123456B"),
+    ],
+    "es_dni": [
+        ("DNI 12345678Z", "12345678Z"),
+        ("NIE X1234567L.", "X1234567L"),
+        ("DNI 45.678.912-S", "45.678.912-S"),
+    ],
+}
+
+NEGATIVES: dict[str, list[str]] = {
+    "email": [
+        "ping @alice and @bob.smith",
+        "asset logo@2x.png missing",
+        "npm i @types/node@20.11.5",
+        "git clone git@github.com:acme/router.git",
+        "postgres://app@db.example.com:5432/app",
+        "user@localhost cannot log in",
+    ],
+    "phone": [
+        "Order 4155550132 refunded",
+        "meeting on 15/03/2024 at 14:30",
+        "Invoice no. 0044 2079 4609",
+        "Serial 0123-4567-89",
+        "release 2024.03.2 and version 1.25.3",
+        "Total due: $1,234.56",
+        "Dates 03/04/2024 and 01.02.2024 10:30",
+        "Revenue grew +12.5% and +1 for this",
+        "Asset tag 0042-7781-19",
+        "Ticket #555-0132 closed",
+        "Range 010 - 020 - 030",
+    ],
+    "credit_card": [
+        "Order 4111 1111 1111 1112 failed",  # Luhn fails
+        "Account 1234 5678 9012 3456",  # no issuer prefix
+        "IMEI 490154203237518",  # Luhn-valid but 15 digits with a Visa prefix
+        "USPS 9400 1000 0000 0000 0000 00",
+        "ORD-4111111111111111",  # part of a longer identifier
+        "Timestamp 1710498765123456",
+    ],
+    "iban": [
+        "GB82 WEST 1234 5698 7654 33 rejected",
+        "XX82 WEST 1234 5698 7654 32",
+        "DE89 3704 0044 0532 0130 is short",
+        "gb82 west 1234 5698 7654 32",
+    ],
+    "us_ssn": [
+        "000-12-3456",
+        "666-45-1234",
+        "987-65-4321",
+        "123-00-4567",
+        "123-45-0000",
+        "078-05-1120",
+        "part 123 45 6789",  # spaced form needs an SSN label
+        "id 123456789",
+        "ISBN 978-3-16-148410-0",
+    ],
+    "ip_address": [
+        "Release v1.2.3.4 is out",
+        "Assembly version 4.0.0.0",
+        "OID 1.3.6.1.4.1.9.9.43",
+        "Chrome 122.0.6261.94",
+        "see section 4.2.1.3",
+        "octets 256.1.1.1",
+        "subnet mask 255.255.255.0",
+        "reproduced on Android 14.0.0.41",
+        "std::vector<int> and Foo::Bar::baz",
+        "at 10:30:45 and MAC 00:1A:2B:3C:4D:5E",
+        "digest sha256:9b2a7c0d4e5f6172",
+    ],
+    "uk_nino": ["BG 12 34 56 A", "QQ 12 34 56 C", "AB 12 34 56 E", "Serial NE12345678"],
+    "es_dni": ["Product 12345678A", "Ref 87654321-B", "SKU X1234567A"],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "expected"),
+    [(kind, text, expected) for kind, cases in POSITIVES.items() for text, expected in cases],
+)
+def test_positive(kind: str, text: str, expected: str) -> None:
+    assert _found(text, kind) == [expected]
+    assert kind in pii_types(text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"), [(kind, text) for kind, texts in NEGATIVES.items() for text in texts]
+)
+def test_negative(kind: str, text: str) -> None:
+    assert _found(text, kind) == []
+    assert kind not in pii_types(text)
+
+
+def test_invalid_iban_does_not_become_a_phone() -> None:
+    assert pii_types("NL91 ABNA 0417 1643 01 bounced") == ()
+
+
+def test_no_digits_short_circuit_still_finds_email() -> None:
+    assert pii_types("write to help@example.com") == ("email",)
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled set
+# --------------------------------------------------------------------------------------------
+
+
+def _load_labelled() -> list[dict[str, object]]:
+    with LABELLED.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def test_labelled_set_is_well_formed() -> None:
+    rows = _load_labelled()
+    assert len(rows) >= 300
+    texts = [row["text"] for row in rows]
+    assert len(set(texts)) == len(texts)
+    positives = 0
+    for row in rows:
+        assert set(row) == {"text", "pii"}
+        labels = row["pii"]
+        assert isinstance(row["text"], str)
+        assert isinstance(labels, list)
+        assert labels == sorted(set(labels))
+        assert set(labels) <= set(PII_TYPES)
+        positives += bool(labels)
+    assert 0.35 <= positives / len(rows) <= 0.65
+
+
+def test_labelled_precision_and_recall() -> None:
+    rows = _load_labelled()
+    tp = fp = fn = 0
+    per_kind = {kind: [0, 0, 0] for kind in PII_TYPES}  # tp, fp, fn
+    for row in rows:
+        text = row["text"]
+        assert isinstance(text, str)
+        expected = set(row["pii"])  # type: ignore[call-overload]
+        found = set(pii_types(text))
+        for kind in found & expected:
+            per_kind[kind][0] += 1
+        for kind in found - expected:
+            per_kind[kind][1] += 1
+        for kind in expected - found:
+            per_kind[kind][2] += 1
+        tp += len(found & expected)
+        fp += len(found - expected)
+        fn += len(expected - found)
+    precision = tp / (tp + fp)
+    recall = tp / (tp + fn)
+    print(
+        f"\nPII labelled set: {len(rows)} strings, precision {precision:.4f}, "
+        f"recall {recall:.4f} (tp={tp} fp={fp} fn={fn})"
+    )
+    for kind, (k_tp, k_fp, k_fn) in per_kind.items():
+        print(f"  {kind:12s} tp={k_tp:3d} fp={k_fp:2d} fn={k_fn:2d}")
+    assert precision >= 0.95
+    assert recall >= 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# Property-based: never raises, spans always inside the text
+# --------------------------------------------------------------------------------------------
+
+_PII_ALPHABET = "0123456789 +-.()/:@#abcdefXYZABDGWEST_\n"
+
+
+def _check_invariants(text: str) -> None:
+    matches = pii_scan(text)
+    previous_end = 0
+    for match in matches:
+        assert match.kind in PII_TYPES
+        assert 0 <= match.start < match.end <= len(text)
+        assert match.start >= previous_end
+        previous_end = match.end
+    assert pii_types(text) == tuple(sorted({m.kind for m in matches}))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text())
+def test_fuzz_arbitrary_text(text: str) -> None:
+    _check_invariants(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=_PII_ALPHABET, max_size=200))
+def test_fuzz_pii_like_text(text: str) -> None:
+    _check_invariants(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "4111 1111 1111 1111",
+                "GB82 WEST 1234 5698 7654 32",
+                "+44 20 7946 0958",
+                "a.b@example.com",
+                "536-22-1418",
+                "10.0.0.1",
+                "2001:db8::1",
+                "AB 12 34 56 C",
+                "12345678Z",
+                "order 12345",
+                "2024-03-15",
+                " ",
+                ", ",
+                "\n",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_fuzz_pii_fragments(parts: list[str]) -> None:
+    _check_invariants("".join(parts))
