@@ -7,4 +7,4 @@ class ControlplaneConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from controlplane import audit  # noqa: F401  (connects the audit signal receivers)
+        from controlplane import audit, generation  # noqa: F401  (connect signal receivers)

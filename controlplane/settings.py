@@ -176,3 +176,12 @@ SWITCHYARD_MODEL_URL_HOSTS = env_list(
 # Decisions and outcomes are kept this many days; older daily partitions are dropped whole.
 SWITCHYARD_DECISION_RETENTION_DAYS = env_int("SWITCHYARD_DECISION_RETENTION_DAYS", 90)
 SWITCHYARD_PARTITIONS_AHEAD_DAYS = env_int("SWITCHYARD_PARTITIONS_AHEAD_DAYS", 14)
+# The decision API re-checks the registry generation this often (seconds), and re-reads
+# budget spends and observed model statistics this often.
+SWITCHYARD_SNAPSHOT_CHECK_S = float(env_str("SWITCHYARD_SNAPSHOT_CHECK_S", "0.5"))
+SWITCHYARD_BUDGET_REFRESH_S = float(env_str("SWITCHYARD_BUDGET_REFRESH_S", "1.0"))
+# Decision request limits (413 above them) and how long a request waits to be recorded.
+SWITCHYARD_MAX_PROMPT_CHARS = env_int("SWITCHYARD_MAX_PROMPT_CHARS", 200_000)
+SWITCHYARD_MAX_METADATA_BYTES = env_int("SWITCHYARD_MAX_METADATA_BYTES", 4096)
+SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1_000_000)
+SWITCHYARD_RECORD_TIMEOUT_S = float(env_str("SWITCHYARD_RECORD_TIMEOUT_S", "5.0"))
