@@ -46,6 +46,7 @@ urlpatterns = [
     path("registry/keys/", views.api_key_list, name="api-keys"),
     path("registry/keys/action", views.api_key_action, name="api-key-action"),
     path("registry/audit/", views.audit_log, name="audit-log"),
+    path("", include("routing.urls")),
     path("", include("telemetry.urls")),
     path("", include("evaluation.urls")),
     path("admin/", admin.site.urls),

@@ -84,14 +84,14 @@ def _models_load(now: datetime) -> dict[str, ModelInfo]:
         prices[price.model_id] = price  # the latest effective price wins
     models = {}
     for m in ModelEndpoint.objects.all():
-        price = prices.get(m.pk)
+        current = prices.get(m.pk)
         models[m.slug] = ModelInfo(
             slug=m.slug, provider=m.provider, base_url=m.base_url,
             provider_model=m.provider_model, version=m.version, tier=m.tier,
             locality=m.locality, context_window=m.context_window,
             max_output_tokens=m.max_output_tokens, status=m.status,
-            input_usd_per_mtok=float(price.input_usd_per_mtok) if price else 0.0,
-            output_usd_per_mtok=float(price.output_usd_per_mtok) if price else 0.0,
+            input_usd_per_mtok=float(current.input_usd_per_mtok) if current else 0.0,
+            output_usd_per_mtok=float(current.output_usd_per_mtok) if current else 0.0,
         )
     return models
 
@@ -168,7 +168,7 @@ def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetSt
 def _model_stats() -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Observed p95 latency per model and success rate per (model, task class)."""
     try:
-        from telemetry.selectors import model_stats_recent  # type: ignore[attr-defined]
+        from telemetry.selectors import model_stats_recent
     except ImportError:
         return {}, {}
     stats: dict[str, Any] = model_stats_recent()

@@ -159,6 +159,14 @@ class DecisionRecorder:
             raise RecordingFailed(pending.error or "the decision could not be stored")
         return pending.outcome
 
+    def close(self) -> None:
+        """Close the writer's connection (it reopens on the next record)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        marker = _Pending(row=None, deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+        self._queue.put(marker)
+        marker.done.wait(5)
+
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
@@ -177,12 +185,20 @@ class DecisionRecorder:
     def _run(self) -> None:
         while True:
             first = self._queue.get()
+            if first.row is None:  # close request
+                self._drop_connection()
+                first.done.set()
+                continue
             batch = [first]
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item.row is None:
+                    item.done.set()  # a close request during a batch: the batch needs it open
+                    continue
+                batch.append(item)
             try:
                 self._write_with_retry(batch)
             except Exception as exc:  # never let the writer thread die

@@ -60,3 +60,11 @@ def client_for(role: str | None) -> Client:
 @pytest.fixture
 def role_client() -> Any:
     return client_for
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_recorder_connection() -> Any:
+    yield
+    from telemetry.recorder import recorder
+
+    recorder.close()

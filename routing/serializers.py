@@ -1,0 +1,228 @@
+"""DRF serializers: outcome input validation, and the OpenAPI description of every shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from telemetry.models import DecisionOutcome, DecisionRecord
+from telemetry.services import ATTEMPT_STATUSES
+
+
+class ErrorBodySerializer(serializers.Serializer[Any]):
+    status = serializers.IntegerField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    error = ErrorBodySerializer()
+
+
+class PromptTemplateSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField(max_length=128)
+    version = serializers.CharField(max_length=64, required=False)
+
+
+class RetrievalSerializer(serializers.Serializer[Any]):
+    query = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    document_ids = serializers.ListField(
+        child=serializers.CharField(max_length=256), required=False, max_length=500
+    )
+
+
+class DecisionInputSerializer(serializers.Serializer[Any]):
+    task_class = serializers.CharField(max_length=64)
+    prompt = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+    input_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=10_000_000
+    )
+    context_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=10_000_000
+    )
+    latency_budget_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=3_600_000
+    )
+    max_cost_usd = serializers.FloatField(required=False, allow_null=True, min_value=0)
+    data_classification = serializers.ChoiceField(
+        choices=["public", "internal", "confidential", "personal"], required=False,
+        allow_null=True,
+    )
+    team = serializers.CharField(required=False, allow_null=True, max_length=64)
+    end_user = serializers.CharField(required=False, allow_null=True, max_length=256)
+    prompt_template = PromptTemplateSerializer(required=False, allow_null=True)
+    retrieval = RetrievalSerializer(required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, allow_null=True)
+    request_id = serializers.CharField(required=False, allow_null=True, max_length=128)
+
+
+class ModelRefSerializer(serializers.Serializer[Any]):
+    slug = serializers.CharField()
+    base_url = serializers.CharField()
+    provider_model = serializers.CharField()
+    version = serializers.CharField()
+    tier = serializers.IntegerField()
+    locality = serializers.CharField()
+
+
+class FallbackSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    base_url = serializers.CharField()
+    provider_model = serializers.CharField()
+    tier = serializers.IntegerField()
+    locality = serializers.CharField()
+    triggers = serializers.ListField(child=serializers.CharField())
+
+
+class PolicySerializer(serializers.Serializer[Any]):
+    pii_types_found = serializers.ListField(child=serializers.CharField())
+    actions = serializers.ListField(child=serializers.CharField())
+
+
+class BudgetStateSerializer(serializers.Serializer[Any]):
+    scope = serializers.CharField()
+    name = serializers.CharField()
+    scope_key = serializers.CharField(allow_null=True)
+    spent_usd = serializers.FloatField()
+    limit_usd = serializers.FloatField()
+    remaining_usd = serializers.FloatField()
+    action = serializers.CharField()
+
+
+class DecisionOutputSerializer(serializers.Serializer[Any]):
+    decision_id = serializers.UUIDField()
+    model = ModelRefSerializer()
+    confidence = serializers.FloatField()
+    strategy = serializers.CharField()
+    reason = serializers.CharField()
+    fallbacks = FallbackSerializer(many=True)
+    max_output_tokens = serializers.IntegerField()
+    handoff_required = serializers.BooleanField()
+    policy = PolicySerializer()
+    budgets = BudgetStateSerializer(many=True)
+    routing_table_version = serializers.IntegerField()
+    decision_us = serializers.IntegerField()
+
+
+class AttemptInputSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField(max_length=64)
+    status = serializers.ChoiceField(choices=list(ATTEMPT_STATUSES))
+    latency_ms = serializers.IntegerField(min_value=0, max_value=3_600_000)
+    input_tokens = serializers.IntegerField(min_value=0, max_value=10_000_000)
+    output_tokens = serializers.IntegerField(min_value=0, max_value=10_000_000)
+    escalation_reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, default=""
+    )
+
+
+class OutcomeInputSerializer(serializers.Serializer[Any]):
+    attempts = serializers.ListField(
+        child=AttemptInputSerializer(), allow_empty=False, max_length=20
+    )
+    final_status = serializers.ChoiceField(choices=list(ATTEMPT_STATUSES))
+    quality_score = serializers.FloatField(
+        required=False, allow_null=True, min_value=0, max_value=1
+    )
+    user_feedback = serializers.CharField(required=False, allow_blank=True, max_length=32)
+    validation = serializers.DictField(required=False)
+    retrieval_document_ids = serializers.ListField(
+        child=serializers.CharField(max_length=256), required=False, max_length=500
+    )
+
+
+class AttemptOutputSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    tier = serializers.IntegerField()
+    status = serializers.CharField()
+    latency_ms = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    escalation_reason = serializers.CharField()
+    cost_usd = serializers.CharField()
+
+
+class OutcomeOutputSerializer(serializers.Serializer[Any]):
+    decision_id = serializers.UUIDField()
+    final_status = serializers.CharField()
+    final_model = serializers.CharField()
+    escalated = serializers.BooleanField()
+    attempts = AttemptOutputSerializer(many=True)
+    cost_usd = serializers.CharField()
+    latency_ms = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    quality_score = serializers.FloatField(allow_null=True)
+    reported_at = serializers.DateTimeField()
+
+    @staticmethod
+    def from_outcome(outcome: DecisionOutcome) -> dict[str, Any]:
+        return {
+            "decision_id": str(outcome.decision_id),
+            "final_status": outcome.final_status,
+            "final_model": outcome.final_model,
+            "escalated": outcome.escalated,
+            "attempts": outcome.attempts,
+            "cost_usd": str(outcome.cost_usd),
+            "latency_ms": outcome.latency_ms,
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "quality_score": outcome.quality_score,
+            "reported_at": outcome.reported_at.isoformat(),
+        }
+
+
+class CandidateSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    tier = serializers.IntegerField()
+    accepted = serializers.BooleanField()
+    reason = serializers.CharField()
+
+
+class DecisionDetailOutput(serializers.Serializer[Any]):
+    decision = DecisionOutputSerializer()
+    created_at = serializers.DateTimeField()
+    application = serializers.CharField()
+    team = serializers.CharField()
+    task_class = serializers.CharField()
+    request_id = serializers.CharField()
+    data_classification = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    context_tokens = serializers.IntegerField()
+    candidates = CandidateSerializer(many=True)
+    local_only = serializers.BooleanField()
+    prompt_stored = serializers.BooleanField()
+    prompt_template = PromptTemplateSerializer()
+    retrieval = RetrievalSerializer()
+    metadata = serializers.DictField()
+    outcome = OutcomeOutputSerializer(allow_null=True)
+
+    @staticmethod
+    def from_record(record: DecisionRecord, outcome: DecisionOutcome | None) -> dict[str, Any]:
+        path = record.path or {}
+        return {
+            "decision": record.response,
+            "created_at": record.created_at.isoformat(),
+            "application": record.application,
+            "team": record.team,
+            "task_class": record.task_class,
+            "request_id": record.request_id,
+            "data_classification": record.data_classification,
+            "input_tokens": record.input_tokens,
+            "context_tokens": record.context_tokens,
+            "candidates": path.get("candidates", []),
+            "local_only": bool(path.get("local_only")),
+            "prompt_stored": record.prompt is not None,
+            "prompt_template": {
+                "id": record.prompt_template_id, "version": record.prompt_template_version
+            },
+            "retrieval": {
+                "query": record.retrieval_query,
+                "document_ids": record.retrieval_document_ids,
+            },
+            "metadata": record.metadata,
+            "outcome": OutcomeOutputSerializer.from_outcome(outcome) if outcome else None,
+        }

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from routing import apis
+
+urlpatterns = [
+    path("api/v1/decisions", apis.DecisionCreateApi.as_view(), name="api-decisions"),
+    path(
+        "api/v1/decisions/<str:decision_id>",
+        apis.DecisionDetailApi.as_view(),
+        name="api-decision-detail",
+    ),
+    path(
+        "api/v1/decisions/<str:decision_id>/outcome",
+        apis.DecisionOutcomeApi.as_view(),
+        name="api-decision-outcome",
+    ),
+    path("metrics", apis.MetricsView.as_view(), name="metrics"),
+]
