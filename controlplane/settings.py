@@ -185,3 +185,57 @@ SWITCHYARD_MAX_PROMPT_CHARS = env_int("SWITCHYARD_MAX_PROMPT_CHARS", 200_000)
 SWITCHYARD_MAX_METADATA_BYTES = env_int("SWITCHYARD_MAX_METADATA_BYTES", 4096)
 SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1_000_000)
 SWITCHYARD_RECORD_TIMEOUT_S = float(env_str("SWITCHYARD_RECORD_TIMEOUT_S", "5.0"))
+
+# --- Evaluation (sweeps, proposals, model calls)
+from pathlib import Path  # noqa: E402 (settings are appended per feature)
+
+# RouteLLM recorded answers, read in place (the replay fleet's --gsm8k file lives here).
+SWITCHYARD_ROUTELLM_DIR = Path(
+    env_str("SWITCHYARD_ROUTELLM_DIR", str(BASE_DIR.parent / "shared" / "data" / "routellm"))
+)
+# Model-call timeouts in seconds: per tier, overridden per model slug ("slug=secs,…").
+SWITCHYARD_TIER_TIMEOUTS = {1: 15.0, 2: 30.0, 3: 60.0}
+SWITCHYARD_MODEL_TIMEOUTS = {
+    k.strip(): float(v)
+    for k, _, v in (i.partition("=") for i in env_list("SWITCHYARD_MODEL_TIMEOUTS", []))
+}
+SWITCHYARD_EVAL_RETRIES = env_int("SWITCHYARD_EVAL_RETRIES", 2)
+SWITCHYARD_EVAL_BACKOFF_S = 0.2
+SWITCHYARD_EVAL_MAX_BACKOFF_S = 10.0
+SWITCHYARD_EVAL_HTTP_POOL = env_int("SWITCHYARD_EVAL_HTTP_POOL", 64)
+SWITCHYARD_SWEEP_CONCURRENCY = env_int("SWITCHYARD_SWEEP_CONCURRENCY", 32)
+SWITCHYARD_SWEEP_SAMPLE_SIZE = env_int("SWITCHYARD_SWEEP_SAMPLE_SIZE", 200)
+SWITCHYARD_SWEEP_WINDOW_DAYS = env_int("SWITCHYARD_SWEEP_WINDOW_DAYS", 14)
+# A running sweep whose heartbeat is older than this is marked failed (and can be resumed).
+SWITCHYARD_SWEEP_STALE_SECONDS = env_int("SWITCHYARD_SWEEP_STALE_SECONDS", 120)
+# Escalation-rate monitor: above UPGRADE → propose a stronger tier; below DOWNGRADE over at
+# least MIN_REQUESTS → schedule a downgrade trial.
+SWITCHYARD_ESCALATION_UPGRADE_RATE = float(env_str("SWITCHYARD_ESCALATION_UPGRADE_RATE", "0.15"))
+SWITCHYARD_ESCALATION_DOWNGRADE_RATE = float(
+    env_str("SWITCHYARD_ESCALATION_DOWNGRADE_RATE", "0.02")
+)
+SWITCHYARD_ESCALATION_MIN_REQUESTS = env_int("SWITCHYARD_ESCALATION_MIN_REQUESTS", 200)
+SWITCHYARD_ESCALATION_WINDOW_DAYS = env_int("SWITCHYARD_ESCALATION_WINDOW_DAYS", 7)
+# Tests and parallel stacks sharing one Redis use their own queue.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
+# plotly.min.js is served from the installed plotly package (no CDN, no copy in the repo).
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "evaluation.staticfiles.PlotlyFinder",
+]
+
+# --- Dashboards (telemetry)
+# Savings compare actual cost with the same tokens on this frontier model (its dated price).
+SWITCHYARD_BASELINE_MODEL = env_str("SWITCHYARD_BASELINE_MODEL", "gpt-4o")
+# Rollups of recent hours are recomputed this often (seconds) by Celery beat.
+SWITCHYARD_ROLLUP_REFRESH_S = env_int("SWITCHYARD_ROLLUP_REFRESH_S", 60)
+CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "telemetry-rollups-refresh": {
+        "task": "telemetry.tasks.rollups_refresh_task",
+        "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),
+    },
+}
+# httpx logs every model call at INFO; sweeps make thousands.
+LOGGING["loggers"]["httpx"] = {"level": "WARNING"}  # type: ignore[index]

@@ -1,5 +1,30 @@
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from evaluation import apis, views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("proposals/", views.proposal_queue, name="proposals"),
+    path("proposals/<uuid:public_id>/", views.proposal_detail, name="proposal-detail"),
+    path("proposals/<uuid:public_id>/review", views.proposal_review, name="proposal-review"),
+    path("sweeps/", views.sweep_list, name="sweeps"),
+    path("sweeps/start", views.sweep_start, name="sweep-start"),
+    path("sweeps/<int:run_id>/resume", views.sweep_resume, name="sweep-resume"),
+    path("api/v1/proposals", apis.ProposalListApi.as_view(), name="api-proposals"),
+    path(
+        "api/v1/proposals/<uuid:public_id>",
+        apis.ProposalDetailApi.as_view(),
+        name="api-proposal",
+    ),
+    path(
+        "api/v1/proposals/<uuid:public_id>/approve",
+        apis.ProposalApproveApi.as_view(),
+        name="api-proposal-approve",
+    ),
+    path(
+        "api/v1/proposals/<uuid:public_id>/reject",
+        apis.ProposalRejectApi.as_view(),
+        name="api-proposal-reject",
+    ),
+]

@@ -33,6 +33,7 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_FLEET",
+    "FLEET_PROVIDER_ALIASES",
     "GSM8K_STRONG_COLUMN",
     "GSM8K_WEAK_COLUMN",
     "Answer",
@@ -131,6 +132,15 @@ DEFAULT_FLEET: tuple[FleetModel, ...] = (
     FleetModel("claude-sonnet", 0.90, 950.0, 2100.0, 55.0, "strong", tier="tier3"),
     FleetModel("gpt-4o-mini", 0.78, 400.0, 900.0, 110.0, None, tier="tier2"),
 )
+
+
+# Provider model ids (what a registry sends as ``model``) answered by a fleet model slug, so the
+# fleet can stand in for the providers of the demo registry.
+FLEET_PROVIDER_ALIASES: dict[str, str] = {
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-local",
+    "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b-local",
+    "mistral-small-latest": "mistral-small-hosted",
+}
 
 
 def _as_float(data: Mapping[str, object], key: str, default: float | None = None) -> float:
@@ -311,6 +321,34 @@ _QUOTED_KEY_RE = re.compile(r"[\"'`]([A-Za-z_][A-Za-z0-9_]{0,40})[\"'`]")
 _KEY_CUE_RE = re.compile(r"\b(?:keys?|fields?|properties)\b", re.I)
 
 
+# A judge prompt: a yes/no question about an answer quoted in <answer> tags (and optionally a
+# <reference>), e.g. the default judge prompt of evaluation.graders.
+_JUDGE_RE = re.compile(
+    r"^\s*(?:is|does|was) the (?:answer|response)\b.*<answer>(?P<answer>.*?)</answer>"
+    r"(?:.*<reference>(?P<reference>.*?)</reference>)?.*\?\s*$",
+    re.I | re.S,
+)
+_EVASIVE_PHRASES = (
+    "That is a broad question",
+    "It depends on many factors",
+    "others would disagree",
+    "consult additional sources",
+)
+_LAST_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _final_number(text: str) -> float | None:
+    """'#### N', else 'Answer: N', else the last number of ``text``."""
+    for marker in ("####", "Answer:"):
+        if marker in text:
+            tail = text.rsplit(marker, 1)[1]
+            found = _LAST_NUMBER_RE.search(tail)
+            if found:
+                return float(found.group(0).replace(",", ""))
+    numbers = _LAST_NUMBER_RE.findall(text)
+    return float(numbers[-1].replace(",", "")) if numbers else None
+
+
 def mentions_json(text: str) -> bool:
     return _JSON_MENTION_RE.search(text) is not None
 
@@ -410,6 +448,9 @@ class AnswerEngine:
     def _generic(
         self, model: FleetModel, prompt: str, rng: random.Random, correct: bool
     ) -> _Generic:
+        judged = self._judge(prompt, rng, correct)
+        if judged is not None:
+            return judged
         arith = self._arithmetic(prompt, rng, correct)
         if arith is not None:
             return arith
@@ -429,6 +470,38 @@ class AnswerEngine:
             )
             return _Generic(f"{reason}\nAnswer: {final}", final, correct)
         return _Generic(self._prose(model, prompt, rng, correct), None, correct)
+
+    @staticmethod
+    def _judge(prompt: str, rng: random.Random, correct: bool) -> _Generic | None:
+        """Grade an answer quoted in a judge prompt ("Is the answer … correct …?").
+
+        The truth: with a numeric reference, whether the final numbers agree; otherwise
+        whether the answer avoids the fleet's own evasive (wrong) phrasings or is valid JSON
+        when it looks like JSON. A judge model is itself right with probability ``quality``.
+        """
+        match = _JUDGE_RE.match(prompt)
+        if match is None:
+            return None
+        answer = match.group("answer").strip()
+        reference = (match.group("reference") or "").strip()
+        truth: bool
+        ref_number, answer_number = _final_number(reference), _final_number(answer)
+        if ref_number is not None:
+            truth = answer_number is not None and abs(answer_number - ref_number) < 1e-6
+        elif answer.startswith(("{", "[")):
+            try:
+                json.loads(answer)
+                truth = True
+            except json.JSONDecodeError:
+                truth = False
+        else:
+            truth = bool(answer) and not any(p in answer for p in _EVASIVE_PHRASES)
+        verdict = truth if correct else not truth
+        reason = rng.choice(
+            ["Checking the answer against the request.", "Comparing with the reference."]
+        )
+        final = "Yes" if verdict else "No"
+        return _Generic(f"{reason}\nAnswer: {final}", final, correct)
 
     @staticmethod
     def _arithmetic(prompt: str, rng: random.Random, correct: bool) -> _Generic | None:

@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from .answers import (
     DEFAULT_FLEET,
+    FLEET_PROVIDER_ALIASES,
     Answer,
     AnswerEngine,
     FleetModel,
@@ -118,7 +119,7 @@ class FleetState:
         return list(self._runtime)
 
     def model(self, slug: str) -> FleetModel | None:
-        runtime = self._runtime.get(slug)
+        runtime = self._runtime.get(slug) or self._runtime.get(FLEET_PROVIDER_ALIASES.get(slug, ""))
         return runtime.model if runtime is not None else None
 
     def models(self) -> list[FleetModel]:
@@ -434,8 +435,10 @@ class FleetRequestHandler(BaseHTTPRequestHandler):
     def _admin_model(self, slug: str) -> None:
         data = self._json_body()
         state = self.fleet.state
-        if state.model(slug) is None:
+        model = state.model(slug)
+        if model is None:
             raise _model_not_found(slug)
+        slug = model.slug  # an alias configures the model it names
         unknown = sorted(set(data) - {"fail_rate", "down"})
         if unknown:
             raise _RequestError(400, f"unknown admin field(s): {', '.join(unknown)}")

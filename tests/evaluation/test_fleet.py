@@ -737,3 +737,31 @@ def test_cli_serves_and_exits_cleanly_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Provider aliases and judge prompts (used by evaluation sweeps)
+# --------------------------------------------------------------------------------------------
+
+
+def test_provider_model_ids_answer_as_their_fleet_model(client: httpx.Client) -> None:
+    by_alias = chat(client, "meta-llama/Llama-3.1-8B-Instruct", "Name a colour.")
+    by_slug = chat(client, "llama-3.1-8b-local", "Name a colour.")
+    assert by_alias.status_code == 200
+    assert by_alias.json()["model"] == "llama-3.1-8b-local"
+    assert content_of(by_alias) == content_of(by_slug)
+
+
+def test_judge_prompts_get_a_verdict_about_the_quoted_answer(client: httpx.Client) -> None:
+    def judge(answer: str, reference: str, i: int) -> str:
+        prompt = (
+            f"Is the answer below correct?\n<request>\nWhat is {i} + {i}?\n</request>\n"
+            f"<answer>\n{answer}\n</answer>\n<reference>\n{reference}\n</reference>\n\n"
+            "Is the answer acceptable?"
+        )
+        return content_of(chat(client, STRONG, prompt)).rsplit("Answer: ", 1)[-1]
+
+    right = [judge(f"Answer: {2 * i}", str(2 * i), i) for i in range(40)]
+    wrong = [judge(f"Answer: {2 * i + 1}", str(2 * i), i) for i in range(40)]
+    assert set(right + wrong) <= {"Yes", "No"}
+    assert right.count("Yes") >= 30 and wrong.count("No") >= 30

@@ -1,0 +1,92 @@
+"""Plotly figures for the evidence page: one function per chart, built from selector data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+_LAYOUT: dict[str, Any] = {
+    "margin": {"l": 50, "r": 20, "t": 40, "b": 40},
+    "height": 300,
+    "paper_bgcolor": "white",
+    "plot_bgcolor": "white",
+    "font": {"size": 12},
+}
+
+
+def _as_json(figure: go.Figure) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(figure.to_json())
+    return data
+
+
+def success_rate_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Candidate success rate with its 95 % interval, the primary's rate and the target."""
+    if "success_rate" not in evidence:
+        return None
+    rate = float(evidence["success_rate"])
+    names = [f"{evidence['to_model']} (candidate)"]
+    values = [rate]
+    plus = [float(evidence["interval_high"]) - rate]
+    minus = [rate - float(evidence["interval_low"])]
+    if evidence.get("primary_success_rate") is not None:
+        names.append(f"{evidence['from_model']} (current)")
+        values.append(float(evidence["primary_success_rate"]))
+        plus.append(0.0)
+        minus.append(0.0)
+    figure = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            marker_color=["#2e9e5b", "#c2413a"][: len(names)],
+            error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True},
+            text=[f"{v:.1%}" for v in values],
+            textposition="inside",
+        )
+    )
+    target = float(evidence.get("quality_target", 0))
+    figure.add_hline(
+        y=target, line_dash="dash", line_color="#2f6fde", annotation_text=f"target {target:.0%}"
+    )
+    figure.update_layout(
+        **_LAYOUT, title="Success rate (95 % Wilson interval)", yaxis={"range": [0, 1.05]}
+    )
+    return _as_json(figure)
+
+
+def latency_chart(latencies: Mapping[str, Sequence[float]], evidence: Mapping[str, Any]) -> Any:
+    if not any(latencies.values()):
+        return None
+    figure = go.Figure()
+    labels = {"candidate": evidence.get("to_model", "candidate")}
+    labels["primary"] = evidence.get("from_model", "primary")
+    for key, color in (("candidate", "#2e9e5b"), ("primary", "#c2413a")):
+        values = list(latencies.get(key, []))
+        if values:
+            figure.add_trace(go.Box(y=values, name=str(labels[key]), marker_color=color))
+    figure.update_layout(**_LAYOUT, title="Latency per request (ms)", showlegend=False)
+    return _as_json(figure)
+
+
+def escalation_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
+    if "escalation_rate" not in evidence:
+        return None
+    rate = float(evidence["escalation_rate"])
+    figure = go.Figure(
+        go.Bar(
+            x=[evidence["task_class"]],
+            y=[rate],
+            marker_color="#d9901a",
+            error_y={
+                "type": "data",
+                "array": [float(evidence["interval_high"]) - rate],
+                "arrayminus": [rate - float(evidence["interval_low"])],
+            },
+        )
+    )
+    threshold = float(evidence.get("threshold", 0.15))
+    figure.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.0%}")
+    figure.update_layout(**_LAYOUT, title="Escalation rate (95 % interval)")
+    return _as_json(figure)

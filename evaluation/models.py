@@ -1,0 +1,357 @@
+"""Evaluation: graders, judge prompts, shadow candidates, sweep runs, samples and proposals.
+
+Sweeps measure whether a task class can move to a cheaper tier (or needs a stronger one);
+their evidence becomes a :class:`Proposal` that a Reviewer approves before a new routing-table
+version goes live.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from controlplane.models import ModelEndpoint, RoutingTableVersion, TaskClass
+
+
+class GraderKind(models.TextChoices):
+    EXACT = "exact", "exact match"
+    NORMALISED = "normalised", "normalised match"
+    NUMERIC = "numeric", "numeric final answer"
+    JSON_SCHEMA = "json_schema", "JSON Schema validity"
+    REGEX = "regex", "regular expression"
+    SIMILARITY = "similarity", "similarity to the reference"
+    LLM_JUDGE = "llm_judge", "LLM as judge"
+
+
+class JudgePrompt(models.Model):
+    """A stored, versioned judge prompt: a new wording is a new version, never an edit."""
+
+    slug = models.SlugField(max_length=64)
+    version = models.PositiveIntegerField(default=1)
+    template = models.TextField(
+        help_text="Placeholders: {prompt}, {answer}, {reference}. The judge must end with "
+        "'VERDICT: PASS' or 'VERDICT: FAIL' (or a line 'Score: 0..1')."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["slug", "version"], name="judge_prompt_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.slug} v{self.version}"
+
+
+class GraderConfig(models.Model):
+    """How the answers of one task class are graded."""
+
+    task_class = models.OneToOneField(TaskClass, on_delete=models.CASCADE, related_name="grader")
+    kind = models.CharField(max_length=16, choices=GraderKind.choices)
+    params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Kind-specific: pattern (regex), threshold (similarity, judge), "
+        "tolerance (numeric), schema (json_schema; defaults to the task class's output schema)",
+    )
+    judge_model = models.ForeignKey(
+        ModelEndpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    judge_prompt = models.ForeignKey(
+        JudgePrompt, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["task_class__slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind="llm_judge")
+                | (Q(judge_model__isnull=False) & Q(judge_prompt__isnull=False)),
+                name="judge_grader_has_model_and_prompt",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class_id}: {self.kind}"
+
+
+class PromptTemplate(models.Model):
+    """A versioned prompt template a shadow sweep can try: ``{input}`` is the request text."""
+
+    slug = models.SlugField(max_length=64)
+    version = models.CharField(max_length=32)
+    system_prompt = models.TextField(blank=True)
+    user_template = models.TextField(default="{input}")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["slug", "version"], name="prompt_template_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.slug}@{self.version}"
+
+
+class ShadowConfig(models.Model):
+    """A candidate (model and/or prompt template) run in the shadow of a class's live traffic."""
+
+    task_class = models.ForeignKey(TaskClass, on_delete=models.CASCADE, related_name="shadows")
+    candidate_model = models.ForeignKey(
+        ModelEndpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    candidate_template = models.ForeignKey(
+        PromptTemplate, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    sample_rate = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal("0.05"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("1"))],
+    )
+    max_samples = models.PositiveIntegerField(default=200)
+    window_hours = models.PositiveIntegerField(default=24)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["task_class__slug", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(candidate_model__isnull=False) | Q(candidate_template__isnull=False),
+                name="shadow_has_candidate",
+            ),
+            models.CheckConstraint(
+                condition=Q(sample_rate__gte=0) & Q(sample_rate__lte=1), name="shadow_rate_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        candidate = self.candidate_model_id or "primary"
+        if self.candidate_template_id:
+            candidate = f"{candidate} + {self.candidate_template}"
+        return f"{self.task_class_id} shadow {candidate}"
+
+
+class SweepKind(models.TextChoices):
+    TIER_DOWNGRADE = "tier_downgrade", "tier downgrade"
+    SHADOW = "shadow", "shadow traffic"
+    ESCALATION_MONITOR = "escalation_monitor", "escalation-rate monitor"
+
+
+class SweepStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    COMPLETED = "completed", "completed"
+    FAILED = "failed", "failed"
+
+
+class SweepRun(models.Model):
+    """One execution of a sweep. ``key`` makes a scheduled slot (or a request) run once."""
+
+    key = models.CharField(max_length=160, unique=True)
+    kind = models.CharField(max_length=20, choices=SweepKind.choices)
+    task_class = models.ForeignKey(
+        TaskClass, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    shadow_config = models.ForeignKey(
+        ShadowConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=SweepStatus.choices, default=SweepStatus.PENDING
+    )
+    # Claiming: a worker owns the run while its token is set and its heartbeat is fresh.
+    claim_token = models.UUIDField(null=True, blank=True)
+    claims = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    samples_planned = models.PositiveIntegerField(default=0)
+    samples_done = models.PositiveIntegerField(default=0)
+    samples_failed = models.PositiveIntegerField(default=0)
+    samples_skipped = models.PositiveIntegerField(
+        default=0, help_text="Excluded by data policy (personal data never goes to the cloud)"
+    )
+    errors = models.JSONField(default=list, blank=True)
+    error_message = models.TextField(blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "running", "completed", "failed"]),
+                name="sweep_status_valid",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class SweepSample(models.Model):
+    """One replayed request: the candidate's answer beside the current primary's.
+
+    Prompts and outputs are personal-data bearing inputs: they are kept only until
+    ``expires_at`` (the decision's prompt expiry) and blanked afterwards.
+    """
+
+    run = models.ForeignKey(SweepRun, on_delete=models.CASCADE, related_name="samples")
+    task_class = models.CharField(max_length=64)
+    decision_id = models.UUIDField()
+    decision_created_at = models.DateTimeField()
+    prompt = models.TextField(null=True, blank=True)  # noqa: DJ001 (NULL = purged)
+    reference = models.TextField(null=True, blank=True)  # noqa: DJ001 (NULL = purged)
+    reference_source = models.CharField(max_length=12, blank=True)  # reference | primary | none
+    expires_at = models.DateTimeField(null=True, blank=True)
+    candidate_model = models.CharField(max_length=64)
+    candidate_status = models.CharField(max_length=16)
+    candidate_success = models.BooleanField(null=True)
+    candidate_score = models.FloatField(null=True)
+    candidate_output = models.TextField(null=True, blank=True)  # noqa: DJ001 (NULL = purged)
+    candidate_latency_ms = models.FloatField(null=True)
+    candidate_input_tokens = models.IntegerField(default=0)
+    candidate_output_tokens = models.IntegerField(default=0)
+    primary_model = models.CharField(max_length=64, blank=True)
+    primary_status = models.CharField(max_length=16, blank=True)
+    primary_success = models.BooleanField(null=True)
+    primary_output = models.TextField(null=True, blank=True)  # noqa: DJ001 (NULL = purged)
+    primary_latency_ms = models.FloatField(null=True)
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "task_class", "decision_id", "candidate_model"],
+                name="one_sample_per_request_and_candidate",
+            )
+        ]
+        indexes = [models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.decision_id} {self.candidate_model} {self.candidate_status}"
+
+
+class ProposalChange(models.TextChoices):
+    DOWNGRADE = "downgrade", "move down a tier"
+    UPGRADE = "upgrade", "move up a tier"
+    SWITCH = "switch", "switch primary model"
+
+
+class ProposalStatus(models.TextChoices):
+    PROPOSED = "proposed", "proposed"
+    APPROVED = "approved", "approved"
+    REJECTED = "rejected", "rejected"
+    APPLIED = "applied", "applied"
+    ROLLED_BACK = "rolled_back", "rolled back"
+    SUPERSEDED = "superseded", "superseded"
+
+
+OPEN_PROPOSAL_STATUSES = (ProposalStatus.PROPOSED, ProposalStatus.APPROVED)
+
+
+class Proposal(models.Model):
+    """A routing-table change with its evidence, applied only after a Reviewer approves it."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    change = models.CharField(max_length=10, choices=ProposalChange.choices)
+    status = models.CharField(
+        max_length=12, choices=ProposalStatus.choices, default=ProposalStatus.PROPOSED
+    )
+    task_class = models.ForeignKey(TaskClass, on_delete=models.PROTECT, related_name="proposals")
+    from_model = models.ForeignKey(ModelEndpoint, on_delete=models.PROTECT, related_name="+")
+    to_model = models.ForeignKey(ModelEndpoint, on_delete=models.PROTECT, related_name="+")
+    new_fallbacks = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    based_on_version = models.PositiveIntegerField(
+        help_text="Number of the routing-table version active when the proposal was made"
+    )
+    sweep_run = models.ForeignKey(
+        SweepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="proposals"
+    )
+    title = models.CharField(max_length=200)
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    review_comment = models.TextField(blank=True)
+    applied_version = models.ForeignKey(
+        RoutingTableVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    applied_at = models.DateTimeField(null=True, blank=True)
+    applied_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+    rolled_back_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            # A retried sweep never proposes twice for the same class.
+            models.UniqueConstraint(
+                fields=["sweep_run", "task_class"],
+                condition=Q(sweep_run__isnull=False),
+                name="one_proposal_per_run_and_class",
+            ),
+            # Reviewers decide one change per task class at a time.
+            models.UniqueConstraint(
+                fields=["task_class"],
+                condition=Q(status__in=["proposed", "approved"]),
+                name="one_open_proposal_per_class",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "proposed",
+                        "approved",
+                        "rejected",
+                        "applied",
+                        "rolled_back",
+                        "superseded",
+                    ]
+                ),
+                name="proposal_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_PROPOSAL_STATUSES
+
+    @property
+    def is_manual(self) -> bool:
+        return self.sweep_run_id is None and self.created_by_id is not None

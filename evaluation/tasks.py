@@ -1,0 +1,54 @@
+"""Celery tasks for evaluation: thin wrappers that call the services.
+
+Schedules live in the database (django-celery-beat); Operators edit them in Django admin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from controlplane.audit import audit_actor
+from controlplane.models import TaskClass
+from evaluation import services
+from evaluation.models import SweepKind
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def sweep_run_execute(run_id: int) -> str:
+    """Execute one run (claimed atomically: a redelivered message is a no-op)."""
+    with audit_actor(label="sweep"):
+        run = services.sweep_run_execute(run_id=run_id)
+    return run.status if run is not None else "not claimed"
+
+
+def _fire(kind: str, task_class: str | None, params: dict[str, Any] | None) -> list[int]:
+    scope = TaskClass.objects.get(slug=task_class) if task_class else None
+    runs = services.sweep_schedule_fire(kind=kind, task_class=scope, params=params)
+    return [run.pk for run in runs]
+
+
+@shared_task
+def tier_downgrade_sweep(task_class: str | None = None, **params: Any) -> list[int]:
+    return _fire(SweepKind.TIER_DOWNGRADE, task_class, params)
+
+
+@shared_task
+def escalation_monitor(task_class: str | None = None, **params: Any) -> list[int]:
+    return _fire(SweepKind.ESCALATION_MONITOR, task_class, params)
+
+
+@shared_task
+def shadow_sweeps(**params: Any) -> list[int]:
+    return _fire(SweepKind.SHADOW, None, params)
+
+
+@shared_task
+def sweep_reap_stale() -> int:
+    return services.sweep_reap_stale()
+
+
+@shared_task
+def sweep_samples_purge() -> int:
+    return services.sweep_samples_purge()

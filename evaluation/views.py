@@ -1,0 +1,162 @@
+"""Reviewer pages: the proposal queue, a proposal's evidence, review actions, sweeps.
+
+Each page renders whole, or — for htmx requests — only the named partial it swaps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from controlplane.decorators import role_required
+from controlplane.models import TaskClass
+from controlplane.roles import OPERATOR, REVIEWER, VIEWER
+from evaluation import charts, selectors, services
+from evaluation.models import Proposal, ProposalChange, SweepKind, SweepRun
+
+QUEUE_FILTERS = ["open", "applied", "rejected", "rolled_back", "superseded", "all"]
+
+
+def _template(request: HttpRequest, page: str, partial: str) -> str:
+    return f"{page}#{partial}" if getattr(request, "htmx", False) else page
+
+
+@require_GET
+@role_required(VIEWER)
+def proposal_queue(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "open")
+    if status not in QUEUE_FILTERS:
+        status = "open"
+    rows = selectors.proposal_list(status=None if status == "all" else status)
+    return render(
+        request,
+        _template(request, "evaluation/proposals.html", "queue"),
+        {"rows": rows, "status": status, "filters": QUEUE_FILTERS},
+    )
+
+
+def _proposal(public_id: UUID) -> Proposal:
+    try:
+        return selectors.proposal_get(public_id)
+    except Proposal.DoesNotExist:
+        raise Http404("No such proposal.") from None
+
+
+def _detail_context(proposal: Proposal) -> dict[str, Any]:
+    active = selectors.active_version_number()
+    evidence = proposal.evidence or {}
+    return {
+        "proposal": proposal,
+        "evidence": evidence,
+        "active_number": active,
+        "is_stale": selectors.proposal_is_stale(proposal, active),
+        "samples": selectors.proposal_samples(proposal),
+        "success_chart": charts.success_rate_chart(evidence),
+        "latency_chart": charts.latency_chart(selectors.proposal_latencies(proposal), evidence),
+        "escalation_chart": charts.escalation_chart(evidence),
+    }
+
+
+@require_GET
+@role_required(VIEWER)
+def proposal_detail(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    proposal = _proposal(public_id)
+    return render(
+        request,
+        _template(request, "evaluation/proposal.html", "review"),
+        _detail_context(proposal),
+    )
+
+
+@require_POST
+@role_required(REVIEWER)
+def proposal_review(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    """approve | reject | apply | rollback | reevaluate, then show the review panel again."""
+    proposal = _proposal(public_id)
+    action = request.POST.get("action", "")
+    comment = request.POST.get("comment", "").strip()[:2000]
+    try:
+        if action == "approve":
+            proposal = services.proposal_approve(
+                proposal=proposal, user=request.user, comment=comment
+            )
+            number = proposal.applied_version.number if proposal.applied_version else "?"
+            messages.success(request, f"Approved and applied: routing table v{number} is active.")
+        elif action == "reject":
+            services.proposal_reject(proposal=proposal, user=request.user, comment=comment)
+            messages.success(request, "Rejected.")
+        elif action == "apply":
+            services.proposal_apply(proposal=proposal, user=request.user, comment=comment)
+            messages.success(request, "Applied.")
+        elif action == "rollback":
+            services.proposal_rollback(proposal=proposal, user=request.user, comment=comment)
+            messages.success(request, "Rolled back to the previous routing table.")
+        elif action == "reevaluate":
+            _reevaluate(request, proposal, comment)
+        else:
+            messages.error(request, "Unknown action.")
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            messages.error(request, f"{field}: {'; '.join(errors)}")
+    if getattr(request, "htmx", False):
+        proposal = _proposal(public_id)
+        return render(request, "evaluation/proposal.html#review", _detail_context(proposal))
+    return redirect("proposal-detail", public_id=public_id)
+
+
+def _reevaluate(request: HttpRequest, proposal: Proposal, comment: str) -> None:
+    kind = (
+        SweepKind.ESCALATION_MONITOR
+        if proposal.change == ProposalChange.UPGRADE
+        else SweepKind.TIER_DOWNGRADE
+    )
+    services.proposal_supersede(proposal=proposal, comment=comment or "re-evaluation requested")
+    run, _ = services.sweep_run_create(kind=kind, task_class=proposal.task_class, user=request.user)
+    messages.success(request, f"Re-evaluation queued as sweep run #{run.pk}.")
+
+
+@require_GET
+@role_required(VIEWER)
+def sweep_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        _template(request, "evaluation/sweeps.html", "runs"),
+        {
+            "runs": selectors.sweep_run_list(),
+            "schedules": selectors.sweep_schedule_list(),
+            "task_classes": TaskClass.objects.filter(is_active=True).order_by("slug"),
+            "kinds": [SweepKind.TIER_DOWNGRADE, SweepKind.ESCALATION_MONITOR],
+        },
+    )
+
+
+@require_POST
+@role_required(OPERATOR)
+def sweep_start(request: HttpRequest) -> HttpResponse:
+    kind = request.POST.get("kind", "")
+    if kind not in (SweepKind.TIER_DOWNGRADE, SweepKind.ESCALATION_MONITOR):
+        messages.error(request, "Choose a sweep kind.")
+        return redirect("sweeps")
+    slug = request.POST.get("task_class", "")
+    task_class = get_object_or_404(TaskClass, slug=slug) if slug else None
+    run, _ = services.sweep_run_create(kind=kind, task_class=task_class, user=request.user)
+    messages.success(request, f"Sweep run #{run.pk} queued.")
+    return redirect("sweeps")
+
+
+@require_POST
+@role_required(OPERATOR)
+def sweep_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(SweepRun, pk=run_id)
+    try:
+        services.sweep_run_resume(run=run, user=request.user)
+        messages.success(request, f"Sweep run #{run.pk} resumed.")
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    return redirect("sweeps")
