@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from controlplane.env import (
     BASE_DIR,
@@ -175,7 +176,7 @@ class EmbeddedPostgres:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if not self.started:
+        if not (self.pgdata / "postmaster.pid").exists():
             return
         _say("stopping embedded PostgreSQL")
         subprocess.run(
@@ -223,16 +224,54 @@ class EmbeddedRedis:
         if not _wait_port(self.port, 20):
             raise RuntimeError("embedded Redis did not start; see var/redis/redis.log")
 
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        _say("stopping embedded Redis")
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.process = None
+    def stop(self, pid: int | None = None) -> None:
+        if self.process is not None:
+            _say("stopping embedded Redis")
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+        elif pid and _alive(pid):
+            _say("stopping embedded Redis")
+            os.kill(pid, signal.SIGTERM)
+
+
+USERS_FILE = VAR_DIR / "run" / "embedded-users.json"
+
+
+def _users_update(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read-modify-write the list of processes using the embedded servers, under a lock.
+
+    ``make run`` and ``make test`` may share the embedded servers; whichever leaves last
+    stops them, so one never pulls the database from under the other.
+    """
+    import fcntl
+
+    USERS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(USERS_FILE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data: dict[str, Any] = {"pids": [], "redis_pid": None}
+        if USERS_FILE.exists():
+            try:
+                data = json.loads(USERS_FILE.read_text())
+            except ValueError:
+                pass
+        data["pids"] = [p for p in data.get("pids", []) if _alive(p)]
+        change(data)
+        USERS_FILE.write_text(json.dumps(data))
+        return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -242,20 +281,39 @@ class Services:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        if not os.environ.get("DATABASE_URL"):
+        embedded_pg = not os.environ.get("DATABASE_URL")
+        embedded_redis = not os.environ.get("CELERY_BROKER_URL")
+        if not (embedded_pg or embedded_redis):
+            return
+        _users_update(lambda data: data["pids"].append(os.getpid()))
+        if embedded_pg:
             self.postgres = EmbeddedPostgres()
             self.postgres.start()
             self.env["DATABASE_URL"] = EMBEDDED_DATABASE_URL
-        if not os.environ.get("CELERY_BROKER_URL"):
+        if embedded_redis:
             self.redis = EmbeddedRedis()
             self.redis.start()
+            if self.redis.process is not None:
+                pid = self.redis.process.pid
+                _users_update(lambda data: data.__setitem__("redis_pid", pid))
             self.env["CELERY_BROKER_URL"] = EMBEDDED_BROKER_URL
 
     def stop(self) -> None:
-        if self.redis:
-            self.redis.stop()
-        if self.postgres:
-            self.postgres.stop()
+        if not (self.postgres or self.redis):
+            return
+
+        def leave(data: dict[str, Any]) -> None:
+            data["pids"] = [p for p in data["pids"] if p != os.getpid()]
+            if data["pids"]:
+                _say(f"embedded servers still used by {data['pids']}; leaving them running")
+                return
+            if self.redis:
+                self.redis.stop(data.get("redis_pid"))
+                data["redis_pid"] = None
+            if self.postgres:
+                self.postgres.stop()
+
+        _users_update(leave)
 
 
 def _python() -> str:

@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from controlplane import apis, views
+from telemetry import views as telemetry_views
 
 handler400 = "controlplane.errors.handler400"
 handler403 = "controlplane.errors.handler403"
@@ -33,7 +34,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", views.registry_home, name="home"),
+    path("", telemetry_views.overview, name="home"),
     path("registry/", views.registry_home, name="registry"),
     path("registry/routing/", views.routing_version_list, name="routing-versions"),
     path("registry/routing/rollback", views.routing_version_rollback, name="routing-rollback"),

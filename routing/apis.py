@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import logging
-import math
-import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
-import msgspec
 import orjson
-from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.authentication import ApiPrincipal, bearer_secret
+from controlplane.authentication import ApiPrincipal
 from controlplane.errors import ApiError
 from controlplane.permissions import scope_required
 from controlplane.roles import ADMIN, user_has_role
 from routing import metrics
-from routing.engine import (
-    BudgetExceeded,
-    DecisionRequest,
-    NoEligibleModel,
-    UnknownTaskClass,
-    decide,
-)
-from routing.pii import pii_types
-from routing.recording import decision_response, decision_row_build
-from routing.schemas import DecisionInput, decision_input_decoder
 from routing.serializers import (
     DecisionDetailOutput,
     DecisionInputSerializer,
@@ -44,13 +25,10 @@ from routing.serializers import (
     OutcomeInputSerializer,
     OutcomeOutputSerializer,
 )
-from routing.snapshot import KeyInfo, registry_cache
-from telemetry.ids import is_uuid7, uuid7, uuid7_time
-from telemetry.models import DecisionIdempotency, DecisionOutcome, DecisionRecord
-from telemetry.recorder import RecordingFailed, recorder
+from routing.services import decision_create
+from telemetry.ids import is_uuid7, uuid7_time
+from telemetry.models import DecisionOutcome, DecisionRecord
 from telemetry.services import OutcomeInput, outcome_report
-
-logger = logging.getLogger(__name__)
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
@@ -64,86 +42,14 @@ def _json(body: Any, status: int) -> HttpResponse:
     return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
-
-
-def _end_user_hash(value: str) -> str:
-    # Hash again with a server secret: stored ids cannot be matched against other systems.
-    key = settings.SECRET_KEY.encode()
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _authenticate(request: Request, scope: str) -> KeyInfo:
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    secret = bearer_secret(header) if header else None
-    if secret is None:
-        raise ApiError(401, "unauthenticated", "Send 'Authorization: Bearer <api key>'.")
-    key = registry_cache.key_for_secret(secret)
-    if key is None:
-        raise ApiError(401, "unauthenticated", "Invalid, revoked or expired API key.")
-    if scope not in key.scopes and "admin" not in key.scopes:
-        raise ApiError(403, "forbidden", f"This API key lacks the {scope!r} scope.")
-    return key
-
-
-def _field_from_msgspec(message: str) -> str:
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.input_tokens`"
-    if "- at `$." in message:
-        return message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0]
-    if "missing required field" in message:
-        return message.rsplit("`", 2)[-2]
-    if "unknown field" in message:
-        return message.rsplit("`", 2)[-2]
-    return "body"
-
-
-def _decode(body: bytes) -> DecisionInput:
-    try:
-        return decision_input_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        field = _field_from_msgspec(str(exc))
-        raise ApiError(400, "invalid", f"{field}: {exc}", {field: [str(exc)]}) from exc
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
-
-
-def _check_sizes(data: DecisionInput) -> None:
-    if data.prompt is not None and len(data.prompt) > settings.SWITCHYARD_MAX_PROMPT_CHARS:
-        raise ApiError(
-            413, "too_large",
-            f"prompt is {len(data.prompt)} characters; the limit is "
-            f"{settings.SWITCHYARD_MAX_PROMPT_CHARS}.",
-            {"prompt": ["too long"]},
-        )
-    if data.metadata is not None:
-        size = len(orjson.dumps(data.metadata))
-        if size > settings.SWITCHYARD_MAX_METADATA_BYTES:
-            raise ApiError(
-                413, "too_large",
-                f"metadata is {size} bytes; the limit is {settings.SWITCHYARD_MAX_METADATA_BYTES}.",
-                {"metadata": ["too large"]},
-            )
-
-
-def _stored_response(application_id: int, request_id: str) -> dict[str, Any] | None:
-    entry = DecisionIdempotency.objects.filter(
-        application_id=application_id, request_id=request_id
-    ).first()
-    if entry is None:
-        return None
-    record = (
-        DecisionRecord.objects.filter(id=entry.decision_id, created_at=entry.created_at)
-        .only("response")
-        .first()
-    )
-    return record.response if record is not None else None
-
-
 class DecisionCreateApi(APIView):
-    """POST /api/v1/decisions — which model should handle this request?"""
+    """POST /api/v1/decisions — which model should handle this request?
 
-    authentication_classes: list[Any] = []  # the hot path authenticates from its own cache
+    In production the WSGI fast path (routing.fastpath) answers this URL before Django's
+    middleware; this view runs the same pipeline and documents it in the OpenAPI schema.
+    """
+
+    authentication_classes: list[Any] = []  # the pipeline authenticates from its own cache
     permission_classes: list[Any] = []
 
     @extend_schema(
@@ -160,127 +66,11 @@ class DecisionCreateApi(APIView):
         operation_id="decisions_create",
     )
     def post(self, request: Request) -> HttpResponse:
-        started = time.perf_counter_ns()
-        try:
-            return self._decide(request, started)
-        except ApiError as exc:
-            metrics.DECISION_ERRORS.labels(exc.error_code).inc()
-            raise
-
-    def _decide(self, request: Request, started: int) -> HttpResponse:
-        key = _authenticate(request, "decide")
-        body = request._request.body  # raw bytes: parsed by msgspec, not DRF
-        if len(body) > settings.SWITCHYARD_MAX_BODY_BYTES:
-            raise ApiError(413, "too_large", "The request body is too large.")
-        data = _decode(body)
-        _check_sizes(data)
-        if data.request_id:
-            stored = _stored_response(key.application_id, data.request_id)
-            if stored is not None:
-                return _json(stored, 200)
-
-        snapshot = registry_cache.snapshot()
-        prompt = data.prompt or ""
-        detection_failed = False
-        found: tuple[str, ...] = ()
-        if prompt:
-            try:
-                found = pii_types(prompt)
-            except Exception:  # fail closed: treat the request as personal
-                logger.exception("PII detection failed")
-                detection_failed = True
-        input_tokens = (
-            data.input_tokens if data.input_tokens is not None else _estimate_tokens(prompt)
+        status, body = decision_create(
+            authorization=request.META.get("HTTP_AUTHORIZATION", ""),
+            body=request._request.body,  # raw bytes: decoded by msgspec, not DRF parsers
         )
-        context_tokens = data.context_tokens if data.context_tokens is not None else input_tokens
-        engine_request = DecisionRequest(
-            task_class=data.task_class,
-            input_tokens=input_tokens,
-            context_tokens=context_tokens,
-            latency_budget_ms=data.latency_budget_ms,
-            max_cost_usd=data.max_cost_usd,
-            data_classification=data.data_classification,
-            pii_found=found,
-            pii_detection_failed=detection_failed,
-            team=data.team or key.team,
-            application=key.application,
-        )
-        try:
-            decision = decide(engine_request, snapshot)
-        except UnknownTaskClass as exc:
-            raise ApiError(
-                400, "unknown_task_class",
-                f"Unknown task class {data.task_class!r}; valid: {', '.join(exc.valid)}.",
-                {"task_class": [f"valid task classes: {', '.join(exc.valid)}"]},
-                valid_task_classes=list(exc.valid),
-            ) from exc
-        except BudgetExceeded as exc:
-            b = exc.budget
-            raise ApiError(
-                429, "budget_exceeded",
-                f"Budget {b.name!r} ({b.scope}) has reached its hard limit of "
-                f"${b.limit_usd:.2f}.",
-                budget={"name": b.name, "scope": b.scope, "scope_key": b.scope_key,
-                        "spent_usd": round(b.spent_usd, 6), "limit_usd": b.limit_usd},
-            ) from exc
-        except NoEligibleModel as exc:
-            raise ApiError(
-                422, "no_eligible_model",
-                "No model in the route or registry can take this request.",
-                candidates=[{"model": c.model, "reason": c.reason} for c in exc.candidates],
-            ) from exc
-
-        decision_id = uuid7()
-        created_at = uuid7_time(decision_id)
-        decision_us = (time.perf_counter_ns() - started) // 1000
-        response = decision_response(
-            decision_id=decision_id, decision=decision, decision_us=decision_us
-        )
-        extras = registry_cache.extras(data.task_class)
-        keep_prompt = bool(prompt) and extras is not None and extras.prompt_retention_days > 0
-        template = data.prompt_template
-        retrieval = data.retrieval
-        row = decision_row_build(
-            decision_id=decision_id,
-            created_at=created_at,
-            request=engine_request,
-            decision=decision,
-            application_id=key.application_id,
-            application=key.application,
-            team=engine_request.team or "",
-            request_id=data.request_id or "",
-            prompt=prompt if keep_prompt else None,
-            prompt_expires_at=(
-                created_at + timedelta(days=extras.prompt_retention_days)
-                if keep_prompt and extras is not None else None
-            ),
-            prompt_template_id=template.id if template else "",
-            prompt_template_version=template.version if template else "",
-            retrieval_query=retrieval.query if retrieval else "",
-            retrieval_document_ids=retrieval.document_ids if retrieval else (),
-            metadata=data.metadata,
-            end_user=_end_user_hash(data.end_user) if data.end_user else "",
-            decision_us=decision_us,
-            response=response,
-        )
-        try:
-            outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
-        except RecordingFailed as exc:
-            metrics.RECORDING_FAILURES.inc()
-            raise ApiError(
-                503, "recording_unavailable",
-                "The decision could not be recorded; nothing was decided. Retry.",
-            ) from exc
-        if outcome == "duplicate":
-            stored = _stored_response(key.application_id, data.request_id or "")
-            if stored is None:  # pragma: no cover - the winner committed before we looked
-                raise ApiError(503, "recording_unavailable", "Retry.")
-            return _json(stored, 200)
-        model = decision.model
-        metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
-        metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)
-        metrics.ACTIVE_VERSION.set(decision.routing_table_version)
-        return _json(response, 201)
+        return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _decision_for(request: Request, decision_id: str, scope: str) -> DecisionRecord:

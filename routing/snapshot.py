@@ -3,6 +3,9 @@
 The engine never touches the database. This module builds its ``Snapshot`` from the
 registry and keeps it fresh cheaply:
 
+A background thread per process does the refreshing, so no request ever waits for it
+(with both intervals set to 0, as in tests, the request thread refreshes synchronously):
+
 1. Every ``SWITCHYARD_SNAPSHOT_CHECK_S`` seconds, one query reads the registry generation
    (a sequence bumped after any registry change commits). If it moved, the whole snapshot
    is rebuilt: active routing table, models with current prices, task classes, budgets,
@@ -14,6 +17,7 @@ registry and keeps it fresh cheaply:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +50,9 @@ from routing.engine import (
     TaskClassInfo,
     snapshot_build,
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +224,7 @@ class RegistryCache:
         self._checked_at = 0.0
         self._budgets_at = 0.0
         self._keys: dict[str, KeyInfo | None] = {}
+        self._refresher: threading.Thread | None = None
 
     def invalidate(self) -> None:
         with self._lock:
@@ -224,10 +232,39 @@ class RegistryCache:
             self._checked_at = 0.0
 
     def _refresh(self) -> None:
+        check_s = settings.SWITCHYARD_SNAPSHOT_CHECK_S
+        if check_s > 0 and self._static is not None and self._generation is not None:
+            self._ensure_refresher(check_s)
+            return
+        self._refresh_now(force=False)
+
+    def _ensure_refresher(self, check_s: float) -> None:
+        if self._refresher is not None and self._refresher.is_alive():
+            return
+        with self._lock:
+            if self._refresher is None or not self._refresher.is_alive():
+                self._refresher = threading.Thread(
+                    target=self._refresh_loop, args=(check_s,), name="registry-refresher",
+                    daemon=True,
+                )
+                self._refresher.start()
+
+    def _refresh_loop(self, check_s: float) -> None:
+        from django.db import connection
+
+        while True:
+            time.sleep(check_s)
+            try:
+                self._refresh_now(force=False)
+            except Exception:  # keep serving the last good snapshot; retry next tick
+                logger.warning("registry refresh failed", exc_info=True)
+                connection.close()
+
+    def _refresh_now(self, *, force: bool) -> None:
         now_mono = time.monotonic()
         check_s = settings.SWITCHYARD_SNAPSHOT_CHECK_S
         budget_s = settings.SWITCHYARD_BUDGET_REFRESH_S
-        if self._static is not None and now_mono - self._checked_at < check_s:
+        if not force and self._static is not None and now_mono - self._checked_at < check_s:
             return
         with self._lock:
             if self._static is not None and now_mono - self._checked_at < check_s:

@@ -46,6 +46,20 @@ DECISION_COLUMNS = (
 )  # fmt: skip
 _JSON_COLUMNS = {"metadata", "path", "response"}
 _COPY_SQL = f"COPY telemetry_decision ({', '.join(DECISION_COLUMNS)}) FROM STDIN"
+_ROW_PLACEHOLDER = "(" + ", ".join(["%s"] * len(DECISION_COLUMNS)) + ")"
+_INSERT_SQL: dict[int, str] = {}
+
+
+def _insert_sql(count: int) -> str:
+    sql = _INSERT_SQL.get(count)
+    if sql is None:
+        sql = (
+            f"INSERT INTO telemetry_decision ({', '.join(DECISION_COLUMNS)}) VALUES "
+            + ", ".join([_ROW_PLACEHOLDER] * count)
+        )
+        if len(_INSERT_SQL) < 64:
+            _INSERT_SQL[count] = sql
+    return sql
 
 
 class DecisionRow(TypedDict):
@@ -211,7 +225,9 @@ class DecisionRecorder:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             assert self._params is not None
-            self._conn = psycopg.connect(**self._params)
+            # Autocommit: a batch without idempotency keys is one INSERT statement, i.e. one
+            # round trip and one commit.
+            self._conn = psycopg.connect(**self._params, autocommit=True)
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -248,6 +264,21 @@ class DecisionRecorder:
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[_Pending], *,
                maybe_written: bool) -> None:
+        if not maybe_written and len(batch) <= 100 and not any(
+            p.row["request_id"] for p in batch
+        ):
+            with conn.cursor() as cursor:
+                values: list[Any] = []
+                for item in batch:
+                    values.extend(_copy_values(item.row))
+                cursor.execute(_insert_sql(len(batch)), values)
+            for item in batch:
+                item.outcome = "stored"
+            self.batches += 1
+            self.rows += len(batch)
+            for item in batch:
+                item.done.set()
+            return
         with conn.transaction(), conn.cursor() as cursor:
             if maybe_written:
                 already = _stored_ids(cursor, [p.row for p in batch])

@@ -1,0 +1,237 @@
+"""Decision API benchmark: the real server (gunicorn, production settings) on loopback.
+
+1. A fresh database ``switchyard_bench`` on the server in DATABASE_URL: migrated, demo
+   registry loaded, one API key.
+2. gunicorn with production settings (DEBUG off) on 127.0.0.1:8300.
+3. Ceiling: wrk against a bare Django JSON view (/healthz) on the same server.
+4. Saturation: wrk POSTing a realistic mix of task classes and prompts (200–2,000
+   characters, some with personal data) to /api/v1/decisions.
+5. Steady: an open-loop generator at 300 requests/s; p50/p95/p99 from scheduled send time.
+6. Afterwards the stored decisions are counted: every 2xx must have its row (``lost``).
+
+Run with ``make bench`` (or ``python -m controlplane.stack exec .venv/bin/python
+bench/bench_decision_api.py``). Writes bench/results/decision_api.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import percentile, steady_run  # noqa: E402
+
+PORT = int(os.environ.get("BENCH_PORT", "8300"))
+RESULTS = ROOT / "bench" / "results" / "decision_api.json"
+TASK_MIX = [
+    ("ticket-triage", 30), ("intent-detection", 15), ("field-extraction", 12),
+    ("short-summary", 12), ("policy-check", 8), ("sql-generation", 8),
+    ("multi-step-reasoning", 5), ("pii-redaction", 4), ("long-report-synthesis", 3),
+    ("customer-reply-draft", 3),
+]
+WORDS = (
+    "customer order shipment invoice refund account password reset printer network outage "
+    "latency dashboard report quarterly revenue forecast contract clause renewal escalation "
+    "priority queue ticket agent warehouse inventory delivery schedule billing subscription "
+    "upgrade downgrade cancel error timeout login mobile app browser cache support team"
+).split()
+PII = ["Contact me at jane.doe@example.com.", "Call +44 20 7946 0958 tomorrow.",
+       "Card 4111 1111 1111 1111 was charged twice.", "IBAN GB82 WEST 1234 5698 7654 32."]
+
+
+def bench_url(base: str) -> str:
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path="/switchyard_bench"))
+
+
+def prepare_database(base_url: str) -> str:
+    admin = urlunsplit(urlsplit(base_url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = 'switchyard_bench' AND pid <> pg_backend_pid()"
+        )
+        conn.execute("DROP DATABASE IF EXISTS switchyard_bench")
+        conn.execute("CREATE DATABASE switchyard_bench")
+    return bench_url(base_url)
+
+
+def make_bodies(count: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    classes = [c for c, w in TASK_MIX for _ in range(w)]
+    bodies = []
+    for i in range(count):
+        length = rng.randint(200, 2000)
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < length:
+            words.append(rng.choice(WORDS))
+        text = " ".join(words)[:length]
+        if rng.random() < 0.08:
+            text = text[: length - 60] + " " + rng.choice(PII)
+        body = {"task_class": rng.choice(classes), "prompt": text,
+                "metadata": {"bench": True, "i": i}}
+        if rng.random() < 0.3:
+            body["team"] = rng.choice(["support", "analytics", "platform"])
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+def wrk_lua(bodies: list[bytes], path: Path, secret: str) -> None:
+    entries = ",\n".join("[==[" + b.decode() + "]==]" for b in bodies)
+    path.write_text(
+        "local bodies = {\n" + entries + "\n}\n"
+        "local i = 0\n"
+        "wrk.method = 'POST'\n"
+        f"wrk.headers['Authorization'] = 'Bearer {secret}'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+        "request = function()\n"
+        "  i = i + 1\n"
+        "  return wrk.format(nil, '/api/v1/decisions', nil, bodies[(i % #bodies) + 1])\n"
+        "end\n"
+    )
+
+
+def run_wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "rps": rps,
+        "raw": out,
+    }
+
+
+def stored_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM telemetry_decision").fetchone()[0]
+
+
+def stored_ids(url: str, ids: list[str]) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id::text FROM telemetry_decision WHERE id = ANY(%s::uuid[])", [ids]
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def main() -> int:
+    if not shutil.which("wrk"):
+        print("wrk is missing: `make bench` installs it (apt-get install wrk)")
+        return 1
+    base = os.environ["DATABASE_URL"]
+    db_url = prepare_database(base)
+    var_dir = Path(tempfile.mkdtemp(prefix="sy-bench-"))
+    prom_dir = var_dir / "prometheus"
+    prom_dir.mkdir()
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": db_url, "DJANGO_DEBUG": "0", "DJANGO_HTTPS": "0",
+        "SWITCHYARD_VAR_DIR": str(var_dir), "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir), "LOG_LEVEL": "WARNING",
+    })
+    py = sys.executable
+    subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([py, "manage.py", "demo_load"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    out = subprocess.run([py, "manage.py", "create_api_key", "bench-client", "--scopes",
+                          "decide,report,read"], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    secret = out.strip().splitlines()[-1]
+    workers = os.environ.get("WEB_CONCURRENCY", "2")
+    gunicorn = subprocess.Popen(
+        [str(Path(py).parent / "gunicorn"), "controlplane.wsgi:application", "-c",
+         str(ROOT / "controlplane" / "gunicorn_conf.py"), "--bind", f"127.0.0.1:{PORT}",
+         "--workers", workers],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    result: dict = {}
+    try:
+        deadline = time.time() + 30
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        bodies = make_bodies(400)
+        script = var_dir / "decisions.lua"
+        wrk_lua(bodies, script, secret)
+        # Warm-up: imports, snapshot, connections in every worker.
+        run_wrk(f"http://127.0.0.1:{PORT}", 3, 16, script)
+        ceiling = run_wrk(f"http://127.0.0.1:{PORT}/healthz", 10, 32)
+        before = stored_count(db_url)
+        saturation = run_wrk(f"http://127.0.0.1:{PORT}", 15, 32, script)
+        time.sleep(1)
+        after_sat = stored_count(db_url)
+        acked_sat = saturation["requests"] - saturation["non_2xx"]
+        steady = steady_run("127.0.0.1", PORT, "/api/v1/decisions",
+                            {"Authorization": f"Bearer {secret}"}, bodies,
+                            rate=300, seconds=20, connections=32)
+        ids = [json.loads(b)["decision_id"] for b in steady.bodies_2xx]
+        found = stored_ids(db_url, ids)
+        lost_steady = len(set(ids) - found)
+        # wrk stops mid-flight: a request it abandoned may be stored without being counted,
+        # never the reverse; so lost = acknowledged minus stored, floored at zero.
+        lost_sat = max(0, acked_sat - (after_sat - before))
+        sat_rps = saturation["rps"] * (acked_sat / max(1, saturation["requests"]))
+        result = {
+            "saturation_rps": round(sat_rps, 1),
+            "ceiling_rps": round(ceiling["rps"], 1),
+            "ratio": round(sat_rps / ceiling["rps"], 3),
+            "steady_rps": round(len(steady.latencies_ms) / steady.seconds, 1),
+            "p50_ms": round(percentile(steady.latencies_ms, 50), 2),
+            "p95_ms": round(percentile(steady.latencies_ms, 95), 2),
+            "p99_ms": round(percentile(steady.latencies_ms, 99), 2),
+            "lost": lost_sat + lost_steady,
+            "saturation": {k: v for k, v in saturation.items() if k != "raw"},
+            "steady": {"sent": steady.sent, "statuses": steady.statuses,
+                       "errors": steady.errors, "stored_checked": len(ids)},
+            "stored_during_saturation": after_sat - before,
+            "workers": int(workers),
+            "targets": {"p50_ms": 3, "p99_ms": 10, "saturation_rps": 1000, "ratio": 0.30,
+                        "lost": 0},
+        }
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(
+            f"decision API: saturation {result['saturation_rps']}/s, ceiling "
+            f"{result['ceiling_rps']}/s, ratio {result['ratio']}, steady "
+            f"{result['steady_rps']}/s p50 {result['p50_ms']} ms p95 {result['p95_ms']} ms "
+            f"p99 {result['p99_ms']} ms, lost {result['lost']}"
+        )
+    finally:
+        os.killpg(gunicorn.pid, signal.SIGTERM)
+        gunicorn.wait(20)
+        shutil.rmtree(var_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
