@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -82,6 +83,32 @@ class GraderConfig(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_class_id}: {self.kind}"
+
+    def clean(self) -> None:
+        from controlplane.models import DataPolicy, Locality
+        from evaluation.graders import GraderSpec, grader_build
+
+        if self.kind == GraderKind.LLM_JUDGE and (
+            self.judge_model_id is None or self.judge_prompt_id is None
+        ):
+            raise ValidationError({"judge_model": "An LLM judge needs a judge model and prompt."})
+        if (
+            self.judge_model is not None
+            and self.task_class.data_policy == DataPolicy.LOCAL_ONLY
+            and self.judge_model.locality == Locality.CLOUD
+        ):
+            raise ValidationError({"judge_model": "A local-only class needs a local judge."})
+        if self.kind != GraderKind.LLM_JUDGE:
+            try:
+                grader_build(
+                    GraderSpec(
+                        kind=self.kind,
+                        params=self.params or {},
+                        output_schema=self.task_class.output_schema,
+                    )
+                )
+            except (ValueError, TypeError) as exc:
+                raise ValidationError({"params": str(exc)}) from exc
 
 
 class PromptTemplate(models.Model):

@@ -59,10 +59,17 @@ def sweep_slot_key(kind: str, scope: str, when: datetime) -> str:
     return f"{kind}:{scope}:{when:%Y-%m-%dT%H}"
 
 
-def _enqueue(run_id: int) -> None:
+def _enqueue(run_id: int, countdown: float | None = None) -> None:
     from evaluation import tasks
 
-    transaction.on_commit(lambda: tasks.sweep_run_execute.delay(run_id))
+    transaction.on_commit(
+        lambda: tasks.sweep_run_execute.apply_async((run_id,), countdown=countdown)
+    )
+
+
+def sweep_run_enqueue(*, run: SweepRun, countdown: float | None = None) -> None:
+    """Queue a pending run for a worker (once the current transaction commits)."""
+    _enqueue(run.pk, countdown)
 
 
 def sweep_run_create(
@@ -133,7 +140,9 @@ def sweep_reap_stale(*, now: datetime | None = None, stale_seconds: int | None =
     )
 
 
-def sweep_run_resume(*, run: SweepRun, user: Any = None) -> SweepRun:
+def sweep_run_resume(
+    *, run: SweepRun, user: Any = None, countdown: float | None = None
+) -> SweepRun:
     """Queue a failed run again; finished samples and proposals are kept."""
     with transaction.atomic():
         updated = SweepRun.objects.filter(pk=run.pk, status=SweepStatus.FAILED).update(
@@ -141,7 +150,7 @@ def sweep_run_resume(*, run: SweepRun, user: Any = None) -> SweepRun:
         )
         if updated != 1:
             raise ValidationError({"status": "Only a failed run can be resumed."})
-        _enqueue(run.pk)
+        _enqueue(run.pk, countdown)
     run.refresh_from_db()
     return run
 
@@ -381,10 +390,14 @@ def _active() -> RoutingTableVersion:
 def _requests_for(
     run: SweepRun, route: Route, models: list[ModelEndpoint], limit: int, window_days: float
 ) -> tuple[list[dict[str, Any]], int]:
-    """Recent requests to replay; personal data only when every model involved is local."""
+    """Recent requests to replay; personal data only when every model involved — candidate,
+    primary and the grader's judge — is local."""
     now = run.created_at  # fixed at creation: a resumed run replays the same requests
     since = now - timedelta(days=window_days)
-    allow_personal = all(m.locality == Locality.LOCAL for m in models)
+    judge = selectors.grader_spec_for(route.task_class).judge
+    allow_personal = all(m.locality == Locality.LOCAL for m in models) and (
+        judge is None or judge.locality == Locality.LOCAL
+    )
     requests = selectors.replay_requests(
         task_class=route.task_class.slug,
         since=since,
