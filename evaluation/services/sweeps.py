@@ -335,7 +335,12 @@ def _class_evidence(
     )
     sources = sorted({s["reference_source"] for s in graded})
     passes = [s["pk"] for s in graded if s["candidate_success"]][:3]
-    fails = [s["pk"] for s in graded if not s["candidate_success"]][:3]
+    # The telling failures are those the current primary got right.
+    fails = sorted(
+        (s for s in graded if not s["candidate_success"]),
+        key=lambda s: s["primary_success"] is not True,
+    )
+    fails_ids = [s["pk"] for s in fails][:3]
     target = float(task_class.quality_target)
     return {
         "kind": run.kind,
@@ -371,7 +376,7 @@ def _class_evidence(
         ),
         "volume_30d": volume,
         **cost,
-        "example_sample_ids": passes + fails,
+        "example_sample_ids": passes + fails_ids,
         "sweep_run": run.pk,
     }
 
