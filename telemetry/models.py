@@ -122,3 +122,77 @@ class DecisionOutcome(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision_id} {self.final_status}"
+
+
+# Fixed latency-histogram bucket upper bounds (ms, exclusive): bucket i counts latencies in
+# [LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]); the last bucket is open-ended. Fixed bounds
+# make histograms add up across rollup rows, so percentiles merge over any filter.
+LATENCY_BOUNDS_MS: tuple[int, ...] = (
+    25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000,
+    7500, 10000, 15000, 30000, 60000,
+)  # fmt: skip
+LATENCY_BUCKET_FIELDS: tuple[str, ...] = tuple(
+    f"lat_b{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1)
+)
+
+
+class HourlyRollup(models.Model):
+    """Per hour × team × application × task class × model × tier: what the dashboards read.
+
+    ``model``/``tier`` are the model that served the request (the last attempt), or the
+    routed model while no outcome has been reported. Cost includes every attempt.
+    Rows are (re)computed whole per hour from the raw tables, never incremented, so a
+    re-reported outcome or a late commit cannot be counted twice.
+    """
+
+    hour = models.DateTimeField()
+    team = models.CharField(max_length=64)
+    application = models.CharField(max_length=64)
+    task_class = models.CharField(max_length=64)
+    model = models.CharField(max_length=64)
+    tier = models.SmallIntegerField()
+    decisions = models.IntegerField(default=0)
+    outcomes = models.IntegerField(default=0)
+    successes = models.IntegerField(default=0)
+    escalations = models.IntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    baseline_cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    quality_sum = models.FloatField(default=0)
+    quality_count = models.IntegerField(default=0)
+    latency_sum_ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "telemetry_rollup_hourly"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "team", "application", "task_class", "model", "tier"],
+                name="one_rollup_per_hour_and_dimensions",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["task_class", "hour"], name="rollup_class_hour"),
+            models.Index(fields=["model", "hour"], name="rollup_model_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.task_class} {self.model}"
+
+
+for _name in LATENCY_BUCKET_FIELDS:
+    HourlyRollup.add_to_class(_name, models.IntegerField(default=0))
+
+
+class RollupWatermark(models.Model):
+    """How far the incremental rollup has read: one row per rollup, claimed with FOR UPDATE."""
+
+    name = models.CharField(max_length=32, unique=True)
+    position = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "telemetry_rollup_watermark"
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.position:%Y-%m-%d %H:%M:%S}"

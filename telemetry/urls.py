@@ -1,5 +1,17 @@
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from telemetry import views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path(
+        "dashboards/task-classes/<slug:slug>/",
+        views.task_class_page,
+        name="task-class-dashboard",
+    ),
+    path("dashboards/models/<str:slug>/", views.model_page, name="model-dashboard"),
+    path("decisions/", views.decision_list, name="decisions"),
+    path("decisions/export.csv", views.decision_export, name="decisions-export"),
+    path("decisions/<uuid:decision_id>/", views.decision_detail, name="decision-detail"),
+]

@@ -1,0 +1,622 @@
+"""Reads for the dashboards, the decision explorer and the router's observed statistics.
+
+Every chart reads ``telemetry_rollup_hourly`` (never the raw decision rows): one query
+returns the rollups of the filtered range summed per time bucket × dimensions, and pandas
+shapes that frame into each figure. The explorer and the CSV export read the raw
+partitions through the (created_at DESC, id DESC) index with keyset pagination.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from django.db import connection
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from controlplane.models import (
+    Application,
+    Budget,
+    BudgetSpend,
+    ModelEndpoint,
+    Route,
+    RoutingTableVersion,
+    TaskClass,
+    Team,
+)
+from telemetry.ids import is_uuid7, uuid7_time
+from telemetry.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_BUCKET_FIELDS,
+    DecisionOutcome,
+    DecisionRecord,
+)
+
+# Time ranges offered on every page and the bucket size each one charts with.
+RANGES: dict[str, tuple[timedelta, timedelta]] = {
+    "1h": (timedelta(hours=1), timedelta(hours=1)),
+    "24h": (timedelta(hours=24), timedelta(hours=1)),
+    "7d": (timedelta(days=7), timedelta(hours=6)),
+    "30d": (timedelta(days=30), timedelta(days=1)),
+    "90d": (timedelta(days=90), timedelta(days=1)),
+}
+DEFAULT_RANGE = "30d"
+DIMENSIONS = ("team", "application", "task_class", "model", "tier")
+SUM_COLUMNS = (
+    "decisions", "outcomes", "successes", "escalations", "input_tokens", "output_tokens",
+    "cost_usd", "baseline_cost_usd", "quality_sum", "quality_count", "latency_sum_ms",
+    *LATENCY_BUCKET_FIELDS,
+)  # fmt: skip
+
+
+def bucket_for_span(span: timedelta) -> timedelta:
+    """Chart bucket for a custom range: hours up to two days, 6 h up to ten, then days."""
+    if span <= timedelta(days=2):
+        return timedelta(hours=1)
+    if span <= timedelta(days=10):
+        return timedelta(hours=6)
+    return timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardFilters:
+    start: datetime
+    end: datetime
+    bucket: timedelta
+    range_key: str = DEFAULT_RANGE
+    team: str = ""
+    application: str = ""
+    task_class: str = ""
+    model: str = ""
+    tier: int | None = None
+
+    @classmethod
+    def for_range(cls, range_key: str = DEFAULT_RANGE, **dims: Any) -> DashboardFilters:
+        span, bucket = RANGES[range_key]
+        now = timezone.now()
+        return cls(start=now - span, end=now, bucket=bucket, range_key=range_key, **dims)
+
+    def dimension_items(self) -> list[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = [
+            (name, getattr(self, name)) for name in DIMENSIONS if name != "tier"
+        ]
+        items.append(("tier", self.tier))
+        return [(k, v) for k, v in items if v not in ("", None)]
+
+
+def _where(filters: DashboardFilters, *, time_column: str, alias: str = "") -> tuple[str, dict]:
+    prefix = f"{alias}." if alias else ""
+    clauses = [f"{prefix}{time_column} >= %(start)s", f"{prefix}{time_column} < %(end)s"]
+    params: dict[str, Any] = {"start": filters.start, "end": filters.end}
+    for name, value in filters.dimension_items():
+        clauses.append(f"{prefix}{name} = %({name})s")
+        params[name] = value
+    return " AND ".join(clauses), params
+
+
+def _hour_floor(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Rollup frame: the one query behind every chart
+# ---------------------------------------------------------------------------------------
+
+
+def rollup_frame(filters: DashboardFilters) -> pd.DataFrame:
+    """Rollups in the filtered range, summed per (bucket, team, application, task class,
+    model, tier). Columns: bucket (UTC timestamp), the dimensions and ``SUM_COLUMNS``."""
+    rollup_filters = DashboardFilters(
+        start=_hour_floor(filters.start),
+        end=filters.end,
+        bucket=filters.bucket,
+        range_key=filters.range_key,
+        team=filters.team,
+        application=filters.application,
+        task_class=filters.task_class,
+        model=filters.model,
+        tier=filters.tier,
+    )
+    where, params = _where(rollup_filters, time_column="hour")
+    params["bucket"] = filters.bucket
+    sums = ", ".join(f"sum({c})" for c in SUM_COLUMNS)
+    sql = (
+        "SELECT date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, "
+        f"team, application, task_class, model, tier, {sums} "
+        f"FROM telemetry_rollup_hourly WHERE {where} "
+        "GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1"
+    )  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    columns = ["bucket", *DIMENSIONS, *SUM_COLUMNS]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    numeric = [c for c in SUM_COLUMNS]
+    frame[numeric] = frame[numeric].astype("float64")
+    frame["tier"] = frame["tier"].astype("int64")
+    frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True)
+    return frame
+
+
+def latency_percentile(counts: Sequence[float] | np.ndarray, q: float) -> float | None:
+    """The q-quantile (0–1) of a fixed-bucket latency histogram, interpolated in its bucket.
+
+    The open last bucket reports its lower bound.
+    """
+    values = np.asarray(counts, dtype="float64")
+    total = float(values.sum())
+    if total <= 0:
+        return None
+    target = q * total
+    cumulative = np.cumsum(values)
+    index = int(np.searchsorted(cumulative, target, side="left"))
+    index = min(index, len(values) - 1)
+    lower = 0.0 if index == 0 else float(LATENCY_BOUNDS_MS[index - 1])
+    if index >= len(LATENCY_BOUNDS_MS):
+        return lower
+    upper = float(LATENCY_BOUNDS_MS[index])
+    before = float(cumulative[index - 1]) if index > 0 else 0.0
+    inside = float(values[index])
+    fraction = (target - before) / inside if inside else 0.0
+    return lower + (upper - lower) * fraction
+
+
+def latency_bucket_counts(latencies: Sequence[int]) -> list[int]:
+    """Raw latencies into the fixed buckets (the same rule the rollup SQL applies)."""
+    counts = [0] * len(LATENCY_BUCKET_FIELDS)
+    bounds = np.asarray(LATENCY_BOUNDS_MS)
+    for value in latencies:
+        counts[int(np.searchsorted(bounds, value, side="right"))] += 1
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class Headline:
+    decisions: int
+    spend_usd: float
+    baseline_usd: float
+    savings_usd: float
+    savings_pct: float | None
+    tier1_share: float | None
+    escalation_rate: float | None
+    success_rate: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def headline(frame: pd.DataFrame) -> Headline:
+    """The numbers on top of every dashboard, from the rollup frame."""
+    decisions = float(frame["decisions"].sum())
+    spend = float(frame["cost_usd"].sum())
+    baseline = float(frame["baseline_cost_usd"].sum())
+    outcomes = float(frame["outcomes"].sum())
+    tier1 = float(frame.loc[frame["tier"] == 1, "decisions"].sum())
+    hist = frame[list(LATENCY_BUCKET_FIELDS)].sum().to_numpy()
+    return Headline(
+        decisions=int(decisions),
+        spend_usd=spend,
+        baseline_usd=baseline,
+        savings_usd=baseline - spend,
+        savings_pct=_ratio(baseline - spend, baseline),
+        tier1_share=_ratio(tier1, decisions),
+        escalation_rate=_ratio(float(frame["escalations"].sum()), outcomes),
+        success_rate=_ratio(float(frame["successes"].sum()), outcomes),
+        p50_latency_ms=latency_percentile(hist, 0.50),
+        p95_latency_ms=latency_percentile(hist, 0.95),
+    )
+
+
+def latency_by_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """p50/p95/p99 and request count per model (merged histograms)."""
+    if frame.empty:
+        return pd.DataFrame(columns=["model", "p50", "p95", "p99", "outcomes"])
+    grouped = frame.groupby("model")[[*LATENCY_BUCKET_FIELDS, "outcomes"]].sum()
+    rows = []
+    for model, row in grouped.iterrows():
+        hist = row[list(LATENCY_BUCKET_FIELDS)].to_numpy()
+        rows.append(
+            {
+                "model": model,
+                "p50": latency_percentile(hist, 0.50),
+                "p95": latency_percentile(hist, 0.95),
+                "p99": latency_percentile(hist, 0.99),
+                "outcomes": int(row["outcomes"]),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("p95", na_position="first")
+
+
+def quality_by_model_class(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task class): requests, success rate, mean score, cost per 1k requests."""
+    columns = ["decisions", "outcomes", "successes", "quality_sum", "quality_count", "cost_usd"]
+    grouped = frame.groupby(["model", "task_class"])[columns].sum().reset_index()
+    outcomes = grouped["outcomes"].replace(0, np.nan)
+    grouped["success_rate"] = grouped["successes"] / outcomes
+    grouped["mean_score"] = grouped["quality_sum"] / grouped["quality_count"].replace(0, np.nan)
+    grouped["cost_per_1k"] = grouped["cost_usd"] / outcomes * 1000
+    return grouped
+
+
+def quality_per_dollar_by_class(frame: pd.DataFrame) -> pd.DataFrame:
+    """Successful requests per dollar spent, per task class."""
+    grouped = frame.groupby("task_class")[["successes", "outcomes", "cost_usd"]].sum()
+    grouped["per_dollar"] = grouped["successes"] / grouped["cost_usd"].replace(0, np.nan)
+    grouped["success_rate"] = grouped["successes"] / grouped["outcomes"].replace(0, np.nan)
+    return grouped.reset_index().sort_values("per_dollar", ascending=False)
+
+
+def escalation_by_class(frame: pd.DataFrame) -> pd.DataFrame:
+    grouped = frame.groupby("task_class")[["escalations", "outcomes"]].sum()
+    grouped["rate"] = grouped["escalations"] / grouped["outcomes"].replace(0, np.nan)
+    return grouped.reset_index().sort_values("rate", ascending=False)
+
+
+def pareto_front(points: pd.DataFrame, *, cost: str, quality: str) -> pd.DataFrame:
+    """Points no other point beats on both cost (lower) and quality (higher)."""
+    ordered = points.dropna(subset=[cost, quality]).sort_values(
+        [cost, quality], ascending=[True, False]
+    )
+    best = -np.inf
+    keep = []
+    for index, row in ordered.iterrows():
+        if row[quality] > best:
+            keep.append(index)
+            best = row[quality]
+    return ordered.loc[keep]
+
+
+# ---------------------------------------------------------------------------------------
+# Routing changes, current routes, budgets, filter options
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingChange:
+    number: int
+    activated_at: datetime
+    note: str
+
+
+def routing_changes(*, start: datetime, end: datetime) -> list[RoutingChange]:
+    versions = RoutingTableVersion.objects.filter(
+        activated_at__gte=start, activated_at__lt=end
+    ).order_by("activated_at")
+    return [
+        RoutingChange(v.number, v.activated_at, v.note)
+        for v in versions.only("number", "activated_at", "note")
+        if v.activated_at is not None
+    ]
+
+
+def active_routes(*, task_class: str = "", model: str = "") -> list[Route]:
+    """Routes of the active table for one task class, or those that use one model."""
+    routes = Route.objects.filter(version__status="active").select_related(
+        "task_class", "primary", "version"
+    )
+    if task_class:
+        routes = routes.filter(task_class__slug=task_class)
+    if model:
+        routes = routes.filter(Q(primary__slug=model) | Q(fallbacks__contains=[model]))
+    return list(routes)
+
+
+@dataclass
+class BudgetBurn:
+    budget_id: int
+    name: str
+    scope: str
+    scope_key: str | None
+    period: str
+    limit_usd: float
+    soft_limit_usd: float
+    spent_usd: float
+    period_start: datetime
+    period_end: datetime
+    times: list[datetime] = field(default_factory=list)
+    cumulative: list[float] = field(default_factory=list)
+    rate_per_day: float = 0.0
+    exhaustion_at: datetime | None = None  # projected (or actual) time the limit is reached
+
+    @property
+    def used_pct(self) -> float:
+        return 100.0 * self.spent_usd / self.limit_usd if self.limit_usd else 0.0
+
+
+def _period_end(period: str, start: datetime) -> datetime:
+    if period == "day":
+        return start + timedelta(days=1)
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return start.replace(year=year, month=month)
+
+
+def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[BudgetBurn]:
+    """Every active budget's spend so far this period, its curve and projected exhaustion.
+
+    1. The spend is the budget's own counter (``BudgetSpend``, charged with every outcome).
+    2. The curve is the cumulative rollup cost of the budget's scope since the period
+       start: daily points for monthly budgets, hourly for daily ones.
+    3. The rate is the average of the last 7 days (monthly) or of today so far (daily);
+       the limit is reached at now + (limit − spent) / rate, if that falls in the period.
+    """
+    now = now or timezone.now()
+    budgets = list(
+        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
+    )
+    if task_class:
+        budgets = [b for b in budgets if b.scope == "global" or b.scope_key == task_class]
+    if not budgets:
+        return []
+    starts = {b.pk: b.period_start(now) for b in budgets}
+    spends = {
+        (s.budget_id, s.period_start): float(s.spent_usd)
+        for s in BudgetSpend.objects.filter(
+            budget_id__in=list(starts), period_start__in=set(starts.values())
+        )
+    }
+    earliest = min(starts.values())
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT CASE WHEN hour >= %(today)s THEN hour ELSE date_trunc('day', hour) END,
+                   date_trunc('day', hour), team, application, task_class, sum(cost_usd)
+            FROM telemetry_rollup_hourly WHERE hour >= %(start)s AND hour <= %(now)s
+            GROUP BY 1, 2, 3, 4, 5 ORDER BY 1
+            """,
+            {"today": today, "start": earliest, "now": now},
+        )
+        rows = cursor.fetchall()
+    frame = pd.DataFrame.from_records(
+        rows, columns=["slot", "day", "team", "application", "task_class", "cost"]
+    )
+    frame["cost"] = frame["cost"].astype("float64")
+    burns = []
+    for b in budgets:
+        start = starts[b.pk]
+        end = _period_end(b.period, start)
+        scoped = frame[frame["slot"] >= start] if not frame.empty else frame
+        key = b.scope_key
+        if b.scope in {"team", "application", "task_class"} and not scoped.empty:
+            scoped = scoped[scoped[b.scope] == key]
+        if b.period == "month" and not scoped.empty:
+            series = scoped.groupby("day")["cost"].sum()
+        else:
+            series = scoped.groupby("slot")["cost"].sum() if not scoped.empty else pd.Series()
+        spent = spends.get((b.pk, start), float(series.sum()) if len(series) else 0.0)
+        limit = float(b.limit_usd)
+        burn = BudgetBurn(
+            budget_id=b.pk,
+            name=b.name,
+            scope=b.scope,
+            scope_key=key,
+            period=b.period,
+            limit_usd=limit,
+            soft_limit_usd=limit * float(b.soft_limit_pct) / 100,
+            spent_usd=spent,
+            period_start=start,
+            period_end=end,
+        )
+        cumulative = series.cumsum()
+        burn.times = [start] + [
+            (t + (timedelta(days=1) if b.period == "month" else timedelta(hours=1))).to_pydatetime()
+            for t in cumulative.index
+        ]
+        burn.cumulative = [0.0, *[float(v) for v in cumulative.to_numpy()]]
+        if burn.times and burn.times[-1] > now:
+            burn.times[-1] = now
+        if b.period == "month":
+            window_start = max(start, now - timedelta(days=7))
+            recent = float(series[series.index >= pd.Timestamp(window_start).floor("D")].sum())
+            days = max((now - window_start).total_seconds() / 86400, 1 / 24)
+        else:
+            recent = spent
+            days = max((now - start).total_seconds() / 86400, 1 / 24)
+        burn.rate_per_day = recent / days
+        if spent >= limit:
+            burn.exhaustion_at = now
+        elif burn.rate_per_day > 0:
+            at = now + timedelta(days=(limit - spent) / burn.rate_per_day)
+            burn.exhaustion_at = at if at < end else None
+        burns.append(burn)
+    return burns
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOptions:
+    teams: list[str]
+    applications: list[str]
+    task_classes: list[str]
+    models: list[str]
+
+
+def filter_options() -> FilterOptions:
+    return FilterOptions(
+        teams=list(Team.objects.order_by("slug").values_list("slug", flat=True)),
+        applications=list(Application.objects.order_by("slug").values_list("slug", flat=True)),
+        task_classes=list(TaskClass.objects.order_by("slug").values_list("slug", flat=True)),
+        models=list(ModelEndpoint.objects.order_by("tier", "slug").values_list("slug", flat=True)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Decision explorer and export (raw rows, keyset pagination)
+# ---------------------------------------------------------------------------------------
+
+PAGE_SIZE = 50
+
+
+def _decision_queryset(filters: DashboardFilters) -> QuerySet[DecisionRecord]:
+    queryset = DecisionRecord.objects.filter(
+        created_at__gte=filters.start, created_at__lt=filters.end
+    )
+    for name, value in filters.dimension_items():
+        queryset = queryset.filter(**{name: value})
+    return queryset
+
+
+def keyset_encode(created_at: datetime, decision_id: uuid.UUID) -> str:
+    return f"{created_at.timestamp():.6f}_{decision_id}"
+
+
+def keyset_decode(value: str) -> tuple[datetime, uuid.UUID] | None:
+    try:
+        stamp, raw_id = value.split("_", 1)
+        return datetime.fromtimestamp(float(stamp), tz=UTC), uuid.UUID(raw_id)
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionPage:
+    decisions: list[DecisionRecord]
+    outcomes: dict[uuid.UUID, DecisionOutcome]
+    next_cursor: str | None
+
+
+EXPLORER_FIELDS = (
+    "id", "created_at", "application", "team", "task_class", "model", "tier", "strategy",
+    "confidence", "routing_table_version", "handoff_required", "input_tokens",
+)  # fmt: skip
+
+
+def decision_page(
+    filters: DashboardFilters,
+    *,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    size: int = PAGE_SIZE,
+) -> DecisionPage:
+    """One page of decisions, newest first, continuing after the keyset cursor ``after``."""
+    queryset = _decision_queryset(filters)
+    if after is not None:
+        created_at, decision_id = after
+        queryset = queryset.filter(
+            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=decision_id)
+        )
+    rows = list(queryset.order_by("-created_at", "-id").only(*EXPLORER_FIELDS)[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    outcomes: dict[uuid.UUID, DecisionOutcome] = {}
+    if rows:
+        for outcome in DecisionOutcome.objects.filter(
+            decision_id__in=[r.id for r in rows],
+            decision_created_at__gte=rows[-1].created_at,
+            decision_created_at__lte=rows[0].created_at,
+        ).only(
+            "decision_id",
+            "final_model",
+            "final_status",
+            "escalated",
+            "cost_usd",
+            "latency_ms",
+            "quality_score",
+        ):
+            outcomes[outcome.decision_id] = outcome
+    cursor = keyset_encode(rows[-1].created_at, rows[-1].id) if more else None
+    return DecisionPage(rows, outcomes, cursor)
+
+
+def decision_get(decision_id: uuid.UUID) -> tuple[DecisionRecord, DecisionOutcome | None] | None:
+    """A decision and its outcome; the id's timestamp names the partition to read."""
+    if not is_uuid7(decision_id):
+        return None
+    created_at = uuid7_time(decision_id)
+    record = DecisionRecord.objects.filter(id=decision_id, created_at=created_at).first()
+    if record is None:
+        return None
+    outcome = DecisionOutcome.objects.filter(
+        decision_id=decision_id, decision_created_at=created_at
+    ).first()
+    return record, outcome
+
+
+EXPORT_HEADER = (
+    "decision_id", "created_at", "application", "team", "task_class", "model", "tier",
+    "strategy", "confidence", "routing_table_version", "input_tokens", "handoff_required",
+    "final_model", "final_tier", "final_status", "escalated", "attempts", "output_tokens",
+    "cost_usd", "latency_ms", "quality_score", "reason",
+)  # fmt: skip
+EXPORT_CHUNK = 5000
+
+
+def decision_export_rows(
+    filters: DashboardFilters, *, chunk: int = EXPORT_CHUNK
+) -> Iterator[tuple[Any, ...]]:
+    """Every filtered decision with its outcome, newest first, read in keyset chunks.
+
+    Each chunk is its own short query (no transaction held open while the client reads),
+    so a million-row export streams in constant memory.
+    """
+    where, params = _where(filters, time_column="created_at", alias="d")
+    sql = f"""
+        SELECT d.id, d.created_at, d.application, d.team, d.task_class, d.model, d.tier,
+               d.strategy, d.confidence, d.routing_table_version, d.input_tokens,
+               d.handoff_required, o.final_model, o.final_tier, o.final_status, o.escalated,
+               o.attempt_count, o.output_tokens, o.cost_usd, o.latency_ms, o.quality_score,
+               d.reason
+        FROM telemetry_decision d
+        LEFT JOIN telemetry_outcome o
+            ON o.decision_id = d.id AND o.decision_created_at = d.created_at
+        WHERE {where} {{keyset}}
+        ORDER BY d.created_at DESC, d.id DESC
+        LIMIT {int(chunk)}
+    """  # noqa: S608 (identifiers are constants; values are parameters)
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        keyset = ""
+        query_params = dict(params)
+        if after is not None:
+            keyset = "AND (d.created_at, d.id) < (%(after_at)s, %(after_id)s)"
+            query_params["after_at"], query_params["after_id"] = after
+        with connection.cursor() as cursor:
+            cursor.execute(sql.format(keyset=keyset), query_params)
+            rows = cursor.fetchall()
+        yield from rows
+        if len(rows) < chunk:
+            return
+        after = (rows[-1][1], rows[-1][0])
+
+
+# ---------------------------------------------------------------------------------------
+# Observed statistics for the router
+# ---------------------------------------------------------------------------------------
+
+
+def model_stats_recent(*, now: datetime | None = None) -> dict[str, dict[Any, Any]]:
+    """What the router uses for latency budgets and confidence, from the rollups:
+
+    ``{"latency": {model: {"p95_ms": float, "requests": int}},       # last hour
+       "success": {(model, task_class): success rate 0–1}}``        # last 24 hours
+    """
+    now = now or timezone.now()
+    buckets = ", ".join(f"sum({c})" for c in LATENCY_BUCKET_FIELDS)
+    latency: dict[str, dict[str, float | int]] = {}
+    success: dict[tuple[str, str], float] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT model, sum(outcomes), {buckets} FROM telemetry_rollup_hourly "  # noqa: S608
+            "WHERE hour >= %s GROUP BY model",
+            [_hour_floor(now - timedelta(hours=1))],
+        )
+        for model, outcomes, *hist in cursor.fetchall():
+            p95 = latency_percentile([float(h) for h in hist], 0.95)
+            if p95 is not None:
+                latency[model] = {"p95_ms": p95, "requests": int(outcomes)}
+        cursor.execute(
+            "SELECT model, task_class, sum(successes), sum(outcomes) "
+            "FROM telemetry_rollup_hourly WHERE hour >= %s GROUP BY model, task_class",
+            [_hour_floor(now - timedelta(hours=24))],
+        )
+        for model, task_class, successes, outcomes in cursor.fetchall():
+            if outcomes:
+                success[(model, task_class)] = float(successes) / float(outcomes)
+    return {"latency": latency, "success": success}
