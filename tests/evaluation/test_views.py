@@ -213,3 +213,21 @@ def test_run_fleet_command_replays_gsm8k_from_the_routellm_dir(
     argv = main.call_args.args[0]
     assert argv[argv.index("--gsm8k") + 1] == str(tmp_path / "gsm8k_responses.csv")
     assert argv[argv.index("--port") + 1] == "8111"
+
+
+def test_operators_edit_schedules_and_graders_in_admin(swept: dict[str, Any]) -> None:
+    operator = logged_in("Operator")
+    for url in (
+        "/admin/django_celery_beat/periodictask/add/",
+        "/admin/evaluation/graderconfig/add/",
+        "/admin/evaluation/shadowconfig/add/",
+        "/admin/evaluation/judgeprompt/add/",
+        "/admin/evaluation/proposal/",
+        "/admin/evaluation/sweeprun/",
+    ):
+        assert operator.get(url).status_code == 200, url
+    assert (
+        operator.get(f"/admin/evaluation/proposal/{swept['proposal'].pk}/delete/").status_code
+        == 403
+    )
+    assert logged_in("Reviewer").get("/admin/evaluation/graderconfig/add/").status_code == 302
