@@ -146,7 +146,7 @@ def demo_sweep_start(*, run_now: bool | None = None) -> SweepRun | None:
         kind=SweepKind.TIER_DOWNGRADE,
         key=DEMO_SWEEP_KEY,
         task_class=task_class,
-        params={"sample_size": 200, "reason": "demo"},
+        params={"sample_size": 400, "reason": "demo"},
         enqueue=False,
     )
     if run.status == SweepStatus.FAILED:

@@ -480,10 +480,12 @@ def _tier_downgrade(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
     sweep_heartbeat(run.pk, token, samples_planned=planned, samples_skipped=skipped_total)
     with _pool() as pool:
         for class_plans in plans:
-            results = []
+            results: list[dict[str, Any]] = []
             for plan in class_plans:
                 _replay_class(run, token, plan, pool)
-                result = _propose_from(run, plan, version, min_samples, ProposalChange.DOWNGRADE)
+                result = _propose_from(
+                    run, plan, version, min_samples, ProposalChange.DOWNGRADE, tried=results
+                )
                 results.append(result)
                 if result.get("meets_target"):
                     break
@@ -496,9 +498,18 @@ def _tier_downgrade(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
 
 
 def _propose_from(
-    run: SweepRun, plan: ClassReplay, version: RoutingTableVersion, min_samples: int, change: str
+    run: SweepRun,
+    plan: ClassReplay,
+    version: RoutingTableVersion,
+    min_samples: int,
+    change: str,
+    tried: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     evidence = _class_evidence(run, plan, based_on=version.number, min_samples=min_samples)
+    evidence["candidates_tried"] = [
+        {k: t.get(k) for k in ("candidate", "sample_size", "success_rate", "interval", "outcome")}
+        for t in tried or []
+    ]
     outcome: dict[str, Any] = {
         "candidate": plan.candidate.slug,
         "sample_size": evidence["sample_size"],

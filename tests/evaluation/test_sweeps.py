@@ -250,3 +250,46 @@ def test_shadow_sweep_samples_at_the_configured_rate(
     assert 70 <= run.samples_done <= 130
     assert run.summary["outcome"] == "below target"  # the weak model at a 95 % target
     assert not Proposal.objects.exists()
+
+
+def test_shadow_sweep_of_a_prompt_template_measures_without_proposing(
+    eval_registry: dict[str, Any], gsm8k_rows: list[Any]
+) -> None:
+    from evaluation.models import PromptTemplate
+
+    reg = eval_registry
+    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=60)
+    template = PromptTemplate.objects.create(
+        slug="math", version="2", system_prompt="Show your work, end with '#### N'."
+    )
+    config = ShadowConfig.objects.create(
+        task_class=reg["practice"], candidate_template=template, sample_rate=Decimal("1")
+    )
+    run, _ = services.sweep_run_create(
+        kind=SweepKind.SHADOW, shadow_config=config, task_class=reg["practice"], enqueue=False
+    )
+    run = services.sweep_run_execute(run_id=run.pk)  # type: ignore[assignment]
+    assert run.status == SweepStatus.COMPLETED and run.samples_done == 60
+    assert run.summary["outcome"].startswith("measured")
+    assert run.summary["success_rate"] >= 0.7  # the primary itself, with the new template
+    assert not Proposal.objects.exists()
+
+
+def test_a_model_url_changed_to_a_metadata_address_is_refused_during_a_sweep(
+    eval_registry: dict[str, Any], gsm8k_rows: list[Any], gsm8k_fleet: RunningFleet
+) -> None:
+    """Registration validates URLs; a row changed behind the services' back is still refused
+    when the sweep calls it."""
+    from controlplane.models import ModelEndpoint
+
+    reg = eval_registry
+    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=40)
+    ModelEndpoint.objects.filter(pk=reg["mistral"].pk).update(
+        base_url="http://169.254.169.254/latest/v1"
+    )
+    run = run_sweep(task_class=reg["practice"])
+    samples = SweepSample.objects.filter(run=run)
+    assert samples.count() == 40 == run.samples_failed
+    assert set(samples.values_list("candidate_status", flat=True)) == {"error"}
+    assert "metadata" in run.errors[0]
+    assert not Proposal.objects.exists()
