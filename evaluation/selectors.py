@@ -216,21 +216,26 @@ def monthly_cost_delta(
 
 class EscalationStats(TypedDict):
     task_class: str
+    model: str
     requests: int
     escalated: int
 
 
-def escalation_stats(*, since: datetime) -> dict[str, EscalationStats]:
+def escalation_stats(*, since: datetime) -> dict[tuple[str, str], EscalationStats]:
+    """Requests and escalations per (task class, routed model) since ``since``: a class is
+    judged on its current primary, not on traffic an earlier table sent elsewhere."""
     rows = (
         DecisionOutcome.objects.filter(decision_created_at__gte=since)
-        .values("task_class")
+        .values("task_class", "routed_model")
         .annotate(
-            requests=Count("decision_id"), escalated=Count("decision_id", filter=Q(escalated=True))
+            requests=Count("decision_id"),
+            escalated=Count("decision_id", filter=Q(escalated=True)),
         )
     )
     return {
-        r["task_class"]: {
+        (r["task_class"], r["routed_model"]): {
             "task_class": r["task_class"],
+            "model": r["routed_model"],
             "requests": r["requests"],
             "escalated": r["escalated"],
         }

@@ -632,13 +632,18 @@ def _escalation_monitor(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
         routes = [r for r in routes if r.task_class_id == run.task_class_id]
     for route in routes:
         slug = route.task_class.slug
-        entry = stats.get(slug)
+        entry = stats.get((slug, route.primary.slug))
         if entry is None or entry["requests"] == 0:
             continue
         n, escalated = entry["requests"], entry["escalated"]
         rate = escalated / n
         low, high = wilson_interval(escalated, n)
-        result: dict[str, Any] = {"requests": n, "escalated": escalated, "rate": round(rate, 4)}
+        result: dict[str, Any] = {
+            "model": route.primary.slug,
+            "requests": n,
+            "escalated": escalated,
+            "rate": round(rate, 4),
+        }
         if rate > upgrade_rate and n >= min_upgrade_requests and route.primary.tier < 3:
             result.update(
                 _propose_upgrade(run, route, version, n, escalated, (low, high), upgrade_rate)
