@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane import selectors, services
+from controlplane.errors import error_responses
 from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass
 from controlplane.permissions import scope_required
 from controlplane.roles import OPERATOR
@@ -90,7 +91,9 @@ class RoutingVersionOutput(serializers.ModelSerializer[RoutingTableVersion]):
 class ModelListApi(APIView):
     permission_classes = [scope_required("read")]
 
-    @extend_schema(responses=ModelEndpointOutput(many=True), tags=["registry"])
+    @extend_schema(
+        responses={200: ModelEndpointOutput(many=True), **error_responses()}, tags=["registry"]
+    )
     def get(self, request: Request) -> Response:
         return Response(ModelEndpointOutput(selectors.model_endpoint_list(), many=True).data)
 
@@ -98,7 +101,9 @@ class ModelListApi(APIView):
 class TaskClassListApi(APIView):
     permission_classes = [scope_required("read")]
 
-    @extend_schema(responses=TaskClassOutput(many=True), tags=["registry"])
+    @extend_schema(
+        responses={200: TaskClassOutput(many=True), **error_responses()}, tags=["registry"]
+    )
     def get(self, request: Request) -> Response:
         return Response(TaskClassOutput(selectors.task_class_list(), many=True).data)
 
@@ -106,7 +111,10 @@ class TaskClassListApi(APIView):
 class RoutingVersionListApi(APIView):
     permission_classes = [scope_required("read")]
 
-    @extend_schema(responses=RoutingVersionOutput(many=True), tags=["registry"])
+    @extend_schema(
+        responses={200: RoutingVersionOutput(many=True), **error_responses()},
+        tags=["registry"],
+    )
     def get(self, request: Request) -> Response:
         versions = selectors.routing_version_list()[:50]
         return Response(RoutingVersionOutput(versions, many=True).data)
@@ -118,7 +126,11 @@ class RoutingVersionActivateApi(APIView):
     class InputSerializer(serializers.Serializer[Any]):
         comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
-    @extend_schema(request=InputSerializer, responses=RoutingVersionOutput, tags=["registry"])
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: RoutingVersionOutput, **error_responses(400, 404)},
+        tags=["registry"],
+    )
     def post(self, request: Request, number: int) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -133,7 +145,11 @@ class RoutingVersionActivateApi(APIView):
 class RoutingVersionRollbackApi(APIView):
     permission_classes = [scope_required("admin", role=OPERATOR)]
 
-    @extend_schema(request=None, responses=RoutingVersionOutput, tags=["registry"])
+    @extend_schema(
+        request=None,
+        responses={200: RoutingVersionOutput, **error_responses(400)},
+        tags=["registry"],
+    )
     def post(self, request: Request) -> Response:
         user = request.user if getattr(request.user, "pk", None) else None
         version = services.routing_version_rollback(user=user)

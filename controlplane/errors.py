@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -163,3 +163,39 @@ def handler500(request: HttpRequest) -> Any:
     from django.views.defaults import server_error
 
     return server_error(request)
+
+
+class ErrorBodySerializer(serializers.Serializer[Any]):
+    status = serializers.IntegerField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """The one error shape, for the OpenAPI schema."""
+
+    error = ErrorBodySerializer()
+
+
+_DESCRIPTIONS = {
+    400: "Invalid input; the error names the field",
+    401: "Missing, invalid, revoked or expired API key (or not signed in)",
+    403: "The key lacks the scope, or the person lacks the role",
+    404: "Not found (or not yours)",
+    409: "Conflict with the current state",
+    413: "Too large",
+    422: "Valid but cannot be done",
+    429: "Hard budget limit reached",
+    503: "Database unreachable; retry",
+}
+
+
+def error_responses(*codes: int) -> dict[int, Any]:
+    """OpenAPI responses for the given error status codes (plus 401/403/503 always)."""
+    from drf_spectacular.utils import OpenApiResponse
+
+    wanted = sorted({401, 403, 503, *codes})
+    return {c: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[c]) for c in wanted}

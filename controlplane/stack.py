@@ -157,10 +157,14 @@ class EmbeddedPostgres:
         self.started = True
         self._ensure_database()
 
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/switchyard"
+
     def _ensure_database(self) -> None:
         import psycopg
 
-        admin_url = EMBEDDED_DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
+        admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         for attempt in range(50):
             try:
                 with psycopg.connect(admin_url, autocommit=True) as conn:

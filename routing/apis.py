@@ -64,6 +64,7 @@ class DecisionCreateApi(APIView):
         },
         tags=["decisions"],
         operation_id="decisions_create",
+        auth=[{"ApiKey": []}],  # type: ignore[list-item]
     )
     def post(self, request: Request) -> HttpResponse:
         status, body = decision_create(

@@ -6,21 +6,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from controlplane.errors import ErrorSerializer  # noqa: F401  (re-exported for the views)
 from telemetry.models import DecisionOutcome, DecisionRecord
 from telemetry.services import ATTEMPT_STATUSES
-
-
-class ErrorBodySerializer(serializers.Serializer[Any]):
-    status = serializers.IntegerField()
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.DictField(  # type: ignore[assignment]
-        child=serializers.ListField(child=serializers.CharField()), required=False
-    )
-
-
-class ErrorSerializer(serializers.Serializer[Any]):
-    error = ErrorBodySerializer()
 
 
 class PromptTemplateSerializer(serializers.Serializer[Any]):
@@ -49,7 +37,8 @@ class DecisionInputSerializer(serializers.Serializer[Any]):
     )
     max_cost_usd = serializers.FloatField(required=False, allow_null=True, min_value=0)
     data_classification = serializers.ChoiceField(
-        choices=["public", "internal", "confidential", "personal"], required=False,
+        choices=["public", "internal", "confidential", "personal"],
+        required=False,
         allow_null=True,
     )
     team = serializers.CharField(required=False, allow_null=True, max_length=64)
@@ -217,7 +206,8 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
             "local_only": bool(path.get("local_only")),
             "prompt_stored": record.prompt is not None,
             "prompt_template": {
-                "id": record.prompt_template_id, "version": record.prompt_template_version
+                "id": record.prompt_template_id,
+                "version": record.prompt_template_version,
             },
             "retrieval": {
                 "query": record.retrieval_query,

@@ -51,7 +51,6 @@ from routing.engine import (
     snapshot_build,
 )
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -93,10 +92,16 @@ def _models_load(now: datetime) -> dict[str, ModelInfo]:
     for m in ModelEndpoint.objects.all():
         current = prices.get(m.pk)
         models[m.slug] = ModelInfo(
-            slug=m.slug, provider=m.provider, base_url=m.base_url,
-            provider_model=m.provider_model, version=m.version, tier=m.tier,
-            locality=m.locality, context_window=m.context_window,
-            max_output_tokens=m.max_output_tokens, status=m.status,
+            slug=m.slug,
+            provider=m.provider,
+            base_url=m.base_url,
+            provider_model=m.provider_model,
+            version=m.version,
+            tier=m.tier,
+            locality=m.locality,
+            context_window=m.context_window,
+            max_output_tokens=m.max_output_tokens,
+            status=m.status,
             input_usd_per_mtok=float(current.input_usd_per_mtok) if current else 0.0,
             output_usd_per_mtok=float(current.output_usd_per_mtok) if current else 0.0,
         )
@@ -135,8 +140,11 @@ def _static_load(now: datetime) -> _Static:
     extras = {}
     for tc in TaskClass.objects.filter(is_active=True):
         task_classes[tc.slug] = TaskClassInfo(
-            slug=tc.slug, risk=tc.risk, data_policy=tc.data_policy,
-            default_output_cap=tc.default_output_cap, latency_class=tc.latency_class,
+            slug=tc.slug,
+            risk=tc.risk,
+            data_policy=tc.data_policy,
+            default_output_cap=tc.default_output_cap,
+            latency_class=tc.latency_class,
             quality_target=float(tc.quality_target),
         )
         extras[tc.slug] = TaskClassExtras(prompt_retention_days=tc.prompt_retention_days)
@@ -159,14 +167,18 @@ def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetSt
     wanted = Q()
     for b in budgets:
         wanted |= Q(budget_id=b.pk, period_start=b.period_start(now))
-    spent = {
-        s.budget_id: float(s.spent_usd) for s in BudgetSpend.objects.filter(wanted)
-    }
+    spent = {s.budget_id: float(s.spent_usd) for s in BudgetSpend.objects.filter(wanted)}
     return tuple(
         BudgetState(
-            id=b.pk, name=b.name, scope=b.scope, scope_key=b.scope_key, period=b.period,
-            limit_usd=float(b.limit_usd), spent_usd=spent.get(b.pk, 0.0),
-            soft_limit_pct=float(b.soft_limit_pct), hard_action=b.hard_action,
+            id=b.pk,
+            name=b.name,
+            scope=b.scope,
+            scope_key=b.scope_key,
+            period=b.period,
+            limit_usd=float(b.limit_usd),
+            spent_usd=spent.get(b.pk, 0.0),
+            soft_limit_pct=float(b.soft_limit_pct),
+            hard_action=b.hard_action,
         )
         for b in budgets
     )
@@ -180,9 +192,7 @@ def _model_stats() -> tuple[dict[str, float], dict[tuple[str, str], float]]:
         return {}, {}
     stats: dict[str, Any] = model_stats_recent()
     p95 = {m: float(v["p95_ms"]) for m, v in stats.get("latency", {}).items()}
-    quality = {
-        (m, t): float(rate) for (m, t), rate in stats.get("success", {}).items()
-    }
+    quality = {(m, t): float(rate) for (m, t), rate in stats.get("success", {}).items()}
     return p95, quality
 
 
@@ -208,8 +218,12 @@ def _snapshot_from(
             for slug, m in models.items()
         }
     return snapshot_build(
-        version=static.version, models=models, task_classes=static.task_classes,
-        routes=static.routes, budgets=budgets, quality=quality,
+        version=static.version,
+        models=models,
+        task_classes=static.task_classes,
+        routes=static.routes,
+        budgets=budgets,
+        quality=quality,
     )
 
 
@@ -244,7 +258,9 @@ class RegistryCache:
         with self._lock:
             if self._refresher is None or not self._refresher.is_alive():
                 self._refresher = threading.Thread(
-                    target=self._refresh_loop, args=(check_s,), name="registry-refresher",
+                    target=self._refresh_loop,
+                    args=(check_s,),
+                    name="registry-refresher",
                     daemon=True,
                 )
                 self._refresher.start()
@@ -310,13 +326,18 @@ class RegistryCache:
             info = None
             if key is not None:
                 info = KeyInfo(
-                    key_id=key.pk, prefix=key.prefix, application_id=key.application_id,
-                    application=key.application.slug, team=key.application.team.slug,
-                    scopes=frozenset(key.scopes), expires_at=key.expires_at,
+                    key_id=key.pk,
+                    prefix=key.prefix,
+                    application_id=key.application_id,
+                    application=key.application.slug,
+                    team=key.application.team.slug,
+                    scopes=frozenset(key.scopes),
+                    expires_at=key.expires_at,
                 )
-                if key.last_used_at is None or (
-                    timezone.now() - key.last_used_at
-                ).total_seconds() > 60:
+                if (
+                    key.last_used_at is None
+                    or (timezone.now() - key.last_used_at).total_seconds() > 60
+                ):
                     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
             if len(self._keys) > 10_000:
                 self._keys.clear()  # bound memory against floods of random keys

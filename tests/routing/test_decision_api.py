@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from controlplane import services
-from controlplane.models import ApiKey, Application, Budget, BudgetSpend, Team
+from controlplane.models import Application, Budget, BudgetSpend, Team
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionIdempotency, DecisionOutcome, DecisionRecord
 
@@ -28,18 +28,28 @@ def _fresh_cache() -> None:
 
 def post(client: Client, secret: str, body: Any, **extra: Any) -> Any:
     return client.post(
-        "/api/v1/decisions", body, content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {secret}", **extra,
+        "/api/v1/decisions",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+        **extra,
     )
 
 
 def test_decision_is_answered_and_recorded_with_its_path(
     registry: dict[str, Any], api_key: str, client: Client
 ) -> None:
-    response = post(client, api_key, {"task_class": "triage", "prompt": "Printer on fire",
-                                      "retrieval": {"query": "printer", "document_ids": ["kb-1"]},
-                                      "prompt_template": {"id": "triage", "version": "3"},
-                                      "metadata": {"ticket": "T-1"}})
+    response = post(
+        client,
+        api_key,
+        {
+            "task_class": "triage",
+            "prompt": "Printer on fire",
+            "retrieval": {"query": "printer", "document_ids": ["kb-1"]},
+            "prompt_template": {"id": "triage", "version": "3"},
+            "metadata": {"ticket": "T-1"},
+        },
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["model"]["slug"] == "small-local" and body["model"]["tier"] == 1
@@ -59,18 +69,26 @@ def test_personal_data_never_goes_to_a_cloud_model(
     registry: dict[str, Any], api_key: str, client: Client
 ) -> None:
     draft = services.routing_version_draft_create()
-    services.route_set(version=draft, task_class=registry["triage"], primary=registry["big"],
-                       fallbacks=["small-local"])
+    services.route_set(
+        version=draft,
+        task_class=registry["triage"],
+        primary=registry["big"],
+        fallbacks=["small-local"],
+    )
     services.routing_version_activate(version=draft)
     clean = post(client, api_key, {"task_class": "triage", "prompt": "Reset my router"}).json()
     assert clean["model"]["slug"] == "big-cloud"
-    pii = post(client, api_key, {"task_class": "triage",
-                                 "prompt": "Mail me at jane.doe@example.com please"}).json()
+    pii = post(
+        client,
+        api_key,
+        {"task_class": "triage", "prompt": "Mail me at jane.doe@example.com please"},
+    ).json()
     assert pii["model"]["locality"] == "local"
     assert pii["policy"]["pii_types_found"] == ["email"]
     assert pii["strategy"] == "policy"
-    declared = post(client, api_key, {"task_class": "triage", "prompt": "x",
-                                      "data_classification": "personal"}).json()
+    declared = post(
+        client, api_key, {"task_class": "triage", "prompt": "x", "data_classification": "personal"}
+    ).json()
     assert declared["model"]["locality"] == "local"
     record = DecisionRecord.objects.get(id=pii["decision_id"])
     rejected = {c["model"]: c["reason"] for c in record.path["candidates"] if not c["accepted"]}
@@ -114,16 +132,20 @@ def test_keys_missing_invalid_revoked_expired_or_wrong_scope(
     registry: dict[str, Any], client: Client
 ) -> None:
     body = {"task_class": "triage"}
-    assert client.post("/api/v1/decisions", body, content_type="application/json"
-                       ).status_code == 401
+    assert (
+        client.post("/api/v1/decisions", body, content_type="application/json").status_code == 401
+    )
     assert post(client, "sy_bogus_key", body).status_code == 401
     key, secret = services.api_key_create(application=registry["app"], scopes=["decide"])
     assert post(client, secret, body).status_code == 201
     services.api_key_revoke(key=key)
     response = post(client, secret, body)
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthenticated"
-    _, expired = services.api_key_create(application=registry["app"], scopes=["decide"],
-                                         expires_at=timezone.now() - timedelta(seconds=1))
+    _, expired = services.api_key_create(
+        application=registry["app"],
+        scopes=["decide"],
+        expires_at=timezone.now() - timedelta(seconds=1),
+    )
     assert post(client, expired, body).status_code == 401
     _, reader = services.api_key_create(application=registry["app"], scopes=["read"])
     response = post(client, reader, body)
@@ -131,14 +153,15 @@ def test_keys_missing_invalid_revoked_expired_or_wrong_scope(
     assert DecisionRecord.objects.count() == 1
 
 
-def test_oversized_prompt_and_metadata_are_413(
-    api_key: str, client: Client, settings: Any
-) -> None:
+def test_oversized_prompt_and_metadata_are_413(api_key: str, client: Client, settings: Any) -> None:
     settings.SWITCHYARD_MAX_PROMPT_CHARS = 1000
     response = post(client, api_key, {"task_class": "triage", "prompt": "a" * 1001})
     assert response.status_code == 413 and "prompt" in response.json()["error"]["fields"]
-    response = post(client, api_key, {"task_class": "triage",
-                                      "metadata": {f"k{i}": "v" * 100 for i in range(60)}})
+    response = post(
+        client,
+        api_key,
+        {"task_class": "triage", "metadata": {f"k{i}": "v" * 100 for i in range(60)}},
+    )
     assert response.status_code == 413 and "metadata" in response.json()["error"]["fields"]
     assert DecisionRecord.objects.count() == 0
 
@@ -159,8 +182,9 @@ def test_concurrent_same_request_id_records_one_decision(
 
     def call() -> None:
         try:
-            results.append(post(Client(), api_key, {"task_class": "triage",
-                                                    "request_id": "same"}).json())
+            results.append(
+                post(Client(), api_key, {"task_class": "triage", "request_id": "same"}).json()
+            )
         finally:
             connections.close_all()
 
@@ -174,10 +198,17 @@ def test_concurrent_same_request_id_records_one_decision(
 
 
 def _budget(registry: dict[str, Any], spent: str, **fields: Any) -> Budget:
-    budget = services.budget_create(name="team-a-monthly", scope="team", team=registry["team"],
-                                    period="month", limit_usd=Decimal("100"), **fields)
-    BudgetSpend.objects.create(budget=budget, period_start=budget.period_start(timezone.now()),
-                               spent_usd=Decimal(spent))
+    budget = services.budget_create(
+        name="team-a-monthly",
+        scope="team",
+        team=registry["team"],
+        period="month",
+        limit_usd=Decimal("100"),
+        **fields,
+    )
+    BudgetSpend.objects.create(
+        budget=budget, period_start=budget.period_start(timezone.now()), spent_usd=Decimal(spent)
+    )
     return budget
 
 
@@ -196,8 +227,12 @@ def test_soft_budget_limit_downgrades_one_tier(
     registry: dict[str, Any], api_key: str, client: Client
 ) -> None:
     draft = services.routing_version_draft_create()
-    services.route_set(version=draft, task_class=registry["triage"], primary=registry["big"],
-                       fallbacks=["mid-cloud", "small-local"])
+    services.route_set(
+        version=draft,
+        task_class=registry["triage"],
+        primary=registry["big"],
+        fallbacks=["mid-cloud", "small-local"],
+    )
     services.routing_version_activate(version=draft)
     _budget(registry, "85", soft_limit_pct=Decimal("80"))
     body = post(client, api_key, {"task_class": "triage"}).json()
@@ -210,8 +245,9 @@ def test_activated_version_is_used_by_the_next_decision(
 ) -> None:
     assert post(client, api_key, {"task_class": "triage"}).json()["model"]["slug"] == "small-local"
     draft = services.routing_version_draft_create()
-    services.route_set(version=draft, task_class=registry["triage"], primary=registry["mid"],
-                       fallbacks=[])
+    services.route_set(
+        version=draft, task_class=registry["triage"], primary=registry["mid"], fallbacks=[]
+    )
     services.routing_version_activate(version=draft)
     body = post(client, api_key, {"task_class": "triage"}).json()
     assert body["model"]["slug"] == "mid-cloud"
@@ -237,19 +273,26 @@ def test_reading_a_decision_is_limited_to_its_application(
     assert own.json()["candidates"][0]["model"] == "small-local"
     other_app = Application.objects.create(slug="app-b", name="B", team=Team.objects.get())
     _, stranger = services.api_key_create(application=other_app, scopes=["read"])
-    response = client.get(f"/api/v1/decisions/{decision_id}",
-                          HTTP_AUTHORIZATION=f"Bearer {stranger}")
+    response = client.get(
+        f"/api/v1/decisions/{decision_id}", HTTP_AUTHORIZATION=f"Bearer {stranger}"
+    )
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     missing = client.get("/api/v1/decisions/not-a-uuid", HTTP_AUTHORIZATION=f"Bearer {reader}")
     assert missing.status_code == 404
 
 
-def _report(client: Client, secret: str, decision_id: str, attempts: list[dict[str, Any]],
-            status: str = "ok") -> Any:
+def _report(
+    client: Client,
+    secret: str,
+    decision_id: str,
+    attempts: list[dict[str, Any]],
+    status: str = "ok",
+) -> Any:
     return client.post(
         f"/api/v1/decisions/{decision_id}/outcome",
         {"attempts": attempts, "final_status": status},
-        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
     )
 
 
@@ -259,13 +302,28 @@ def test_outcome_cost_uses_the_price_at_decision_time_and_is_charged_once(
     budget = _budget(registry, "0")
     decision_id = post(client, api_key, {"task_class": "triage"}).json()["decision_id"]
     # A new price after the decision must not change its cost.
-    services.model_price_add(model=registry["big"], input_usd_per_mtok="100",
-                             output_usd_per_mtok="100", effective_from=timezone.now())
+    services.model_price_add(
+        model=registry["big"],
+        input_usd_per_mtok="100",
+        output_usd_per_mtok="100",
+        effective_from=timezone.now(),
+    )
     attempts = [
-        {"model": "small-local", "status": "low_confidence", "latency_ms": 120,
-         "input_tokens": 1000, "output_tokens": 100, "escalation_reason": "confidence 0.4"},
-        {"model": "big-cloud", "status": "ok", "latency_ms": 900,
-         "input_tokens": 1000, "output_tokens": 200},
+        {
+            "model": "small-local",
+            "status": "low_confidence",
+            "latency_ms": 120,
+            "input_tokens": 1000,
+            "output_tokens": 100,
+            "escalation_reason": "confidence 0.4",
+        },
+        {
+            "model": "big-cloud",
+            "status": "ok",
+            "latency_ms": 900,
+            "input_tokens": 1000,
+            "output_tokens": 200,
+        },
     ]
     response = _report(client, api_key, decision_id, attempts)
     assert response.status_code == 200, response.content
@@ -285,10 +343,14 @@ def test_concurrent_outcome_reports_charge_the_budget_exactly(
 ) -> None:
     budget = _budget(registry, "0")
     client = Client()
-    ids = [post(client, api_key, {"task_class": "triage"}).json()["decision_id"]
-           for _ in range(12)]
-    attempt = {"model": "big-cloud", "status": "ok", "latency_ms": 10,
-               "input_tokens": 2000, "output_tokens": 500}
+    ids = [post(client, api_key, {"task_class": "triage"}).json()["decision_id"] for _ in range(12)]
+    attempt = {
+        "model": "big-cloud",
+        "status": "ok",
+        "latency_ms": 10,
+        "input_tokens": 2000,
+        "output_tokens": 500,
+    }
     errors: list[Any] = []
 
     def report(decision_id: str) -> None:
@@ -316,15 +378,29 @@ def test_outcome_validation_and_ownership(
     registry: dict[str, Any], api_key: str, client: Client
 ) -> None:
     decision_id = post(client, api_key, {"task_class": "triage"}).json()["decision_id"]
-    bad = _report(client, api_key, decision_id, [{"model": "x", "status": "weird",
-                                                  "latency_ms": 1, "input_tokens": 1,
-                                                  "output_tokens": 1}])
+    bad = _report(
+        client,
+        api_key,
+        decision_id,
+        [{"model": "x", "status": "weird", "latency_ms": 1, "input_tokens": 1, "output_tokens": 1}],
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid"
     other_app = Application.objects.create(slug="app-c", name="C", team=Team.objects.get())
     _, stranger = services.api_key_create(application=other_app, scopes=["report"])
-    response = _report(client, stranger, decision_id,
-                       [{"model": "small-local", "status": "ok", "latency_ms": 1,
-                         "input_tokens": 1, "output_tokens": 1}])
+    response = _report(
+        client,
+        stranger,
+        decision_id,
+        [
+            {
+                "model": "small-local",
+                "status": "ok",
+                "latency_ms": 1,
+                "input_tokens": 1,
+                "output_tokens": 1,
+            }
+        ],
+    )
     assert response.status_code == 404
     assert not DecisionOutcome.objects.exists()
 
@@ -347,15 +423,18 @@ def test_database_unreachable_answers_503_json(api_key: str, client: Client) -> 
     assert page.status_code == 503 and page["Content-Type"] == "application/json"
 
 
-def test_hot_path_queries_are_bounded(registry: dict[str, Any], api_key: str,
-                                      client: Client, settings: Any) -> None:
+def test_hot_path_queries_are_bounded(
+    registry: dict[str, Any], api_key: str, client: Client, settings: Any
+) -> None:
     settings.SWITCHYARD_SNAPSHOT_CHECK_S = 60
     settings.SWITCHYARD_BUDGET_REFRESH_S = 60
     post(client, api_key, {"task_class": "triage"})  # warm the caches
     with CaptureQueriesContext(connection) as queries:
         for _ in range(5):
-            assert post(client, api_key, {"task_class": "triage", "prompt": "hello"}
-                        ).status_code == 201
+            assert (
+                post(client, api_key, {"task_class": "triage", "prompt": "hello"}).status_code
+                == 201
+            )
     assert len(queries) == 0  # recording happens on the recorder's own connection
     assert DecisionRecord.objects.count() == 6
 
