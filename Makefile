@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3; do \
 	  done; done; \
 	  for d in $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do [ -x $$d ] && echo $$d && exit 0; done)
 
-.PHONY: help install run test lint bench clean-var
+.PHONY: help install run test lint bench clean-var browser-deps
 
 help:
 	@echo "make run    start web, worker, beat, replay fleet and demo data (PORT=$(PORT))"
@@ -32,7 +32,16 @@ install: $(VENV)/.installed
 run: install
 	PORT=$(PORT) $(PY) -m controlplane.stack run
 
-test: install
+# Browser tests drive Debian's chromium through Playwright (no browser downloads here).
+browser-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; \
+	fi
+
+test: install browser-deps
 	$(PY) -m controlplane.stack exec $(PY) manage.py makemigrations --check --dry-run
 	DJANGO_SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -d '\n') DJANGO_DEBUG=0 \
 	  DJANGO_HTTPS=1 DJANGO_ALLOWED_HOSTS=switchyard.example.com \
