@@ -6,6 +6,7 @@ from evaluation import apis, views
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("proposals/", views.proposal_queue, name="proposals"),
+    path("proposals/new", views.proposal_propose, name="proposal-propose"),
     path("proposals/<uuid:public_id>/", views.proposal_detail, name="proposal-detail"),
     path("proposals/<uuid:public_id>/review", views.proposal_review, name="proposal-review"),
     path("sweeps/", views.sweep_list, name="sweeps"),

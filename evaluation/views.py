@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.decorators import role_required
-from controlplane.models import TaskClass
+from controlplane.models import ModelEndpoint, TaskClass
 from controlplane.roles import OPERATOR, REVIEWER, VIEWER
 from evaluation import charts, selectors, services
 from evaluation.models import Proposal, ProposalChange, SweepKind, SweepRun
@@ -34,11 +34,35 @@ def proposal_queue(request: HttpRequest) -> HttpResponse:
     if status not in QUEUE_FILTERS:
         status = "open"
     rows = selectors.proposal_list(status=None if status == "all" else status)
-    return render(
-        request,
-        _template(request, "evaluation/proposals.html", "queue"),
-        {"rows": rows, "status": status, "filters": QUEUE_FILTERS},
-    )
+    context: dict[str, Any] = {"rows": rows, "status": status, "filters": QUEUE_FILTERS}
+    if not getattr(request, "htmx", False):
+        context["task_classes"] = TaskClass.objects.filter(is_active=True).order_by("slug")
+        context["models"] = ModelEndpoint.objects.filter(status="active").order_by("tier", "slug")
+    return render(request, _template(request, "evaluation/proposals.html", "queue"), context)
+
+
+@require_POST
+@role_required(REVIEWER)
+def proposal_propose(request: HttpRequest) -> HttpResponse:
+    """A Reviewer's own proposal; someone else approves it."""
+    task_class = TaskClass.objects.filter(slug=request.POST.get("task_class", "")).first()
+    to_model = ModelEndpoint.objects.filter(slug=request.POST.get("to_model", "")).first()
+    if task_class is None or to_model is None:
+        messages.error(request, "Choose a task class and a model.")
+        return redirect("proposals")
+    try:
+        proposal = services.proposal_create_manual(
+            task_class=task_class,
+            to_model=to_model,
+            user=request.user,
+            rationale=request.POST.get("rationale", "")[:2000],
+        )
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            messages.error(request, f"{field}: {'; '.join(errors)}")
+        return redirect("proposals")
+    messages.success(request, "Proposed; another Reviewer must approve it.")
+    return redirect("proposal-detail", public_id=proposal.public_id)
 
 
 def _proposal(public_id: UUID) -> Proposal:

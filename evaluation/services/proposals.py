@@ -98,6 +98,68 @@ def proposal_create(
     return proposal
 
 
+def proposal_create_manual(
+    *, task_class: TaskClass, to_model: ModelEndpoint, user: Any, rationale: str
+) -> Proposal:
+    """A person's own proposal (another Reviewer must approve it).
+
+    The change is checked against the active route now (data policy, output cap, model
+    status) so that an impossible proposal is refused here rather than at apply time.
+    """
+    if not rationale.strip():
+        raise ValidationError({"rationale": "Explain why the route should change."})
+    active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+    if active is None:
+        raise ValidationError({"routing": "There is no active routing table."})
+    route = (
+        Route.objects.select_related("primary", "task_class")
+        .filter(version=active, task_class=task_class)
+        .first()
+    )
+    if route is None:
+        raise ValidationError(
+            {"task_class": f"{task_class.slug} has no route in v{active.number}."}
+        )
+    if route.primary_id == to_model.pk:
+        raise ValidationError({"to_model": f"{to_model.slug} is already the primary."})
+    change = ProposalChange.SWITCH
+    if to_model.tier < route.primary.tier:
+        change = ProposalChange.DOWNGRADE
+    elif to_model.tier > route.primary.tier:
+        change = ProposalChange.UPGRADE
+    fallbacks = proposal_fallbacks(route, to_model, change)
+    candidate = Route(
+        version=active,
+        task_class=task_class,
+        primary=to_model,
+        fallbacks=fallbacks,
+        output_cap=route.output_cap,
+    )
+    registry.route_validate(candidate)
+    if Proposal.objects.filter(task_class=task_class, status__in=OPEN_PROPOSAL_STATUSES).exists():
+        raise ValidationError({"task_class": "An open proposal for this class awaits review."})
+    proposal = proposal_create(
+        task_class=task_class,
+        route=route,
+        to_model=to_model,
+        change=change,
+        based_on_version=active.number,
+        title=f"{task_class.slug}: {route.primary.slug} → {to_model.slug} (manual)",
+        evidence={
+            "kind": "manual",
+            "rationale": rationale.strip()[:2000],
+            "from_model": route.primary.slug,
+            "to_model": to_model.slug,
+            "example_sample_ids": [],
+        },
+        user=user,
+        fallbacks=fallbacks,
+    )
+    if proposal is None:
+        raise ValidationError({"task_class": "An open proposal for this class awaits review."})
+    return proposal
+
+
 def _locked(proposal: Proposal) -> Proposal:
     return (
         Proposal.objects.select_for_update()

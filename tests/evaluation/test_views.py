@@ -231,3 +231,50 @@ def test_operators_edit_schedules_and_graders_in_admin(swept: dict[str, Any]) ->
         == 403
     )
     assert logged_in("Reviewer").get("/admin/evaluation/graderconfig/add/").status_code == 302
+
+
+def test_a_reviewers_own_proposal_needs_another_reviewer(eval_registry: dict[str, Any]) -> None:
+    author = logged_in("Reviewer")
+    refused = author.post(
+        reverse("proposal-propose"),
+        {"task_class": "math-strict", "to_model": "gpt-4o", "rationale": ""},
+        follow=True,
+    )
+    assert "Explain why" in refused.content.decode() and not Proposal.objects.exists()
+
+    response = author.post(
+        reverse("proposal-propose"),
+        {"task_class": "math-strict", "to_model": "gpt-4o", "rationale": "customers complain"},
+    )
+    proposal = Proposal.objects.get()
+    assert response["Location"] == reverse("proposal-detail", args=[proposal.public_id])
+    assert proposal.is_manual and proposal.change == "upgrade"
+    assert proposal.new_fallbacks == []  # the tier-2 model is dropped from an upgrade's chain
+    page = author.get(response["Location"]).content.decode()
+    assert "customers complain" in page
+
+    review = reverse("proposal-review", args=[proposal.public_id])
+    body = author.post(review, {"action": "approve"}, follow=True).content.decode()
+    assert "your own proposal" in body
+    proposal.refresh_from_db()
+    assert proposal.status == "proposed"
+    logged_in("Reviewer").post(review, {"action": "approve"})
+    proposal.refresh_from_db()
+    assert proposal.status == "applied"
+
+
+def test_a_manual_proposal_must_respect_the_data_policy(eval_registry: dict[str, Any]) -> None:
+    local_only = factories.task_class_create(slug="redact", data_policy="local_only")
+    version = registry.routing_version_draft_create()
+    registry.route_set(version=version, task_class=local_only, primary=eval_registry["llama"])
+    registry.routing_version_activate(version=version)
+    body = (
+        logged_in("Reviewer")
+        .post(
+            reverse("proposal-propose"),
+            {"task_class": "redact", "to_model": "gpt-4o", "rationale": "quality"},
+            follow=True,
+        )
+        .content.decode()
+    )
+    assert "local-only" in body and not Proposal.objects.exists()
