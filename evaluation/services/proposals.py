@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from controlplane import services as registry
-from controlplane.audit import audit_actor
+from controlplane.audit import audit_actor, audit_event
 from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass, VersionStatus
 from controlplane.roles import REVIEWER, user_has_role
 from evaluation.models import (
@@ -201,6 +201,8 @@ def proposal_approve(
         proposal.reviewed_at = timezone.now()
         proposal.review_comment = comment
         proposal.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_comment"])
+        with audit_actor(user):
+            audit_event(proposal, "approve", comment)
         if apply:
             proposal = proposal_apply(proposal=proposal, user=user, comment=comment)
     return proposal
@@ -219,6 +221,8 @@ def proposal_reject(*, proposal: Proposal, user: Any, comment: str) -> Proposal:
         proposal.reviewed_at = timezone.now()
         proposal.review_comment = comment
         proposal.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_comment"])
+        with audit_actor(user):
+            audit_event(proposal, "reject", comment)
     return proposal
 
 
@@ -281,6 +285,8 @@ def proposal_rollback(*, proposal: Proposal, user: Any, comment: str = "") -> Pr
         proposal.rolled_back_at = timezone.now()
         proposal.rolled_back_by = user
         proposal.save(update_fields=["status", "rolled_back_at", "rolled_back_by"])
+        with audit_actor(user):
+            audit_event(proposal, "rollback", comment)
     return proposal
 
 

@@ -222,6 +222,12 @@ def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, A
         yield items[start : start + size]
 
 
+def _expiry(plan: ClassReplay, row: dict[str, Any]) -> Any:
+    """The decision's prompt expiry, shortened if the class's retention was cut since."""
+    days = plan.route.task_class.prompt_retention_days
+    return min(row["prompt_expires_at"], row["created_at"] + timedelta(days=days))
+
+
 def _sample_row(
     run: SweepRun, plan: ClassReplay, row: dict[str, Any], out: ReplayOutcome
 ) -> SweepSample:
@@ -234,7 +240,7 @@ def _sample_row(
         prompt=row["prompt"],
         reference=out.reference[:OUTPUT_CHARS] if out.reference is not None else None,
         reference_source=out.reference_source,
-        expires_at=row["prompt_expires_at"],
+        expires_at=_expiry(plan, row),
         candidate_model=plan.candidate.slug,
         candidate_status=cand.status,
         candidate_success=out.candidate_grade.passed,

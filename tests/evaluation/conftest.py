@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
@@ -24,7 +25,7 @@ from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionOutcome, DecisionRecord
 from tests import factories
 
-GSM8K_PATH = Path("/work/shared/data/routellm/gsm8k_responses.csv")
+GSM8K_PATH = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -56,6 +56,8 @@ def test_approving_applies_a_new_active_version(eval_registry: dict[str, Any]) -
     assert active_route(reg["strict"]).primary == reg["mistral"]  # other routes copied
     entry = AuditLog.objects.filter(action="activate").first()
     assert entry is not None and entry.actor == reviewer
+    review = AuditLog.objects.get(action="approve", object_type="proposal")
+    assert review.actor == reviewer and review.comment == "evidence ok"
     assert selectors.active_version_number() == version.number
 
 
