@@ -374,10 +374,7 @@ def run() -> int:
         services.start()
         env = local_http_env() | services.env
         env["FLEET_URL"] = env.get("FLEET_URL", f"http://127.0.0.1:{fleet_port}/v1")
-        _manage("migrate", "--noinput", "-v", "0", env=env)
-        _manage("decisions_maintain", env=env)
-        _manage("collectstatic", "--noinput", "-v", "0", env=env)
-        _manage("demo_load", env=env)
+        _manage("prepare", env=env)
         log_dir = VAR_DIR / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         prom_dir = VAR_DIR / "prometheus"
