@@ -96,3 +96,19 @@ def test_registry_changes_are_audited_with_before_and_after(registry: dict[str, 
     created = AuditLog.objects.filter(object_type="taskclass", action="create").count()
     assert created == 2
     assert AuditLog.objects.filter(object_type="modelprice", action="create").count() == 3
+
+
+def test_database_refuses_changes_to_an_activated_versions_routes(
+    registry: dict[str, Any],
+) -> None:
+    from django.db import IntegrityError, transaction
+
+    active = registry["version"]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Route.objects.filter(version=active).update(fallbacks=[])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Route.objects.filter(version=active).delete()
+    assert Route.objects.get(version=active, task_class=registry["triage"]).fallbacks == [
+        "mid-cloud",
+        "big-cloud",
+    ]
