@@ -77,6 +77,17 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator[Any]:
             browser.close()
 
 
+def roles_ensure() -> None:
+    """Browser tests run on live_server (a transactional database): the flush between tests
+    removes the role groups the roles migration made. Call this before creating users."""
+    from django.contrib.auth.models import Group
+
+    from controlplane.roles import ROLE_NAMES
+
+    for name in ROLE_NAMES:
+        Group.objects.get_or_create(name=name)
+
+
 def login(page: Any, base_url: str, username: str, password: str) -> None:
     page.goto(f"{base_url}/login/")
     page.fill("input[name=username]", username)

@@ -15,15 +15,14 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from controlplane.roles import ROLE_NAMES
 from evaluation.fleet import RunningFleet, fleet_start, gsm8k_load
 from evaluation.models import GraderConfig
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionOutcome, DecisionRecord
 from tests import factories
+from tests.browser import roles_ensure
 
 GSM8K_PATH = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +39,6 @@ def gsm8k_rows() -> list[Any]:
 def gsm8k_fleet(gsm8k_rows: list[Any]) -> Iterator[RunningFleet]:
     with fleet_start(latency_scale=0.0, gsm8k_path=GSM8K_PATH) as running:
         yield running
-
-
-def roles_ensure() -> None:
-    """Transactional tests flush the groups the roles migration made; put them back."""
-    for name in ROLE_NAMES:
-        Group.objects.get_or_create(name=name)
 
 
 def eval_registry_create(fleet_url: str) -> dict[str, Any]:
