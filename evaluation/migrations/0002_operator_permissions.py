@@ -43,6 +43,6 @@ class Migration(migrations.Migration):
     dependencies = [
         ("evaluation", "0001_initial"),
         ("controlplane", "0002_roles"),
-        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("django_celery_beat", "0016_alter_crontabschedule_timezone"),
     ]
     operations = [migrations.RunPython(grant, revoke)]
