@@ -278,3 +278,10 @@ def test_a_manual_proposal_must_respect_the_data_policy(eval_registry: dict[str,
         .content.decode()
     )
     assert "local-only" in body and not Proposal.objects.exists()
+
+
+def test_sweeps_htmx_refresh_returns_the_runs_partial(swept: dict[str, Any]) -> None:
+    response = logged_in("Viewer").get(reverse("sweeps"), headers={"HX-Request": "true"})
+    body = response.content.decode()
+    assert body.strip().startswith('<section class="card" id="runs"')
+    assert 'hx-trigger="every 10s"' in body and "<html" not in body
