@@ -126,12 +126,11 @@ def rollup_frame(filters: DashboardFilters) -> pd.DataFrame:
     where, params = _where(rollup_filters, time_column="hour")
     params["bucket"] = filters.bucket
     sums = ", ".join(f"sum({c})" for c in SUM_COLUMNS)
+    bucket = "date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
     sql = (
-        "SELECT date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, "
-        f"team, application, task_class, model, tier, {sums} "
-        f"FROM telemetry_rollup_hourly WHERE {where} "
-        "GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1"
-    )  # noqa: S608
+        f"SELECT {bucket} AS bucket, team, application, task_class, model, tier, {sums} "  # noqa: S608
+        f"FROM telemetry_rollup_hourly WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1"
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

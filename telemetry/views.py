@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -35,7 +34,7 @@ class Chart:
     name: str
     title: str
     help: str
-    build: Callable[[pd.DataFrame, dict[str, Any]], go.Figure]
+    build: Callable[[pd.DataFrame, dict[str, Any]], figures.Figure]
     wide: bool = False
 
 

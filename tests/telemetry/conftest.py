@@ -13,6 +13,6 @@ def demo_world(db: Any) -> dict[str, Any]:
     """The demo registry with three days of demo traffic (through the real ingestion path)."""
     demo_registry_load()
     demo_users_load()
-    result = demo_traffic_load(decisions=3000, days=3, seed=11)
+    result = demo_traffic_load(decisions=1500, days=3, seed=11)
     assert not result["skipped"]
     return result

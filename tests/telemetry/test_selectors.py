@@ -1,0 +1,66 @@
+"""Selector helpers: percentiles from fixed buckets, Pareto frontier, router statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from telemetry.selectors import (
+    budget_burns,
+    latency_bucket_counts,
+    latency_percentile,
+    model_stats_recent,
+    pareto_front,
+)
+
+
+def test_percentile_interpolates_inside_the_bucket() -> None:
+    counts = latency_bucket_counts([10] * 50 + [60] * 50)  # buckets [0,25) and [50,75)
+    assert latency_percentile(counts, 0.5) == pytest.approx(25.0)
+    assert 50 <= (latency_percentile(counts, 0.95) or 0) < 75
+    assert latency_percentile([0] * len(counts), 0.5) is None
+
+
+def test_percentile_stays_in_the_bucket_of_the_exact_value() -> None:
+    values = [37, 120, 480, 910, 1300, 2200, 2900, 6400, 12_000, 70_000] * 13
+    counts = latency_bucket_counts(values)
+    for q in (0.5, 0.9, 0.95, 0.99):
+        exact = sorted(values)[int(q * len(values)) - 1]
+        estimate = latency_percentile(counts, q)
+        assert estimate is not None
+        assert latency_bucket_counts([int(estimate)]) == latency_bucket_counts([exact]) or (
+            estimate <= exact * 1.6
+        )
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = pd.DataFrame(
+        {
+            "name": ["cheap-bad", "cheap-good", "mid", "dear-best", "dear-worse"],
+            "cost": [1.0, 1.0, 5.0, 20.0, 30.0],
+            "quality": [0.7, 0.9, 0.85, 0.97, 0.95],
+        }
+    )
+    front = pareto_front(points, cost="cost", quality="quality")
+    assert list(front["name"]) == ["cheap-good", "dear-best"]
+
+
+def test_model_stats_recent_shape(demo_world: dict[str, Any]) -> None:
+    stats = model_stats_recent()
+    assert set(stats) == {"latency", "success"}
+    assert stats["latency"], "the last hour of demo traffic has outcomes"
+    for model, entry in stats["latency"].items():
+        assert isinstance(model, str) and entry["p95_ms"] > 0 and entry["requests"] > 0
+    for (model, task_class), rate in stats["success"].items():
+        assert isinstance(model, str) and isinstance(task_class, str) and 0 <= rate <= 1
+
+
+def test_budget_burns_project_exhaustion(demo_world: dict[str, Any]) -> None:
+    burns = {b.name: b for b in budget_burns()}
+    assert set(burns) >= {"analytics-monthly", "global-daily"}
+    analytics = burns["analytics-monthly"]
+    assert analytics.spent_usd > 0 and analytics.rate_per_day > 0
+    assert analytics.cumulative[-1] == pytest.approx(analytics.spent_usd, rel=0.05)
+    assert analytics.times[0] == analytics.period_start
