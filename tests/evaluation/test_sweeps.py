@@ -293,3 +293,41 @@ def test_a_model_url_changed_to_a_metadata_address_is_refused_during_a_sweep(
     assert set(samples.values_list("candidate_status", flat=True)) == {"error"}
     assert "metadata" in run.errors[0]
     assert not Proposal.objects.exists()
+
+
+def test_schema_classes_are_graded_for_valid_structured_output(
+    eval_registry: dict[str, Any],
+) -> None:
+    """A class with an output schema asks for JSON-schema output and grades both models
+    without a reference (the fleet's JSON is valid about as often as the model's quality)."""
+    from controlplane import services as registry
+
+    reg = eval_registry
+    schema = {
+        "type": "object",
+        "required": ["invoice_number", "total"],
+        "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
+    }
+    invoices = factories.task_class_create(
+        slug="invoices",
+        output_schema=schema,
+        quality_target=Decimal("0.6"),
+        prompt_retention_days=7,
+    )
+    version = registry.routing_version_draft_create()
+    registry.route_set(version=version, task_class=invoices, primary=reg["gpt4o"])
+    registry.routing_version_activate(version=version)
+    decisions_create(
+        task_class="invoices",
+        model=reg["gpt4o"],
+        prompts=[f"INVOICE #{i} — Total due: {i * 7}.00 EUR — Acme GmbH" for i in range(150)],
+    )
+
+    run = run_sweep(task_class=invoices)
+
+    outcome = run.summary["classes"]["invoices"]
+    assert outcome["candidate"] == "mistral-small-hosted"
+    assert outcome["success_rate"] == pytest.approx(0.80, abs=0.08)
+    proposal = Proposal.objects.get(task_class=invoices)
+    assert proposal.evidence["graded_against"] == ["none"]  # schema validity needs no reference
+    assert proposal.evidence["primary_success_rate"] == pytest.approx(0.88, abs=0.08)
