@@ -38,9 +38,15 @@ from bench.loadgen import percentile, steady_run  # noqa: E402
 PORT = int(os.environ.get("BENCH_PORT", "8300"))
 RESULTS = ROOT / "bench" / "results" / "decision_api.json"
 TASK_MIX = [
-    ("ticket-triage", 30), ("intent-detection", 15), ("field-extraction", 12),
-    ("short-summary", 12), ("policy-check", 8), ("sql-generation", 8),
-    ("multi-step-reasoning", 5), ("pii-redaction", 4), ("long-report-synthesis", 3),
+    ("ticket-triage", 30),
+    ("intent-detection", 15),
+    ("field-extraction", 12),
+    ("short-summary", 12),
+    ("policy-check", 8),
+    ("sql-generation", 8),
+    ("multi-step-reasoning", 5),
+    ("pii-redaction", 4),
+    ("long-report-synthesis", 3),
     ("customer-reply-draft", 3),
 ]
 WORDS = (
@@ -49,8 +55,12 @@ WORDS = (
     "priority queue ticket agent warehouse inventory delivery schedule billing subscription "
     "upgrade downgrade cancel error timeout login mobile app browser cache support team"
 ).split()
-PII = ["Contact me at jane.doe@example.com.", "Call +44 20 7946 0958 tomorrow.",
-       "Card 4111 1111 1111 1111 was charged twice.", "IBAN GB82 WEST 1234 5698 7654 32."]
+PII = [
+    "Contact me at jane.doe@example.com.",
+    "Call +44 20 7946 0958 tomorrow.",
+    "Card 4111 1111 1111 1111 was charged twice.",
+    "IBAN GB82 WEST 1234 5698 7654 32.",
+]
 
 
 def bench_url(base: str) -> str:
@@ -82,8 +92,11 @@ def make_bodies(count: int, seed: int = 7) -> list[bytes]:
         text = " ".join(words)[:length]
         if rng.random() < 0.08:
             text = text[: length - 60] + " " + rng.choice(PII)
-        body = {"task_class": rng.choice(classes), "prompt": text,
-                "metadata": {"bench": True, "i": i}}
+        body = {
+            "task_class": rng.choice(classes),
+            "prompt": text,
+            "metadata": {"bench": True, "i": i},
+        }
         if rng.random() < 0.3:
             body["team"] = rng.choice(["support", "analytics", "platform"])
         bodies.append(json.dumps(body).encode())
@@ -146,25 +159,51 @@ def main() -> int:
     prom_dir = var_dir / "prometheus"
     prom_dir.mkdir()
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": db_url, "DJANGO_DEBUG": "0", "DJANGO_HTTPS": "0",
-        "SWITCHYARD_VAR_DIR": str(var_dir), "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir), "LOG_LEVEL": "WARNING",
-    })
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "DJANGO_DEBUG": "0",
+            "DJANGO_HTTPS": "0",
+            "SWITCHYARD_VAR_DIR": str(var_dir),
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([py, "manage.py", "demo_load"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    out = subprocess.run([py, "manage.py", "create_api_key", "bench-client", "--scopes",
-                          "decide,report,read"], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout
+    subprocess.run(
+        [py, "manage.py", "demo_load", "--registry-only"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    out = subprocess.run(
+        [py, "manage.py", "create_api_key", "bench-client", "--scopes", "decide,report,read"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     secret = out.strip().splitlines()[-1]
     workers = os.environ.get("WEB_CONCURRENCY", "2")
     gunicorn = subprocess.Popen(
-        [str(Path(py).parent / "gunicorn"), "controlplane.wsgi:application", "-c",
-         str(ROOT / "controlplane" / "gunicorn_conf.py"), "--bind", f"127.0.0.1:{PORT}",
-         "--workers", workers],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(py).parent / "gunicorn"),
+            "controlplane.wsgi:application",
+            "-c",
+            str(ROOT / "controlplane" / "gunicorn_conf.py"),
+            "--bind",
+            f"127.0.0.1:{PORT}",
+            "--workers",
+            workers,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     result: dict = {}
@@ -191,9 +230,16 @@ def main() -> int:
         time.sleep(1)
         after_sat = stored_count(db_url)
         acked_sat = saturation["requests"] - saturation["non_2xx"]
-        steady = steady_run("127.0.0.1", PORT, "/api/v1/decisions",
-                            {"Authorization": f"Bearer {secret}"}, bodies,
-                            rate=300, seconds=20, connections=32)
+        steady = steady_run(
+            "127.0.0.1",
+            PORT,
+            "/api/v1/decisions",
+            {"Authorization": f"Bearer {secret}"},
+            bodies,
+            rate=300,
+            seconds=20,
+            connections=32,
+        )
         ids = [json.loads(b)["decision_id"] for b in steady.bodies_2xx]
         found = stored_ids(db_url, ids)
         lost_steady = len(set(ids) - found)
@@ -211,12 +257,21 @@ def main() -> int:
             "p99_ms": round(percentile(steady.latencies_ms, 99), 2),
             "lost": lost_sat + lost_steady,
             "saturation": {k: v for k, v in saturation.items() if k != "raw"},
-            "steady": {"sent": steady.sent, "statuses": steady.statuses,
-                       "errors": steady.errors, "stored_checked": len(ids)},
+            "steady": {
+                "sent": steady.sent,
+                "statuses": steady.statuses,
+                "errors": steady.errors,
+                "stored_checked": len(ids),
+            },
             "stored_during_saturation": after_sat - before,
             "workers": int(workers),
-            "targets": {"p50_ms": 3, "p99_ms": 10, "saturation_rps": 1000, "ratio": 0.30,
-                        "lost": 0},
+            "targets": {
+                "p50_ms": 3,
+                "p99_ms": 10,
+                "saturation_rps": 1000,
+                "ratio": 0.30,
+                "lost": 0,
+            },
         }
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -35,9 +35,16 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, body
 
 
-async def _steady(host: str, port: int, path: str, headers: dict[str, str],
-                  bodies: Sequence[bytes], rate: float, seconds: float,
-                  connections: int) -> SteadyResult:
+async def _steady(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    bodies: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    connections: int,
+) -> SteadyResult:
     result = SteadyResult()
     total = int(rate * seconds)
     queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
@@ -85,9 +92,17 @@ async def _steady(host: str, port: int, path: str, headers: dict[str, str],
     return result
 
 
-def steady_run(host: str, port: int, path: str, headers: dict[str, str],
-               bodies: Sequence[bytes], *, rate: float, seconds: float,
-               connections: int = 32) -> SteadyResult:
+def steady_run(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    bodies: Sequence[bytes],
+    *,
+    rate: float,
+    seconds: float,
+    connections: int = 32,
+) -> SteadyResult:
     return asyncio.run(_steady(host, port, path, headers, bodies, rate, seconds, connections))
 
 

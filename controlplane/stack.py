@@ -412,17 +412,16 @@ def run() -> int:
                 str(VAR_DIR / "celerybeat-schedule"),
             ],
         }
-        fleet = BASE_DIR / "evaluation" / "fleet" / "__main__.py"
-        if fleet.exists():
-            commands["fleet"] = [
-                _python(),
-                "-m",
-                "evaluation.fleet",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(fleet_port),
-            ]
+        # The replay fleet serves the demo models over real HTTP (with recorded GSM8K answers).
+        commands["fleet"] = [
+            _python(),
+            str(BASE_DIR / "manage.py"),
+            "run_fleet",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(fleet_port),
+        ]
         for name, command in commands.items():
             log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
             processes.append(

@@ -39,7 +39,8 @@ class DecisionRecord(models.Model):
     max_cost_usd = models.FloatField(null=True)
     decision_us = models.IntegerField()
     end_user = models.CharField(max_length=128, blank=True)
-    prompt = models.TextField(null=True)  # kept only when the task class's retention allows
+    prompt = models.TextField(null=True)  # noqa: DJ001 (NULL = not kept, unlike "")
+    # kept only when the task class's retention allows
     prompt_expires_at = models.DateTimeField(null=True)
     prompt_template_id = models.CharField(max_length=128, blank=True)
     prompt_template_version = models.CharField(max_length=64, blank=True)

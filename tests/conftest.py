@@ -63,7 +63,7 @@ def role_client() -> Any:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_recorder_connection() -> Any:
+def _close_recorder_connection(django_db_setup: Any, django_db_blocker: Any) -> Any:
     yield
     from telemetry.recorder import recorder
 

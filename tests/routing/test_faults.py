@@ -74,7 +74,11 @@ def server() -> Iterator[Server]:
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     subprocess.run(
-        [py, "manage.py", "demo_load"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL
+        [py, "manage.py", "demo_load", "--registry-only"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     out = subprocess.run(
         [py, "manage.py", "create_api_key", "fault-client"],

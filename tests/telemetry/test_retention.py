@@ -46,11 +46,25 @@ def test_expired_prompts_are_purged(registry: dict[str, Any], settings: Any) -> 
     def record(expires_in: timedelta) -> DecisionRecord:
         ident = uuid7()
         return DecisionRecord.objects.create(
-            id=ident, created_at=uuid7_time(ident), application_id=1, application="a",
-            task_class="triage", model="small-local", provider_model="m", tier=1,
-            locality="local", strategy="rule", confidence=0.7, reason="r",
-            routing_table_version=1, input_tokens=1, context_tokens=1, max_output_tokens=1,
-            decision_us=1, prompt="secret text", prompt_expires_at=timezone.now() + expires_in,
+            id=ident,
+            created_at=uuid7_time(ident),
+            application_id=1,
+            application="a",
+            task_class="triage",
+            model="small-local",
+            provider_model="m",
+            tier=1,
+            locality="local",
+            strategy="rule",
+            confidence=0.7,
+            reason="r",
+            routing_table_version=1,
+            input_tokens=1,
+            context_tokens=1,
+            max_output_tokens=1,
+            decision_us=1,
+            prompt="secret text",
+            prompt_expires_at=timezone.now() + expires_in,
         )
 
     expired, kept = record(-timedelta(minutes=1)), record(timedelta(days=1))

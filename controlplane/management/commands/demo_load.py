@@ -1,18 +1,49 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from controlplane.demo import CREDENTIALS_PATH, demo_load
 
 
 class Command(BaseCommand):
-    help = "Load the demo registry, users and API keys (idempotent)."
+    help = (
+        "Load the demo: registry, users and API keys, 30 days of traffic through the "
+        "ingestion code, evaluation schedules and a first sweep (idempotent)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--registry-only",
+            action="store_true",
+            help="registry, users and keys only; no traffic, no sweeps",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        started = time.monotonic()
         credentials = demo_load()
         self.stdout.write(
             f"demo registry ready: {len(credentials['users'])} users, "
             f"{len(credentials['keys'])} API keys (secrets in {CREDENTIALS_PATH})"
         )
+        if options["registry_only"]:
+            return
+        from evaluation.demo import demo_evaluation_load
+        from telemetry.demo_traffic import demo_traffic_load
+
+        traffic = demo_traffic_load()
+        if traffic["skipped"]:
+            self.stdout.write("demo traffic already present")
+        else:
+            self.stdout.write(
+                f"demo traffic: {traffic['decisions']} decisions, {traffic['outcomes']} "
+                f"outcomes, {traffic['rollup_rows']} rollup rows in {traffic['total_s']} s"
+            )
+        evaluation = demo_evaluation_load()
+        self.stdout.write(
+            f"evaluation: {evaluation['schedules']} schedules, {evaluation['graders']} graders, "
+            f"demo sweep #{evaluation['demo_sweep']} {evaluation['demo_sweep_status']}"
+        )
+        self.stdout.write(f"demo ready in {time.monotonic() - started:.1f} s")
