@@ -29,7 +29,7 @@ import math
 import multiprocessing
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,6 +509,26 @@ def _batch(
     return rows, outcomes
 
 
+def _chunks(
+    stamps: Sequence[tuple[datetime, str]], boundaries: Sequence[datetime]
+) -> Iterator[Sequence[tuple[datetime, str]]]:
+    """Batches of at most BATCH requests that never straddle a routing-table activation
+    (a batch is decided on one snapshot)."""
+    chunk: list[tuple[datetime, str]] = []
+    upcoming = sorted(boundaries)
+    for stamp in stamps:
+        crossed = False
+        while upcoming and stamp[0] >= upcoming[0]:
+            upcoming.pop(0)
+            crossed = True
+        if chunk and (crossed or len(chunk) >= BATCH):
+            yield chunk
+            chunk = []
+        chunk.append(stamp)
+    if chunk:
+        yield chunk
+
+
 def _load_part(
     ctx: _Context,
     stamps: Sequence[tuple[datetime, str]],
@@ -516,8 +536,7 @@ def _load_part(
 ) -> tuple[int, int]:
     """Simulate and store one share of the traffic, batch by batch, in time order."""
     written = reported = 0
-    for index in range(0, len(stamps), BATCH):
-        chunk = stamps[index : index + BATCH]
+    for chunk in _chunks(stamps, [v[0] for v in versions]):
         rows, outcomes = _batch(ctx, chunk, _snapshot_at(chunk[0][0], versions))
         with transaction.atomic(), connection.cursor() as cursor:
             written += decision_rows_copy(cursor.cursor, rows)

@@ -411,26 +411,82 @@ def quality_figure(frame: pd.DataFrame) -> Figure:
 def quality_trend_figure(
     frame: pd.DataFrame, *, by: str = "task_class", changes: Sequence[RoutingChange] = ()
 ) -> Figure:
-    """Success rate over time, one line per task class (or model)."""
-    if frame.empty or frame["outcomes"].sum() == 0:
-        return _empty("No reported outcomes in this range")
-    grouped = frame.groupby(["bucket", by])[["successes", "outcomes"]].sum().reset_index()
-    grouped["rate"] = grouped["successes"] / grouped["outcomes"].replace(0, np.nan) * 100
+    """Mean grader score over time, one line per task class (or model): drift shows here
+    even while escalations keep the success rate up."""
+    if frame.empty or frame["quality_count"].sum() == 0:
+        return _empty("No graded outcomes in this range")
+    columns = ["quality_sum", "quality_count", "successes", "outcomes"]
+    grouped = frame.groupby(["bucket", by])[columns].sum().reset_index()
+    grouped["score"] = grouped["quality_sum"] / grouped["quality_count"].replace(0, np.nan)
+    grouped["success"] = grouped["successes"] / grouped["outcomes"].replace(0, np.nan) * 100
     keys = sorted(grouped[by].unique())
     colors = _series_colors(frame, by, keys)
     traces = [
         {
             "type": "scatter",
             "x": part["bucket"],
-            "y": part["rate"].round(2),
+            "y": part["score"].round(3),
+            "customdata": part["success"].round(1),
             "name": str(key),
             "mode": "lines",
             "line": {"width": 1.8, "color": colors.get(key)},
-            "hovertemplate": f"{key}<br>%{{x}}<br>%{{y:.1f}} % success<extra></extra>",
+            "hovertemplate": f"{key}<br>%{{x}}<br>score %{{y:.2f}} · success "
+            "%{customdata} %<extra></extra>",
         }
         for key, part in grouped.groupby(by)
     ]
-    return _figure(traces, yaxis={"ticksuffix": " %"}, **_changes(changes))
+    return _figure(traces, yaxis={"title": {"text": "grader score (0–1)"}}, **_changes(changes))
+
+
+def escalation_trend_figure(
+    frame: pd.DataFrame, *, changes: Sequence[RoutingChange] = ()
+) -> Figure:
+    """Escalation rate over time against the 2 % and 15 % guide lines (one task class)."""
+    if frame.empty or frame["outcomes"].sum() == 0:
+        return _empty("No reported outcomes in this range")
+    series = frame.groupby("bucket")[["escalations", "outcomes"]].sum()
+    rate = series["escalations"] / series["outcomes"].replace(0, np.nan) * 100
+    trace = {
+        "type": "scatter",
+        "x": series.index,
+        "y": rate.round(2),
+        "mode": "lines+markers",
+        "name": "escalation rate",
+        "line": {"color": "#d9901a", "width": 2},
+        "marker": {"size": 4},
+        "customdata": series[["escalations", "outcomes"]].to_numpy(),
+        "hovertemplate": "%{x}<br>%{y:.2f} % (%{customdata[0]:,.0f} of "
+        "%{customdata[1]:,.0f})<extra></extra>",
+    }
+    marks = _changes(changes)
+    for value, text in ESCALATION_GUIDES:
+        marks["shapes"].append(
+            {
+                "type": "line",
+                "x0": 0,
+                "x1": 1,
+                "xref": "paper",
+                "y0": value * 100,
+                "y1": value * 100,
+                "yref": "y",
+                "line": {"color": _MUTED, "dash": "dash", "width": 1},
+            }
+        )
+        marks["annotations"].append(
+            {
+                "x": 1,
+                "xref": "paper",
+                "y": value * 100,
+                "yref": "y",
+                "text": text,
+                "showarrow": False,
+                "xanchor": "right",
+                "yanchor": "bottom",
+                "font": {"size": 10, "color": _MUTED},
+            }
+        )
+    top = max(16.0, float(rate.max(skipna=True) or 0) * 1.1)
+    return _figure([trace], legend=False, yaxis={"ticksuffix": " %", "range": [0, top]}, **marks)
 
 
 def quality_per_dollar_figure(frame: pd.DataFrame) -> Figure:

@@ -274,6 +274,106 @@ def pareto_front(points: pd.DataFrame, *, cost: str, quality: str) -> pd.DataFra
     return ordered.loc[keep]
 
 
+@dataclass(frozen=True, slots=True)
+class Attention:
+    """One thing a manager should look at, with the page that shows it."""
+
+    level: str  # "bad" | "warn" | "info"
+    text: str
+    task_class: str = ""
+    budget: str = ""
+
+
+def attention_items(
+    frame: pd.DataFrame, burns: Sequence[BudgetBurn], *, min_outcomes: int = 50
+) -> list[Attention]:
+    """What needs a look, most urgent first: escalation rates outside the 2–15 % band,
+    budgets past their soft limit or projected to run out this period, and task classes
+    whose grader score fell (last quarter of the range against its first half)."""
+    items: list[Attention] = []
+    for burn in burns:
+        if burn.spent_usd >= burn.limit_usd:
+            items.append(
+                Attention(
+                    "bad",
+                    f"Budget {burn.name} has reached its limit (${burn.limit_usd:,.0f}).",
+                    budget=burn.name,
+                )
+            )
+        elif burn.exhaustion_at is not None:
+            items.append(
+                Attention(
+                    "bad" if burn.spent_usd >= burn.soft_limit_usd else "warn",
+                    f"Budget {burn.name} is at {burn.used_pct:.0f} % and runs out "
+                    f"{burn.exhaustion_at:%-d %b %H:%M} at ${burn.rate_per_day:,.2f}/day.",
+                    budget=burn.name,
+                )
+            )
+        elif burn.spent_usd >= burn.soft_limit_usd:
+            items.append(
+                Attention(
+                    "warn",
+                    f"Budget {burn.name} is past its soft limit "
+                    f"({burn.used_pct:.0f} %): requests are downgraded.",
+                    budget=burn.name,
+                )
+            )
+    if frame.empty:
+        return items
+    by_class = frame.groupby("task_class")[["escalations", "outcomes"]].sum()
+    tiers = frame.groupby(["task_class", "tier"])["decisions"].sum().reset_index()
+    main_tier = tiers.sort_values("decisions").groupby("task_class")["tier"].last()
+    for task_class, row in by_class.iterrows():
+        if row["outcomes"] < min_outcomes:
+            continue
+        rate = row["escalations"] / row["outcomes"]
+        if rate > 0.15:
+            items.append(
+                Attention(
+                    "bad",
+                    f"{task_class} escalates {rate * 100:.1f} % of "
+                    "requests: it needs a stronger tier.",
+                    task_class=str(task_class),
+                )
+            )
+        elif rate < 0.02 and int(main_tier.get(task_class, 1)) > 1:
+            items.append(
+                Attention(
+                    "info",
+                    f"{task_class} escalates only {rate * 100:.1f} % "
+                    "on tier "
+                    f"{int(main_tier[task_class])}: try a cheaper tier.",
+                    task_class=str(task_class),
+                )
+            )
+    # Drift: the same model on the same class, so a routing change is not mistaken for it.
+    buckets = sorted(frame["bucket"].unique())
+    if len(buckets) >= 8:
+        keys = ["task_class", "model"]
+        sums = ["quality_sum", "quality_count"]
+        early = frame[frame["bucket"] <= buckets[len(buckets) // 2]].groupby(keys)[sums].sum()
+        late = frame[frame["bucket"] >= buckets[-max(2, len(buckets) // 4)]]
+        after = late.groupby(keys)[sums].sum()
+        both = early.join(after, lsuffix="_old", rsuffix="_new", how="inner")
+        both = both[
+            (both["quality_count_old"] >= min_outcomes)
+            & (both["quality_count_new"] >= min_outcomes)
+        ]
+        for (task_class, model), row in both.iterrows():
+            old = row["quality_sum_old"] / row["quality_count_old"]
+            new = row["quality_sum_new"] / row["quality_count_new"]
+            if old - new >= 0.05:
+                items.append(
+                    Attention(
+                        "warn",
+                        f"{task_class} on {model}: grader score fell from {old:.2f} to {new:.2f}.",
+                        task_class=str(task_class),
+                    )
+                )
+    order = {"bad": 0, "warn": 1, "info": 2}
+    return sorted(items, key=lambda item: order[item.level])
+
+
 # ---------------------------------------------------------------------------------------
 # Routing changes, current routes, budgets, filter options
 # ---------------------------------------------------------------------------------------

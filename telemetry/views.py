@@ -26,7 +26,7 @@ from controlplane.models import ModelEndpoint, Route, TaskClass
 from controlplane.roles import VIEWER
 from telemetry import figures, selectors
 from telemetry.forms import DashboardFilterForm, filters_query
-from telemetry.selectors import DashboardFilters, RoutingChange
+from telemetry.selectors import RoutingChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +64,13 @@ def _charts(focus: str) -> list[Chart]:
         ),
         Chart(
             "escalation",
-            "Escalation rate per task class",
+            "Escalation rate over time"
+            if focus == "task_class"
+            else "Escalation rate per task class",
             "Below 2 %: try a cheaper tier. Above 15 %: the class needs a stronger one.",
-            lambda f, c: figures.escalation_figure(f),
+            (lambda f, c: figures.escalation_trend_figure(f, changes=c["changes"]))
+            if focus == "task_class"
+            else (lambda f, c: figures.escalation_figure(f)),
         ),
         Chart(
             "latency",
@@ -83,8 +87,8 @@ def _charts(focus: str) -> list[Chart]:
         ),
         Chart(
             "trend",
-            "Success rate over time",
-            f"Per {trend_by.replace('_', ' ')}.",
+            "Quality over time",
+            f"Mean grader score per {trend_by.replace('_', ' ')}; a falling line is drift.",
             lambda f, c: figures.quality_trend_figure(f, by=trend_by, changes=c["changes"]),
         ),
         Chart(
@@ -117,11 +121,11 @@ def _htmx_target(request: HttpRequest) -> str:
     return str(htmx.target or "") if htmx else ""
 
 
-def _budget_cards(filters: DashboardFilters, *, task_class: str = "") -> list[dict[str, Any]]:
+def _budget_cards(burns: list[selectors.BudgetBurn]) -> list[dict[str, Any]]:
     now = timezone.now()
     return [
         {"burn": burn, "json": figures.figure_json(figures.budget_figure(burn, now=now))}
-        for burn in selectors.budget_burns(now=now, task_class=task_class)
+        for burn in burns
     ]
 
 
@@ -150,7 +154,9 @@ def _dashboard(
     }
     template = "telemetry/dashboard.html"
     if target == "budgets":
-        context["budgets"] = _budget_cards(filters, task_class=fixed.get("task_class", ""))
+        context["budgets"] = _budget_cards(
+            selectors.budget_burns(task_class=fixed.get("task_class", ""))
+        )
         return render(request, f"{template}#budgets", context)
     frame = selectors.rollup_frame(filters)
     changes: list[RoutingChange] = selectors.routing_changes(start=filters.start, end=filters.end)
@@ -164,7 +170,9 @@ def _dashboard(
         context["item"] = context["charts"][0]
         return render(request, f"{template}#chart-card", context)
     context["headline"] = selectors.headline(frame)
-    context["budgets"] = _budget_cards(filters, task_class=fixed.get("task_class", ""))
+    burns = selectors.budget_burns(task_class=fixed.get("task_class", ""))
+    context["budgets"] = _budget_cards(burns)
+    context["attention"] = selectors.attention_items(frame, burns)
     if target == "dashboard":
         return render(request, f"{template}#dashboard", context)
     context["options"] = selectors.filter_options()

@@ -13,7 +13,7 @@ import pytest
 from controlplane.demo import demo_registry_load, demo_users_load
 from telemetry.demo_traffic import demo_traffic_load
 from telemetry.models import DecisionRecord
-from tests.browser import browser_page, login, screenshot
+from tests.browser import browser_page, login, roles_ensure, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -30,6 +30,7 @@ def _wait_swapped(page: Any) -> None:
 def test_viewer_filters_the_overview_opens_a_decision_and_downloads_csv(
     live_server: Any,
 ) -> None:
+    roles_ensure()
     demo_registry_load()
     demo_users_load()
     demo_traffic_load(decisions=1500, days=3, seed=5, processes=1)

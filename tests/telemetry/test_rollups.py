@@ -225,3 +225,18 @@ def test_rebuild_is_idempotent(demo_world: dict[str, Any]) -> None:
     after = stored_rollups()
     assert set(before) == set(after)
     assert all(before[k]["decisions"] == after[k]["decisions"] for k in before)
+
+
+def test_rebuild_command_and_refresh_task(demo_world: dict[str, Any]) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from telemetry.tasks import rollups_refresh_task
+
+    HourlyRollup.objects.all().delete()
+    out = StringIO()
+    call_command("rollups_rebuild", stdout=out)
+    assert "rollups rebuilt" in out.getvalue()
+    assert_rollups_match_raw()
+    assert rollups_refresh_task.apply().get()["claimed"] is True

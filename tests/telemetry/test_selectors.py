@@ -64,3 +64,16 @@ def test_budget_burns_project_exhaustion(demo_world: dict[str, Any]) -> None:
     assert analytics.spent_usd > 0 and analytics.rate_per_day > 0
     assert analytics.cumulative[-1] == pytest.approx(analytics.spent_usd, rel=0.05)
     assert analytics.times[0] == analytics.period_start
+
+
+def test_attention_names_escalations_budgets_and_drift(demo_world: dict[str, Any]) -> None:
+    from telemetry.selectors import Attention, DashboardFilters, attention_items, rollup_frame
+
+    frame = rollup_frame(DashboardFilters.for_range("7d"))
+    items = attention_items(frame, budget_burns(), min_outcomes=5)
+    assert all(isinstance(i, Attention) for i in items)
+    levels = [i.level for i in items]
+    assert levels == sorted(levels, key=["bad", "warn", "info"].index)
+    frame.loc[frame["task_class"] == "sql-generation", "escalations"] = frame["outcomes"]
+    flagged = attention_items(frame, [], min_outcomes=5)
+    assert any(i.task_class == "sql-generation" and "stronger tier" in i.text for i in flagged)
