@@ -137,16 +137,9 @@ LATENCY_BUCKET_FIELDS: tuple[str, ...] = tuple(
 )
 
 
-class HourlyRollup(models.Model):
-    """Per hour × team × application × task class × model × tier: what the dashboards read.
+class RollupSums(models.Model):
+    """The dimensions and sums every rollup row carries (see ``HourlyRollup``)."""
 
-    ``model``/``tier`` are the model that served the request (the last attempt), or the
-    routed model while no outcome has been reported. Cost includes every attempt.
-    Rows are (re)computed whole per hour from the raw tables, never incremented, so a
-    re-reported outcome or a late commit cannot be counted twice.
-    """
-
-    hour = models.DateTimeField()
     team = models.CharField(max_length=64)
     application = models.CharField(max_length=64)
     task_class = models.CharField(max_length=64)
@@ -165,6 +158,21 @@ class HourlyRollup(models.Model):
     latency_sum_ms = models.BigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class HourlyRollup(RollupSums):
+    """Per hour × team × application × task class × model × tier: what the dashboards read.
+
+    ``model``/``tier`` are the model that served the request (the last attempt), or the
+    routed model while no outcome has been reported. Cost includes every attempt.
+    Rows are (re)computed whole per hour from the raw tables, never incremented, so a
+    re-reported outcome or a late commit cannot be counted twice.
+    """
+
+    hour = models.DateTimeField()
+
+    class Meta:
         db_table = "telemetry_rollup_hourly"
         constraints = [
             models.UniqueConstraint(
@@ -181,8 +189,29 @@ class HourlyRollup(models.Model):
         return f"{self.hour:%Y-%m-%d %H}h {self.task_class} {self.model}"
 
 
-for _name in LATENCY_BUCKET_FIELDS:
-    HourlyRollup.add_to_class(_name, models.IntegerField(default=0))
+class DailyRollup(RollupSums):
+    """The hourly rollups of one UTC day summed: what charts with daily buckets read
+    (30 and 90 days scan 24 times fewer rows). Recomputed from the hourly rows whenever
+    an hour of the day is."""
+
+    day = models.DateTimeField()
+
+    class Meta:
+        db_table = "telemetry_rollup_daily"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "team", "application", "task_class", "model", "tier"],
+                name="one_rollup_per_day_and_dimensions",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d} {self.task_class} {self.model}"
+
+
+for _rollup in (HourlyRollup, DailyRollup):
+    for _name in LATENCY_BUCKET_FIELDS:
+        _rollup.add_to_class(_name, models.IntegerField(default=0))
 
 
 class RollupWatermark(models.Model):

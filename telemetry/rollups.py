@@ -1,8 +1,9 @@
 """Hourly rollups of decisions and outcomes: what every dashboard reads.
 
 A rollup row sums one hour × team × application × task class × model × tier (see
-``telemetry.models.HourlyRollup``). Rows are never incremented in place: an hour is always
-recomputed whole from the raw partitions (DELETE + INSERT … SELECT in one transaction).
+``telemetry.models.HourlyRollup``); daily rows sum the hourly ones for long ranges. Rows
+are never incremented in place: an hour is always recomputed whole from the raw
+partitions (DELETE + INSERT … SELECT in one transaction), then its day from its hours.
 That makes every run idempotent — a re-reported outcome, a late commit or two overlapping
 runs cannot count anything twice — and keeps one SQL statement as the single definition of
 every figure's numbers.
@@ -38,6 +39,7 @@ WATERMARK = "hourly"
 OVERLAP = timedelta(minutes=5)
 SETTLE = timedelta(seconds=2)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # watermark of a rollup that never ran
 _LOCK_KEY = 0x5759_0001  # pg advisory lock: one recomputation at a time
 
@@ -110,6 +112,20 @@ GROUP BY hour, team, application, task_class, model, tier
 """  # noqa: S608 (column names are constants)
 
 
+_DAILY_SQL = f"""
+INSERT INTO telemetry_rollup_daily (day, {", ".join(_COLUMNS[1:])})
+SELECT date_trunc('day', hour), team, application, task_class, model, tier,
+       {", ".join(f"sum({c})" for c in _COLUMNS[6:])}
+FROM telemetry_rollup_hourly
+WHERE hour >= %(start)s AND hour < %(end)s
+GROUP BY 1, 2, 3, 4, 5, 6
+"""  # noqa: S608 (column names are constants)
+
+
+def day_floor(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def hour_floor(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -144,7 +160,15 @@ def rollups_recompute(*, start: datetime, end: datetime, cursor: Any = None) -> 
                 params,
             )
             cur.execute(_ROLLUP_SQL, params)
-            return int(cur.rowcount)
+            written = int(cur.rowcount)
+            # The days containing those hours are summed again from the hourly rows.
+            days = {"start": day_floor(start), "end": day_floor(end - HOUR) + DAY}
+            cur.execute(
+                "DELETE FROM telemetry_rollup_daily WHERE day >= %(start)s AND day < %(end)s",
+                days,
+            )
+            cur.execute(_DAILY_SQL, days)
+            return written
         finally:
             if own:
                 cur.close()

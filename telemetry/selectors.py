@@ -109,34 +109,68 @@ def _hour_floor(when: datetime) -> datetime:
 # ---------------------------------------------------------------------------------------
 
 
-def rollup_frame(filters: DashboardFilters) -> pd.DataFrame:
+_DAY = timedelta(days=1)
+
+
+def _day_floor(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def rollup_rows_sql(filters: DashboardFilters, *, daily: bool) -> tuple[str, dict[str, Any]]:
+    """A subquery of rollup rows covering the filtered range, time column ``t``.
+
+    With ``daily``, whole UTC days come from the daily rollups and only the partial first
+    and last days from the hourly ones (three index range scans, no OR).
+    """
+    start = _hour_floor(filters.start)
+    columns = ", ".join((*DIMENSIONS, *SUM_COLUMNS))
+    params: dict[str, Any] = {}
+    dims = ""
+    for name, value in filters.dimension_items():
+        dims += f" AND {name} = %({name})s"
+        params[name] = value
+    parts: list[tuple[str, str, datetime, datetime]] = []
+    first_day = _day_floor(start) + (_DAY if _day_floor(start) < start else timedelta(0))
+    last_day = _day_floor(filters.end)
+    if daily and first_day < last_day:
+        parts = [
+            ("telemetry_rollup_hourly", "hour", start, first_day),
+            ("telemetry_rollup_daily", "day", first_day, last_day),
+            ("telemetry_rollup_hourly", "hour", last_day, filters.end),
+        ]
+    else:
+        parts = [("telemetry_rollup_hourly", "hour", start, filters.end)]
+    selects = []
+    for index, (table, column, lower, upper) in enumerate(parts):
+        params[f"lo{index}"], params[f"hi{index}"] = lower, upper
+        selects.append(
+            f"SELECT {column} AS t, {columns} FROM {table} "  # noqa: S608 (constants)
+            f"WHERE {column} >= %(lo{index})s AND {column} < %(hi{index})s{dims}"
+        )
+    return " UNION ALL ".join(selects), params
+
+
+def rollup_frame(filters: DashboardFilters, *, daily: bool | None = None) -> pd.DataFrame:
     """Rollups in the filtered range, summed per (bucket, team, application, task class,
-    model, tier). Columns: bucket (UTC timestamp), the dimensions and ``SUM_COLUMNS``."""
-    rollup_filters = DashboardFilters(
-        start=_hour_floor(filters.start),
-        end=filters.end,
-        bucket=filters.bucket,
-        range_key=filters.range_key,
-        team=filters.team,
-        application=filters.application,
-        task_class=filters.task_class,
-        model=filters.model,
-        tier=filters.tier,
-    )
-    where, params = _where(rollup_filters, time_column="hour")
+    model, tier). Columns: bucket (UTC timestamp), the dimensions and ``SUM_COLUMNS``.
+    Whole-day buckets read the daily rollups unless ``daily=False``."""
+    if daily is None:
+        daily = filters.bucket % _DAY == timedelta(0)
+    rows_sql, params = rollup_rows_sql(filters, daily=daily)
     params["bucket"] = filters.bucket
-    sums = ", ".join(f"sum({c})" for c in SUM_COLUMNS)
-    bucket = "date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    # float8 sums: numeric (cost) sums would come back as Decimal objects, slow to convert.
+    sums = ", ".join(f"sum({c})::float8" for c in SUM_COLUMNS)
+    bucket = "date_bin(%(bucket)s, t, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
     sql = (
         f"SELECT {bucket} AS bucket, team, application, task_class, model, tier, {sums} "  # noqa: S608
-        f"FROM telemetry_rollup_hourly WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1"
+        f"FROM ({rows_sql}) r GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     columns = ["bucket", *DIMENSIONS, *SUM_COLUMNS]
     frame = pd.DataFrame.from_records(rows, columns=columns)
-    numeric = [c for c in SUM_COLUMNS]
+    numeric = list(SUM_COLUMNS)
     frame[numeric] = frame[numeric].astype("float64")
     frame["tier"] = frame["tier"].astype("int64")
     frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True)
@@ -463,16 +497,15 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
         )
     }
     earliest = min(starts.values())
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    span = DashboardFilters(start=earliest, end=now, bucket=_DAY)
+    rows_sql, params = rollup_rows_sql(span, daily=True)
     with connection.cursor() as cursor:
+        # Whole days come from the daily rollups and today from the hourly ones, so the
+        # slot is a day before today and an hour today.
         cursor.execute(
-            """
-            SELECT CASE WHEN hour >= %(today)s THEN hour ELSE date_trunc('day', hour) END,
-                   date_trunc('day', hour), team, application, task_class, sum(cost_usd)
-            FROM telemetry_rollup_hourly WHERE hour >= %(start)s AND hour <= %(now)s
-            GROUP BY 1, 2, 3, 4, 5 ORDER BY 1
-            """,
-            {"today": today, "start": earliest, "now": now},
+            f"SELECT t, date_trunc('day', t), team, application, task_class, "  # noqa: S608
+            f"sum(cost_usd)::float8 FROM ({rows_sql}) r GROUP BY 1, 2, 3, 4, 5 ORDER BY 1",
+            params,
         )
         rows = cursor.fetchall()
     frame = pd.DataFrame.from_records(

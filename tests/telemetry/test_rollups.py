@@ -78,7 +78,27 @@ def stored_rollups() -> dict[tuple[Any, ...], dict[str, Any]]:
     return {tuple(getattr(r, k) for k in KEY): r.__dict__ for r in HourlyRollup.objects.all()}
 
 
+def assert_daily_match_hourly() -> None:
+    from django.db.models import Sum
+
+    from telemetry.models import DailyRollup
+
+    sums = {name: Sum(name) for name in ("decisions", "outcomes", "cost_usd", "lat_b05")}
+    hourly = {
+        (r["hour__date"], r["task_class"], r["model"]): r
+        for r in HourlyRollup.objects.values("hour__date", "task_class", "model").annotate(**sums)
+    }
+    daily = {
+        (r["day__date"], r["task_class"], r["model"]): r
+        for r in DailyRollup.objects.values("day__date", "task_class", "model").annotate(**sums)
+    }
+    assert hourly.keys() == daily.keys()
+    for key, row in hourly.items():
+        assert all(row[name] == daily[key][name] for name in sums), key
+
+
 def assert_rollups_match_raw() -> None:
+    assert_daily_match_hourly()
     raw, stored = raw_rollups(), stored_rollups()
     assert set(raw) == set(stored)
     for key, expected in raw.items():
@@ -240,3 +260,19 @@ def test_rebuild_command_and_refresh_task(demo_world: dict[str, Any]) -> None:
     assert "rollups rebuilt" in out.getvalue()
     assert_rollups_match_raw()
     assert rollups_refresh_task.apply().get()["claimed"] is True
+
+
+def test_daily_buckets_read_daily_rollups_with_the_same_result(
+    demo_world: dict[str, Any],
+) -> None:
+    filters = DashboardFilters.for_range("30d")
+    daily, hourly = rollup_frame(filters), rollup_frame(filters, daily=False)
+    columns = ["decisions", "outcomes", "cost_usd", "baseline_cost_usd", *LATENCY_BUCKET_FIELDS]
+    left = daily.groupby(["bucket", "task_class", "model"])[columns].sum()
+    right = hourly.groupby(["bucket", "task_class", "model"])[columns].sum()
+    assert left.index.equals(right.index)
+    assert (left - right).abs().to_numpy().max() < 1e-6
+    from telemetry.selectors import rollup_rows_sql
+
+    sql, _ = rollup_rows_sql(filters, daily=True)
+    assert "telemetry_rollup_daily" in sql and sql.count("UNION ALL") == 2
