@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
 
@@ -529,6 +529,20 @@ def _chunks(
         yield chunk
 
 
+def _outcomes_report(outcomes: Sequence[OutcomeInput]) -> int:
+    """``outcome_report_batch``, retried when PostgreSQL breaks a deadlock: the two loader
+    processes charge the same budget rows, in whatever order their batches hold them. The
+    batch is one transaction, so a retry never charges twice."""
+    for attempt in range(5):
+        try:
+            return outcome_report_batch(outcomes)
+        except OperationalError as exc:
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return 0
+
+
 def _load_part(
     ctx: _Context,
     stamps: Sequence[tuple[datetime, str]],
@@ -540,7 +554,7 @@ def _load_part(
         rows, outcomes = _batch(ctx, chunk, _snapshot_at(chunk[0][0], versions))
         with transaction.atomic(), connection.cursor() as cursor:
             written += decision_rows_copy(cursor.cursor, rows)
-        reported += outcome_report_batch(outcomes)
+        reported += _outcomes_report(outcomes)
     return written, reported
 
 

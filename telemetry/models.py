@@ -145,6 +145,8 @@ class RollupSums(models.Model):
     task_class = models.CharField(max_length=64)
     model = models.CharField(max_length=64)
     tier = models.SmallIntegerField()
+    # The model the router chose (differs from ``model`` when the request escalated).
+    routed_model = models.CharField(max_length=64, default="")
     decisions = models.IntegerField(default=0)
     outcomes = models.IntegerField(default=0)
     successes = models.IntegerField(default=0)
@@ -176,8 +178,16 @@ class HourlyRollup(RollupSums):
         db_table = "telemetry_rollup_hourly"
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "team", "application", "task_class", "model", "tier"],
-                name="one_rollup_per_hour_and_dimensions",
+                fields=[
+                    "hour",
+                    "team",
+                    "application",
+                    "task_class",
+                    "model",
+                    "tier",
+                    "routed_model",
+                ],
+                name="one_hourly_rollup_per_dimensions",
             )
         ]
         indexes = [
@@ -200,8 +210,16 @@ class DailyRollup(RollupSums):
         db_table = "telemetry_rollup_daily"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "team", "application", "task_class", "model", "tier"],
-                name="one_rollup_per_day_and_dimensions",
+                fields=[
+                    "day",
+                    "team",
+                    "application",
+                    "task_class",
+                    "model",
+                    "tier",
+                    "routed_model",
+                ],
+                name="one_daily_rollup_per_dimensions",
             )
         ]
 

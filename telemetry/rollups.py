@@ -60,7 +60,8 @@ def _bucket_expressions() -> str:
 
 
 _COLUMNS = (
-    "hour", "team", "application", "task_class", "model", "tier", "decisions", "outcomes",
+    "hour", "team", "application", "task_class", "model", "tier", "routed_model",
+    "decisions", "outcomes",
     "successes", "escalations", "input_tokens", "output_tokens", "cost_usd",
     "baseline_cost_usd", "quality_sum", "quality_count", "latency_sum_ms",
     *LATENCY_BUCKET_FIELDS,
@@ -81,6 +82,7 @@ WITH baseline AS (
 rows AS (
     SELECT date_trunc('hour', d.created_at) AS hour, d.team, d.application, d.task_class,
            coalesce(o.final_model, d.model) AS model, coalesce(o.final_tier, d.tier) AS tier,
+           d.model AS routed_model,
            o.decision_id IS NOT NULL AS reported, o.final_status, o.escalated,
            o.input_tokens, o.output_tokens, o.cost_usd, o.quality_score,
            o.latency_ms AS o_latency,
@@ -94,7 +96,7 @@ rows AS (
     WHERE d.created_at >= %(start)s AND d.created_at < %(end)s
 )
 INSERT INTO telemetry_rollup_hourly ({", ".join(_COLUMNS)})
-SELECT hour, team, application, task_class, model, tier,
+SELECT hour, team, application, task_class, model, tier, routed_model,
        count(*),
        count(*) FILTER (WHERE reported),
        count(*) FILTER (WHERE final_status = 'ok'),
@@ -108,17 +110,17 @@ SELECT hour, team, application, task_class, model, tier,
        coalesce(sum(o_latency), 0),
        {_bucket_expressions()}
 FROM rows
-GROUP BY hour, team, application, task_class, model, tier
+GROUP BY hour, team, application, task_class, model, tier, routed_model
 """  # noqa: S608 (column names are constants)
 
 
 _DAILY_SQL = f"""
 INSERT INTO telemetry_rollup_daily (day, {", ".join(_COLUMNS[1:])})
-SELECT date_trunc('day', hour), team, application, task_class, model, tier,
-       {", ".join(f"sum({c})" for c in _COLUMNS[6:])}
+SELECT date_trunc('day', hour), team, application, task_class, model, tier, routed_model,
+       {", ".join(f"sum({c})" for c in _COLUMNS[7:])}
 FROM telemetry_rollup_hourly
 WHERE hour >= %(start)s AND hour < %(end)s
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """  # noqa: S608 (column names are constants)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -123,7 +123,7 @@ def rollup_rows_sql(filters: DashboardFilters, *, daily: bool) -> tuple[str, dic
     and last days from the hourly ones (three index range scans, no OR).
     """
     start = _hour_floor(filters.start)
-    columns = ", ".join((*DIMENSIONS, *SUM_COLUMNS))
+    columns = ", ".join((*DIMENSIONS, "routed_model", *SUM_COLUMNS))
     params: dict[str, Any] = {}
     dims = ""
     for name, value in filters.dimension_items():
@@ -173,6 +173,26 @@ def rollup_frame(filters: DashboardFilters, *, daily: bool | None = None) -> pd.
     numeric = list(SUM_COLUMNS)
     frame[numeric] = frame[numeric].astype("float64")
     frame["tier"] = frame["tier"].astype("int64")
+    frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True)
+    return frame
+
+
+def escalation_frame(filters: DashboardFilters, *, routed_model: str) -> pd.DataFrame:
+    """Per bucket: outcomes and escalations of the requests the router sent to
+    ``routed_model``, whichever model finally served them (a model page's view of its
+    outages: those requests are served, and so counted, elsewhere)."""
+    unfiltered = replace(filters, model="", tier=None)
+    rows_sql, params = rollup_rows_sql(unfiltered, daily=filters.bucket % _DAY == timedelta(0))
+    params.update(bucket=filters.bucket, routed=routed_model)
+    bucket = "date_bin(%(bucket)s, t, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {bucket}, sum(escalations)::float8, sum(outcomes)::float8 "  # noqa: S608
+            f"FROM ({rows_sql}) r WHERE routed_model = %(routed)s GROUP BY 1 ORDER BY 1",
+            params,
+        )
+        rows = cursor.fetchall()
+    frame = pd.DataFrame.from_records(rows, columns=["bucket", "escalations", "outcomes"])
     frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True)
     return frame
 

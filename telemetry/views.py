@@ -38,6 +38,30 @@ class Chart:
     wide: bool = False
 
 
+def _escalation_chart(focus: str) -> Chart:
+    guide = "Below 2 %: try a cheaper tier. Above 15 %: the class needs a stronger one."
+    if focus == "task_class":
+        return Chart(
+            "escalation",
+            "Escalation rate over time",
+            guide,
+            lambda f, c: figures.escalation_trend_figure(f, changes=c["changes"]),
+        )
+    if focus == "model":
+        return Chart(
+            "escalation",
+            "Escalations away from this model",
+            "Requests routed here that moved to a fallback (an outage shows here). " + guide,
+            lambda f, c: figures.escalation_trend_figure(c["routed"], changes=c["changes"]),
+        )
+    return Chart(
+        "escalation",
+        "Escalation rate per task class",
+        guide,
+        lambda f, c: figures.escalation_figure(f),
+    )
+
+
 def _charts(focus: str) -> list[Chart]:
     """The charts of a page; ``focus`` is "overview", "task_class" or "model"."""
     baseline = settings.SWITCHYARD_BASELINE_MODEL
@@ -62,16 +86,7 @@ def _charts(focus: str) -> list[Chart]:
             "Share of requests each tier served.",
             lambda f, c: figures.tier_share_figure(f, changes=c["changes"]),
         ),
-        Chart(
-            "escalation",
-            "Escalation rate over time"
-            if focus == "task_class"
-            else "Escalation rate per task class",
-            "Below 2 %: try a cheaper tier. Above 15 %: the class needs a stronger one.",
-            (lambda f, c: figures.escalation_trend_figure(f, changes=c["changes"]))
-            if focus == "task_class"
-            else (lambda f, c: figures.escalation_figure(f)),
-        ),
+        _escalation_chart(focus),
         Chart(
             "latency",
             "Latency per model",
@@ -160,7 +175,9 @@ def _dashboard(
         return render(request, f"{template}#budgets", context)
     frame = selectors.rollup_frame(filters)
     changes: list[RoutingChange] = selectors.routing_changes(start=filters.start, end=filters.end)
-    build_context = {"stack": form.stack_choice(), "changes": changes}
+    build_context: dict[str, Any] = {"stack": form.stack_choice(), "changes": changes}
+    if focus == "model" and any(c.name == "escalation" for c in charts):
+        build_context["routed"] = selectors.escalation_frame(filters, routed_model=fixed["model"])
     context["charts"] = [
         {"chart": chart, "json": figures.figure_json(chart.build(frame, build_context))}
         for chart in charts

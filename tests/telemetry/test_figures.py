@@ -9,7 +9,13 @@ import pytest
 from django.utils import timezone
 
 from telemetry import figures
-from telemetry.selectors import DashboardFilters, budget_burns, rollup_frame, routing_changes
+from telemetry.selectors import (
+    DashboardFilters,
+    budget_burns,
+    escalation_frame,
+    rollup_frame,
+    routing_changes,
+)
 from telemetry.views import _charts
 
 
@@ -23,9 +29,11 @@ def test_every_chart_is_a_valid_plotly_figure(demo_world: dict[str, Any], focus:
     frame = rollup_frame(filters)
     changes = routing_changes(start=filters.start - timezone.timedelta(days=30), end=filters.end)
     assert not frame.empty
+    routed = escalation_frame(filters, routed_model="llama-3.1-8b-local")
     for stack in figures.STACKS:
         for chart in _charts(focus):
-            fig = _validate(chart.build(frame, {"stack": stack, "changes": changes}))
+            context = {"stack": stack, "changes": changes, "routed": routed}
+            fig = _validate(chart.build(frame, context))
             assert fig.data, chart.name
     for burn in budget_burns():
         assert _validate(figures.budget_figure(burn, now=timezone.now())).data
@@ -35,8 +43,9 @@ def test_charts_of_an_empty_range_say_so(demo_world: dict[str, Any]) -> None:
     filters = DashboardFilters.for_range("7d", team="nobody")
     frame = rollup_frame(filters)
     assert frame.empty
-    for chart in _charts("overview"):
-        fig = _validate(chart.build(frame, {"stack": "model", "changes": []}))
+    for chart in _charts("model"):
+        context = {"stack": "model", "changes": [], "routed": frame}
+        fig = _validate(chart.build(frame, context))
         assert "No " in fig.layout.annotations[0].text
 
 

@@ -29,7 +29,7 @@ from telemetry.selectors import (
 )
 from telemetry.services import OutcomeInput, outcome_report
 
-KEY = ("hour", "team", "application", "task_class", "model", "tier")
+KEY = ("hour", "team", "application", "task_class", "model", "tier", "routed_model")
 
 
 def raw_rollups() -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -51,6 +51,7 @@ def raw_rollups() -> dict[tuple[Any, ...], dict[str, Any]]:
             d.task_class,
             o.final_model if o else d.model,
             o.final_tier if o else d.tier,
+            d.model,
         )
         row = rows[key]
         row["decisions"] += 1
@@ -212,7 +213,7 @@ def test_concurrent_refreshes_never_double_count(transactional_db: Any) -> None:
     demo_registry_load()
     from telemetry.demo_traffic import demo_traffic_load
 
-    demo_traffic_load(decisions=600, days=1, seed=3)
+    demo_traffic_load(decisions=600, days=1, seed=3, processes=1)
     template = DecisionRecord.objects.order_by("-created_at").first()
     assert template is not None
     for minutes in (1, 2, 3):

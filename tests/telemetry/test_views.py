@@ -199,3 +199,14 @@ def test_csv_export_reads_in_keyset_chunks(demo_world: dict[str, Any]) -> None:
     assert len({r[0] for r in rows}) == len(rows)
     keys = [(r[1], r[0]) for r in rows]
     assert keys == sorted(keys, reverse=True)
+
+
+def test_model_page_counts_escalations_away_from_the_model(viewer: Client) -> None:
+    from telemetry.selectors import DashboardFilters, escalation_frame
+
+    routed = DecisionOutcome.objects.filter(routed_model="llama-3.1-8b-local")
+    frame = escalation_frame(DashboardFilters.for_range("7d"), routed_model="llama-3.1-8b-local")
+    assert frame["outcomes"].sum() == routed.count()
+    assert frame["escalations"].sum() == routed.filter(escalated=True).count()
+    html = viewer.get("/dashboards/models/llama-3.1-8b-local/?range=7d").content.decode()
+    assert "Escalations away from this model" in html
