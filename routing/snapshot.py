@@ -239,6 +239,7 @@ class RegistryCache:
         self._budgets_at = 0.0
         self._keys: dict[str, KeyInfo | None] = {}
         self._refresher: threading.Thread | None = None
+        self._inputs: tuple[Any, ...] | None = None
 
     def invalidate(self) -> None:
         with self._lock:
@@ -295,9 +296,12 @@ class RegistryCache:
             if reload_static or now_mono - self._budgets_at >= budget_s:
                 assert self._static is not None
                 p95, quality = _model_stats()
-                self._snapshot = _snapshot_from(
-                    self._static, _budget_states(self._static.budgets, now), p95, quality
-                )
+                budgets = _budget_states(self._static.budgets, now)
+                inputs = (budgets, p95, quality)
+                # Rebuild only when something moved: a rebuild holds the GIL for a moment.
+                if reload_static or inputs != self._inputs:
+                    self._snapshot = _snapshot_from(self._static, budgets, p95, quality)
+                    self._inputs = inputs
                 self._budgets_at = now_mono
             self._checked_at = now_mono
 
