@@ -339,7 +339,11 @@ class Attention:
 
 
 def attention_items(
-    frame: pd.DataFrame, burns: Sequence[BudgetBurn], *, min_outcomes: int = 50
+    frame: pd.DataFrame,
+    burns: Sequence[BudgetBurn],
+    *,
+    min_outcomes: int = 50,
+    escalations: bool = True,
 ) -> list[Attention]:
     """What needs a look, most urgent first: escalation rates outside the 2–15 % band,
     budgets past their soft limit or projected to run out this period, and task classes
@@ -378,7 +382,9 @@ def attention_items(
     tiers = frame.groupby(["task_class", "tier"])["decisions"].sum().reset_index()
     main_tier = tiers.sort_values("decisions").groupby("task_class")["tier"].last()
     for task_class, row in by_class.iterrows():
-        if row["outcomes"] < min_outcomes:
+        # On a model page the frame holds what the model served: requests that escalated
+        # onto it are not its escalation rate (its own is charted from the routed model).
+        if not escalations or row["outcomes"] < min_outcomes:
             continue
         rate = row["escalations"] / row["outcomes"]
         if rate > 0.15:

@@ -165,6 +165,8 @@ def _dashboard(
         "stacks": figures.STACKS,
         "baseline_model": settings.SWITCHYARD_BASELINE_MODEL,
         "refresh": focus == "overview",
+        # Rollups are hourly: the range starts at the top of its first hour.
+        "data_start": filters.start.replace(minute=0, second=0, microsecond=0),
         **extra,
     }
     template = "telemetry/dashboard.html"
@@ -189,7 +191,7 @@ def _dashboard(
     context["headline"] = selectors.headline(frame)
     burns = selectors.budget_burns(task_class=fixed.get("task_class", ""))
     context["budgets"] = _budget_cards(burns)
-    context["attention"] = selectors.attention_items(frame, burns)
+    context["attention"] = selectors.attention_items(frame, burns, escalations=focus != "model")
     if target == "dashboard":
         return render(request, f"{template}#dashboard", context)
     context["options"] = selectors.filter_options()

@@ -210,3 +210,10 @@ def test_model_page_counts_escalations_away_from_the_model(viewer: Client) -> No
     assert frame["escalations"].sum() == routed.filter(escalated=True).count()
     html = viewer.get("/dashboards/models/llama-3.1-8b-local/?range=7d").content.decode()
     assert "Escalations away from this model" in html
+
+
+def test_detail_query_count_is_bounded(viewer: Client, django_assert_max_num_queries: Any) -> None:
+    record = DecisionRecord.objects.first()
+    assert record is not None
+    with django_assert_max_num_queries(7):
+        assert viewer.get(f"/decisions/{record.id}/").status_code == 200
