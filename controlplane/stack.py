@@ -361,6 +361,7 @@ def run() -> int:
     fleet_port = int(os.environ.get("FLEET_PORT", "8100"))
     services = Services()
     processes: list[subprocess.Popen[bytes]] = []
+    demo: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -374,7 +375,9 @@ def run() -> int:
         services.start()
         env = local_http_env() | services.env
         env["FLEET_URL"] = env.get("FLEET_URL", f"http://127.0.0.1:{fleet_port}/v1")
-        _manage("prepare", env=env)
+        # The registry first (seconds); the 30 days of demo traffic load in the background
+        # once the web server answers, so the first start stays quick.
+        _manage("prepare", "--demo-registry-only", env=env)
         log_dir = VAR_DIR / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         prom_dir = VAR_DIR / "prometheus"
@@ -435,6 +438,16 @@ def run() -> int:
                     cwd=BASE_DIR,
                 )
             )
+        demo_log = open(log_dir / "demo.log", "ab")  # noqa: SIM115 (lives as long as the child)
+        demo = subprocess.Popen(
+            [_python(), str(BASE_DIR / "manage.py"), "demo_load"],
+            env=env,
+            stdout=demo_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=BASE_DIR,
+        )
         if not _wait_port(port, 60):
             _say(f"gunicorn did not start; see {log_dir / 'web.log'}")
             return 1
@@ -449,10 +462,17 @@ def run() -> int:
             f"{','.join(credentials['api_key']['scopes'])}):",
             f"  {credentials['api_key']['secret']}",
             f"API docs: http://127.0.0.1:{port}/api/docs/   logs: {log_dir}",
+            "Demo traffic (30 days, 200k decisions) is loading in the background on first "
+            f"start (about a minute; progress in {log_dir / 'demo.log'}).",
             "Press Ctrl-C to stop everything.",
         ]
         print("\n".join(lines), flush=True)
+        demo_reported = False
         while not stopping:
+            if not demo_reported and demo.poll() is not None:
+                demo_reported = True
+                outcome = "ready" if demo.returncode == 0 else f"failed ({demo.returncode})"
+                _say(f"demo data {outcome}; see {log_dir / 'demo.log'}")
             for name, proc in zip(commands, processes, strict=True):
                 if proc.poll() is not None:
                     _say(f"{name} exited with {proc.returncode}; see {log_dir / (name + '.log')}")
@@ -461,6 +481,8 @@ def run() -> int:
         return 0
     finally:
         _say("stopping…")
+        if demo is not None:
+            processes.append(demo)
         _terminate(processes)
         services.stop()
         _say("stopped")

@@ -108,7 +108,7 @@ def _models_load(now: datetime) -> dict[str, ModelInfo]:
     return models
 
 
-def _route_info(route: Route) -> RouteInfo:
+def route_info(route: Route) -> RouteInfo:
     threshold = route.escalate_confidence_below
     return RouteInfo(
         task_class=route.task_class.slug,
@@ -135,7 +135,7 @@ def _static_load(now: datetime) -> _Static:
     if active is not None:
         for route in active.routes.select_related("task_class", "primary"):
             if route.task_class.is_active:
-                routes[route.task_class.slug] = _route_info(route)
+                routes[route.task_class.slug] = route_info(route)
     task_classes = {}
     extras = {}
     for tc in TaskClass.objects.filter(is_active=True):

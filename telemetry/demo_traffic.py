@@ -55,7 +55,7 @@ from routing.engine import (
     snapshot_build,
 )
 from routing.recording import decision_row_build
-from routing.snapshot import _route_info, registry_snapshot_build
+from routing.snapshot import registry_snapshot_build, route_info
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionRecord
 from telemetry.partitions import partitions_ensure
@@ -288,7 +288,7 @@ def _versions() -> list[tuple[datetime, int, dict[str, Any]]]:
         "activated_at"
     ):
         routes = {
-            r.task_class.slug: _route_info(r)
+            r.task_class.slug: route_info(r)
             for r in Route.objects.filter(version=version).select_related("task_class", "primary")
         }
         assert version.activated_at is not None

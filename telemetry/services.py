@@ -20,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
+import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -78,9 +79,7 @@ class PriceBook:
         price = self.price_at(model, when)
         if price is None:
             return Decimal(0)
-        return (
-            price.input_per_mtok * input_tokens + price.output_per_mtok * output_tokens
-        ) / _MTOK
+        return (price.input_per_mtok * input_tokens + price.output_per_mtok * output_tokens) / _MTOK
 
 
 _pricebook_lock = threading.Lock()
@@ -107,10 +106,14 @@ def budgets_applicable(*, team: str, application: str, task_class: str) -> list[
         )
         if b.scope == "global"
         or (b.scope == "team" and b.team is not None and b.team.slug == team)
-        or (b.scope == "application" and b.application is not None
-            and b.application.slug == application)
-        or (b.scope == "task_class" and b.task_class is not None
-            and b.task_class.slug == task_class)
+        or (
+            b.scope == "application"
+            and b.application is not None
+            and b.application.slug == application
+        )
+        or (
+            b.scope == "task_class" and b.task_class is not None and b.task_class.slug == task_class
+        )
     ]
 
 
@@ -150,20 +153,24 @@ def _attempts_priced(
     total = Decimal(0)
     for attempt in item.attempts:
         cost = pricebook.cost(
-            attempt["model"], item.decision.created_at,
-            attempt["input_tokens"], attempt["output_tokens"],
+            attempt["model"],
+            item.decision.created_at,
+            attempt["input_tokens"],
+            attempt["output_tokens"],
         )
         total += cost
-        priced.append({
-            "model": attempt["model"],
-            "tier": pricebook.tiers.get(attempt["model"], 0),
-            "status": attempt["status"],
-            "latency_ms": attempt["latency_ms"],
-            "input_tokens": attempt["input_tokens"],
-            "output_tokens": attempt["output_tokens"],
-            "escalation_reason": attempt.get("escalation_reason", ""),
-            "cost_usd": str(cost),
-        })
+        priced.append(
+            {
+                "model": attempt["model"],
+                "tier": pricebook.tiers.get(attempt["model"], 0),
+                "status": attempt["status"],
+                "latency_ms": attempt["latency_ms"],
+                "input_tokens": attempt["input_tokens"],
+                "output_tokens": attempt["output_tokens"],
+                "escalation_reason": attempt.get("escalation_reason", ""),
+                "cost_usd": str(cost),
+            }
+        )
     return priced, total
 
 
@@ -182,7 +189,7 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
         outcome = DecisionOutcome.objects.select_for_update().get(
             decision_id=decision.id, decision_created_at=decision.created_at
         )
-        new_attempts = priced[outcome.charged_attempts:]
+        new_attempts = priced[outcome.charged_attempts :]
         new_cost = sum((Decimal(a["cost_usd"]) for a in new_attempts), Decimal(0))
         for field_name, value in _outcome_fields(item, priced, total_cost, last).items():
             setattr(outcome, field_name, value)
@@ -193,7 +200,8 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
         ).update(**{f: getattr(outcome, f) for f in _UPDATED_FIELDS})
         if new_cost > 0:
             for budget in budgets_applicable(
-                team=decision.team, application=decision.application,
+                team=decision.team,
+                application=decision.application,
                 task_class=decision.task_class,
             ):
                 budget_charge(budget=budget, when=decision.created_at, amount=new_cost)
@@ -201,9 +209,22 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
 
 
 _UPDATED_FIELDS = (
-    "reported_at", "final_model", "final_tier", "final_status", "attempts", "attempt_count",
-    "escalated", "input_tokens", "output_tokens", "cost_usd", "latency_ms", "quality_score",
-    "user_feedback", "validation", "retrieval_document_ids", "charged_attempts",
+    "reported_at",
+    "final_model",
+    "final_tier",
+    "final_status",
+    "attempts",
+    "attempt_count",
+    "escalated",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "quality_score",
+    "user_feedback",
+    "validation",
+    "retrieval_document_ids",
+    "charged_attempts",
 )
 
 
@@ -236,42 +257,77 @@ def _outcome_fields(
     }
 
 
-def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
-    """Many first-time outcomes in one transaction (demo and benchmark loaders).
+_OUTCOME_COLUMNS = (
+    "decision_id", "decision_created_at", "reported_at", "application_id", "application",
+    "team", "task_class", "routed_model", "routed_tier", "final_model", "final_tier",
+    "final_status", "attempts", "attempt_count", "escalated", "input_tokens", "output_tokens",
+    "cost_usd", "latency_ms", "quality_score", "user_feedback", "validation",
+    "retrieval_document_ids", "charged_attempts",
+)  # fmt: skip
+_OUTCOME_JSON = {"attempts", "validation"}
 
-    Same cost and charging rules as ``outcome_report``; budgets are charged once per
-    (budget, period) with the batch's sum.
+
+def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
+    key = budget.scope_key
+    return (
+        budget.scope == "global"
+        or (budget.scope == "team" and key == decision.team)
+        or (budget.scope == "application" and key == decision.application)
+        or (budget.scope == "task_class" and key == decision.task_class)
+    )
+
+
+def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
+    """Many first-time outcomes in one transaction (the demo and benchmark loaders).
+
+    Same cost and charging rules as ``outcome_report``:
+    1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
+       (an outcome already reported is kept as it is).
+    2. Only the rows actually inserted are charged, once per (budget, period) with their
+       sum, in (budget, period) order so concurrent loaders cannot deadlock.
     """
     if not items:
         return 0
     pricebook = pricebook_current()
-    budgets = list(Budget.objects.filter(is_active=True).select_related(
-        "team", "application", "task_class"))
-    rows = []
-    charges: dict[tuple[int, datetime], Decimal] = {}
-    for item in items:
-        priced, total = _attempts_priced(item, pricebook)
-        fields = _outcome_fields(item, priced, total, priced[-1])
-        fields["charged_attempts"] = len(priced)
-        rows.append(DecisionOutcome(
-            decision_id=item.decision.id, decision_created_at=item.decision.created_at,
-            **fields,
-        ))
-        d = item.decision
-        for budget in budgets:
-            key = budget.scope_key
-            applies = (
-                budget.scope == "global"
-                or (budget.scope == "team" and key == d.team)
-                or (budget.scope == "application" and key == d.application)
-                or (budget.scope == "task_class" and key == d.task_class)
-            )
-            if applies and total > 0:
-                slot = (budget.pk, budget.period_start(d.created_at))
-                charges[slot] = charges.get(slot, Decimal(0)) + total
-    by_id = {b.pk: b for b in budgets}
-    with transaction.atomic():
-        DecisionOutcome.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
-        for (budget_id, period_start), amount in charges.items():
+    budgets = list(
+        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
+    )
+    costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
+    columns = ", ".join(_OUTCOME_COLUMNS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
+            "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.cursor.copy(f"COPY outcome_load ({columns}) FROM STDIN") as copy:
+            for item in items:
+                priced, total = _attempts_priced(item, pricebook)
+                fields = _outcome_fields(item, priced, total, priced[-1])
+                fields["charged_attempts"] = len(priced)
+                fields["decision_id"] = item.decision.id
+                fields["decision_created_at"] = item.decision.created_at
+                copy.write_row(
+                    tuple(
+                        orjson.dumps(fields[c]).decode() if c in _OUTCOME_JSON else fields[c]
+                        for c in _OUTCOME_COLUMNS
+                    )
+                )
+                costs[item.decision.id] = (item.decision, total)
+        cursor.execute(
+            f"INSERT INTO telemetry_outcome ({columns}) "  # noqa: S608 (constant names)
+            f"SELECT {columns} FROM outcome_load ON CONFLICT DO NOTHING RETURNING decision_id"
+        )
+        inserted = [row[0] for row in cursor.fetchall()]
+        charges: dict[tuple[int, datetime], Decimal] = {}
+        for decision_id in inserted:
+            decision, total = costs[decision_id]
+            if total <= 0:
+                continue
+            for budget in budgets:
+                if _budget_applies(budget, decision):
+                    slot = (budget.pk, budget.period_start(decision.created_at))
+                    charges[slot] = charges.get(slot, Decimal(0)) + total
+        by_id = {b.pk: b for b in budgets}
+        for (budget_id, period_start), amount in sorted(charges.items()):
             budget_charge(budget=by_id[budget_id], when=period_start, amount=amount)
-    return len(rows)
+    return len(inserted)

@@ -68,3 +68,14 @@ def _close_recorder_connection(django_db_setup: Any, django_db_blocker: Any) -> 
     from telemetry.recorder import recorder
 
     recorder.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry_caches() -> None:
+    """Per-process caches follow the registry generation, which only moves after a commit;
+    tests inside a rolled-back transaction never commit, so start each test afresh."""
+    import telemetry.services
+    from routing.snapshot import registry_cache
+
+    telemetry.services._pricebook = None
+    registry_cache.invalidate()

@@ -14,10 +14,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--no-demo", action="store_true")
+        parser.add_argument(
+            "--demo-registry-only",
+            action="store_true",
+            help="load only the demo registry, users and keys (the traffic loads later)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         call_command("decisions_maintain")
         call_command("collectstatic", interactive=False, verbosity=0)
         if not options["no_demo"]:
-            call_command("demo_load")
+            call_command("demo_load", registry_only=options["demo_registry_only"])
