@@ -366,7 +366,7 @@ def _attempt_ok(
     return rng.random() < p
 
 
-def _record_stub(**fields: Any) -> DecisionRecord:
+def _record_unsaved(**fields: Any) -> DecisionRecord:
     """The decision as outcome reporting reads it (id, time, names, model, tier).
 
     Built without ``Model.__init__`` (field defaults and init signals), which took a third
@@ -439,7 +439,7 @@ def _outcome_for(
             quality = min(1.0, max(0.0, rng.gauss(base, 0.05)))
         else:
             quality = min(1.0, max(0.0, rng.gauss(0.3, 0.1)))
-    record = _record_stub(
+    record = _record_unsaved(
         id=row["id"],
         created_at=at,
         application_id=row["application_id"],
