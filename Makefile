@@ -12,22 +12,35 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3; do \
 	  done; done; \
 	  for d in $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do [ -x $$d ] && echo $$d && exit 0; done)
 
-.PHONY: help install run test lint bench clean-var browser-deps
+.PHONY: help install upgrade run test lint bench clean-var browser-deps
 
 help:
 	@echo "make run    start web, worker, beat, replay fleet and demo data (PORT=$(PORT))"
 	@echo "make test   run the whole test suite against a real PostgreSQL"
 	@echo "make lint   ruff (lint + format check) and mypy"
 	@echo "make bench  run the benchmarks; results in bench/results/"
+	@echo "make upgrade  refresh requirements.lock to the newest allowed versions, then make test"
 
-$(VENV)/.installed: pyproject.toml
-	@if [ -z "$(PYTHON)" ]; then echo "Switchyard needs Python 3.12 or newer (Django 6)."; exit 1; fi
+# Installs come from requirements.lock: exact versions with hashes (uv pip compile --universal).
+$(VENV)/.installed: requirements.lock
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "Switchyard needs Python 3.12 or newer (Django 6); none was found on PATH or in pyenv."; \
+	  echo "Install one, or point make at it: make run PYTHON=/path/to/python3.12"; exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	@touch $@
 
 install: $(VENV)/.installed
+
+LOCK_CMD := $(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal \
+	--python-version 3.12 --generate-hashes --quiet -o requirements.lock
+
+# Newest versions pyproject.toml allows, written to the lock, installed exactly, then tested.
+upgrade: install
+	$(LOCK_CMD) --upgrade
+	$(VENV)/bin/uv pip sync --python $(PY) --require-hashes requirements.lock
+	@touch $(VENV)/.installed
+	$(MAKE) test
 
 run: install
 	PORT=$(PORT) $(PY) -m controlplane.stack run
