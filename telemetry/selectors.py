@@ -538,19 +538,20 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
         rows, columns=["slot", "day", "team", "application", "task_class", "cost"]
     )
     frame["cost"] = frame["cost"].astype("float64")
+    # Typed time columns even when no row came back: a budget with no traffic in its scope
+    # yet must still chart (an empty, time-indexed series), not compare untyped objects.
+    frame["slot"] = pd.to_datetime(frame["slot"], utc=True)
+    frame["day"] = pd.to_datetime(frame["day"], utc=True)
     burns = []
     for b in budgets:
         start = starts[b.pk]
         end = _period_end(b.period, start)
-        scoped = frame[frame["slot"] >= start] if not frame.empty else frame
+        scoped = frame[frame["slot"] >= start]
         key = b.scope_key
-        if b.scope in {"team", "application", "task_class"} and not scoped.empty:
+        if b.scope in {"team", "application", "task_class"}:
             scoped = scoped[scoped[b.scope] == key]
-        if b.period == "month" and not scoped.empty:
-            series = scoped.groupby("day")["cost"].sum()
-        else:
-            series = scoped.groupby("slot")["cost"].sum() if not scoped.empty else pd.Series()
-        spent = spends.get((b.pk, start), float(series.sum()) if len(series) else 0.0)
+        series = scoped.groupby("day" if b.period == "month" else "slot")["cost"].sum()
+        spent = spends.get((b.pk, start), float(series.sum()))
         limit = float(b.limit_usd)
         burn = BudgetBurn(
             budget_id=b.pk,

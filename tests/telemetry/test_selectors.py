@@ -77,3 +77,20 @@ def test_attention_names_escalations_budgets_and_drift(demo_world: dict[str, Any
     frame.loc[frame["task_class"] == "sql-generation", "escalations"] = frame["outcomes"]
     flagged = attention_items(frame, [], min_outcomes=5)
     assert any(i.task_class == "sql-generation" and "stronger tier" in i.text for i in flagged)
+
+
+@pytest.mark.parametrize("period", ["month", "day"])
+def test_budget_burns_of_a_budget_without_traffic(db: Any, period: str) -> None:
+    """A fresh install, or a team that has not called yet this period: nothing to chart."""
+    from decimal import Decimal
+
+    from controlplane import services
+    from controlplane.models import Team
+
+    team = Team.objects.create(slug="quiet", name="Quiet")
+    services.budget_create(
+        name="quiet", scope="team", team=team, period=period, limit_usd=Decimal("10")
+    )
+    (burn,) = budget_burns()
+    assert burn.spent_usd == 0.0 and burn.rate_per_day == 0.0 and burn.exhaustion_at is None
+    assert burn.times == [burn.period_start] and burn.cumulative == [0.0]
