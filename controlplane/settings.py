@@ -137,7 +137,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Switchyard API",
     "DESCRIPTION": "Routing control plane for hybrid small/large language-model stacks.",
     "VERSION": "1.0.0",
-    "OAS_VERSION": "3.1.0",  # request bodies are msgspec JSON Schema (routing.schemas)
+    "OAS_VERSION": "3.1.0",  # JSON Schema: the request bodies are msgspec's (routing.schemas)
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

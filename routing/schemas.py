@@ -11,7 +11,7 @@ whole group-commit batch, other callers' decisions included.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -96,23 +96,49 @@ def _field(message: str) -> str:
     return path or "body"
 
 
+def _whole_numbers(value: Any) -> Any:
+    """JSON has one number type: 34060.0 is the integer 34060 (JSON Schema agrees)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
-        # Imported here so that these definitions load without Django (benchmarks).
-        from controlplane.errors import ApiError
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            refused: msgspec.DecodeError = exc
+        else:  # rare: written as 12.0; decode again with whole floats as integers
+            try:
+                loose = _whole_numbers(msgspec.json.decode(body))
+                return msgspec.convert(loose, decoder.type, strict=True)
+            except msgspec.ValidationError as again:
+                refused = again
+    except msgspec.DecodeError as exc:
+        refused = exc
+    _refuse(refused)
 
-        if not isinstance(exc, msgspec.ValidationError):
-            raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
-        message = str(exc)
-        field = _field(message)
-        if "matching regex" in message:  # the only pattern in these bodies is Text's
-            message = (
-                "control characters (U+0000–U+001F other than tab, line feed and carriage "
-                "return) are not allowed"
-            )
-        raise ApiError(400, "invalid", f"{field}: {message}", {field: [message]}) from exc
+
+def _refuse(exc: msgspec.DecodeError) -> NoReturn:
+    """ApiError 400: malformed JSON, or the first invalid field named (ValidationError)."""
+    # Imported here so that these definitions load without Django (benchmarks).
+    from controlplane.errors import ApiError
+
+    if not isinstance(exc, msgspec.ValidationError):
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    message = str(exc)
+    field = _field(message)
+    if "matching regex" in message:  # the only pattern in these bodies is Text's
+        message = (
+            "control characters (U+0000–U+001F other than tab, line feed and carriage "
+            "return) are not allowed"
+        )
+    raise ApiError(400, "invalid", f"{field}: {message}", {field: [message]}) from exc
 
 
 def decision_input_decode(body: bytes) -> DecisionInput:

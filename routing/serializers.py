@@ -33,7 +33,7 @@ def request_body(struct: type[msgspec.Struct]) -> type[MsgspecBody]:
 
 
 class MsgspecBodyExtension(OpenApiSerializerExtension):
-    """OpenAPI 3.1 schemas are JSON Schema: msgspec's output is used as it is."""
+    """msgspec's JSON Schema of the struct as it is (OpenAPI 3.1 schemas are JSON Schema)."""
 
     target_class = MsgspecBody
     match_subclasses = True

@@ -70,9 +70,7 @@ def test_a_nul_in_any_decision_field_is_a_400_naming_it(
 
 
 @pytest.mark.parametrize("char", ["\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f"])
-def test_other_c0_control_characters_are_refused(
-    api_key: str, client: Client, char: str
-) -> None:
+def test_other_c0_control_characters_are_refused(api_key: str, client: Client, char: str) -> None:
     response = _post(client, api_key, "/api/v1/decisions", _decision(end_user=f"a{char}b"))
     assert response.status_code == 400
     assert list(response.json()["error"]["fields"]) == ["end_user"]
