@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -329,6 +330,33 @@ def pareto_front(points: pd.DataFrame, *, cost: str, quality: str) -> pd.DataFra
 
 
 @dataclass(frozen=True, slots=True)
+class EscalationBand:
+    """Below ``downgrade`` a class could try a cheaper tier; above ``upgrade`` it needs a
+    stronger one. The sweeps' monitor judges with the same two settings."""
+
+    downgrade: float
+    upgrade: float
+
+    @staticmethod
+    def percent(rate: float) -> str:
+        return f"{rate * 100:g} %"
+
+    @property
+    def guide(self) -> str:
+        return (
+            f"Below {self.percent(self.downgrade)}: try a cheaper tier. "
+            f"Above {self.percent(self.upgrade)}: the class needs a stronger one."
+        )
+
+
+def escalation_band() -> EscalationBand:
+    return EscalationBand(
+        downgrade=float(settings.SWITCHYARD_ESCALATION_DOWNGRADE_RATE),
+        upgrade=float(settings.SWITCHYARD_ESCALATION_UPGRADE_RATE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Attention:
     """One thing a manager should look at, with the page that shows it."""
 
@@ -345,7 +373,7 @@ def attention_items(
     min_outcomes: int = 50,
     escalations: bool = True,
 ) -> list[Attention]:
-    """What needs a look, most urgent first: escalation rates outside the 2–15 % band,
+    """What needs a look, most urgent first: escalation rates outside the escalation band,
     budgets past their soft limit or projected to run out this period, and task classes
     whose grader score fell (last quarter of the range against its first half)."""
     items: list[Attention] = []
@@ -381,13 +409,14 @@ def attention_items(
     by_class = frame.groupby("task_class")[["escalations", "outcomes"]].sum()
     tiers = frame.groupby(["task_class", "tier"])["decisions"].sum().reset_index()
     main_tier = tiers.sort_values("decisions").groupby("task_class")["tier"].last()
+    band = escalation_band()
     for task_class, row in by_class.iterrows():
         # On a model page the frame holds what the model served: requests that escalated
         # onto it are not its escalation rate (its own is charted from the routed model).
         if not escalations or row["outcomes"] < min_outcomes:
             continue
         rate = row["escalations"] / row["outcomes"]
-        if rate > 0.15:
+        if rate > band.upgrade:
             items.append(
                 Attention(
                     "bad",
@@ -396,7 +425,7 @@ def attention_items(
                     task_class=str(task_class),
                 )
             )
-        elif rate < 0.02 and int(main_tier.get(task_class, 1)) > 1:
+        elif rate < band.downgrade and int(main_tier.get(task_class, 1)) > 1:
             items.append(
                 Attention(
                     "info",

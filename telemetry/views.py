@@ -39,7 +39,7 @@ class Chart:
 
 
 def _escalation_chart(focus: str) -> Chart:
-    guide = "Below 2 %: try a cheaper tier. Above 15 %: the class needs a stronger one."
+    guide = selectors.escalation_band().guide
     if focus == "task_class":
         return Chart(
             "escalation",
@@ -164,6 +164,7 @@ def _dashboard(
         "stack": form.stack_choice(),
         "stacks": figures.STACKS,
         "baseline_model": settings.SWITCHYARD_BASELINE_MODEL,
+        "band": selectors.escalation_band(),
         "refresh": focus == "overview",
         # Rollups are hourly: the range starts at the top of its first hour.
         "data_start": filters.start.replace(minute=0, second=0, microsecond=0),
