@@ -22,6 +22,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from controlplane.models import (
+    ApiKey,
     Application,
     Budget,
     BudgetSpend,
@@ -617,6 +618,36 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
             burn.exhaustion_at = at if at < end else None
         burns.append(burn)
     return burns
+
+
+def traffic_seen() -> bool:
+    """Has any decision reached the dashboards yet (a fresh install has none)?"""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM telemetry_rollup_hourly)")
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class GettingStarted:
+    """What a fresh install's first screen shows: how to send the first decision."""
+
+    decisions_url: str
+    task_class: str
+    task_classes: int
+    api_keys: int
+
+
+def getting_started(*, decisions_url: str) -> GettingStarted:
+    example = (
+        TaskClass.objects.filter(is_active=True).order_by("slug").values_list("slug", flat=True)
+    )
+    return GettingStarted(
+        decisions_url=decisions_url,
+        task_class=example.first() or "ticket-triage",
+        task_classes=example.count(),
+        api_keys=ApiKey.objects.filter(revoked_at__isnull=True).count(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
