@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,7 +35,14 @@ class ModelEndpointOutput(serializers.ModelSerializer[ModelEndpoint]):
         ]
 
 
+@extend_schema_field({"type": "object", "description": "JSON Schema of the output"})
+class _JsonSchemaField(serializers.JSONField):
+    pass
+
+
 class TaskClassOutput(serializers.ModelSerializer[TaskClass]):
+    output_schema = _JsonSchemaField(allow_null=True, read_only=True)
+
     class Meta:
         model = TaskClass
         fields = [

@@ -25,6 +25,7 @@ def role_required(role: str) -> Callable[[View], View]:
                 raise PermissionDenied(f"This page needs the {role} role.")
             return view(request, *args, **kwargs)
 
+        wrapped.required_role = role  # type: ignore[attr-defined]  # read by the page tests
         return wrapped
 
     return decorator

@@ -15,23 +15,18 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-
-class Tier(models.IntegerChoices):
-    SMALL = 1, "1 · small / local"
-    MID = 2, "2 · mid-tier"
-    FRONTIER = 3, "3 · frontier"
-
-
-class Locality(models.TextChoices):
-    LOCAL = "local", "local (data stays inside the boundary)"
-    CLOUD = "cloud", "cloud"
-
-
-class ModelStatus(models.TextChoices):
-    ACTIVE = "active", "active"
-    DISABLED = "disabled", "disabled"
-    DEPRECATED = "deprecated", "deprecated"
-
+from routing.enums import (
+    BudgetPeriod,
+    BudgetScope,
+    DataPolicy,
+    HardAction,
+    LatencyClass,
+    Locality,
+    ModelStatus,
+    Risk,
+    Tier,
+    choices,
+)
 
 MODEL_SLUG_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]*$", "Use lowercase letters, digits, dots, hyphens or underscores."
@@ -44,23 +39,25 @@ class ModelEndpoint(models.Model):
     base_url = models.URLField(max_length=300, help_text="OpenAI-compatible base URL (…/v1)")
     provider_model = models.CharField(max_length=128, help_text="Model id sent to the provider")
     version = models.CharField(max_length=64, blank=True)
-    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
-    locality = models.CharField(max_length=8, choices=Locality.choices)
+    tier = models.PositiveSmallIntegerField(choices=choices(Tier))
+    locality = models.CharField(max_length=8, choices=choices(Locality))
     context_window = models.PositiveIntegerField(validators=[MinValueValidator(256)])
     max_output_tokens = models.PositiveIntegerField(validators=[MinValueValidator(1)])
-    status = models.CharField(max_length=12, choices=ModelStatus.choices, default="active")
+    status = models.CharField(max_length=12, choices=choices(ModelStatus), default="active")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["tier", "slug"]
         constraints = [
-            models.CheckConstraint(condition=Q(tier__in=[1, 2, 3]), name="model_tier_valid"),
             models.CheckConstraint(
-                condition=Q(locality__in=["local", "cloud"]), name="model_locality_valid"
+                condition=Q(tier__in=[t.value for t in Tier]), name="model_tier_valid"
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["active", "disabled", "deprecated"]),
+                condition=Q(locality__in=[v.value for v in Locality]), name="model_locality_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[v.value for v in ModelStatus]),
                 name="model_status_valid",
             ),
         ]
@@ -116,31 +113,16 @@ class ModelPrice(models.Model):
         ) / Decimal(1_000_000)
 
 
-class Risk(models.TextChoices):
-    NORMAL = "normal", "normal"
-    HIGH = "high", "high (human handoff)"
-
-
-class DataPolicy(models.TextChoices):
-    ANY = "any", "any model"
-    LOCAL_ONLY = "local_only", "local models only"
-
-
-class LatencyClass(models.TextChoices):
-    INTERACTIVE = "interactive", "interactive"
-    BATCH = "batch", "batch"
-
-
 class TaskClass(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True)
-    risk = models.CharField(max_length=8, choices=Risk.choices, default="normal")
-    data_policy = models.CharField(max_length=12, choices=DataPolicy.choices, default="any")
+    risk = models.CharField(max_length=8, choices=choices(Risk), default="normal")
+    data_policy = models.CharField(max_length=12, choices=choices(DataPolicy), default="any")
     default_output_cap = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     output_schema = models.JSONField(null=True, blank=True, help_text="JSON Schema of the output")
     latency_class = models.CharField(
-        max_length=12, choices=LatencyClass.choices, default="interactive"
+        max_length=12, choices=choices(LatencyClass), default="interactive"
     )
     quality_target = models.DecimalField(
         max_digits=4,
@@ -294,30 +276,13 @@ class Application(models.Model):
         return self.slug
 
 
-class BudgetScope(models.TextChoices):
-    GLOBAL = "global", "global"
-    TEAM = "team", "team"
-    APPLICATION = "application", "application"
-    TASK_CLASS = "task_class", "task class"
-
-
-class BudgetPeriod(models.TextChoices):
-    DAY = "day", "day"
-    MONTH = "month", "month"
-
-
-class HardAction(models.TextChoices):
-    BLOCK = "block", "block (429)"
-    LOCAL_ONLY = "local_only", "local models only"
-
-
 class Budget(models.Model):
     name = models.CharField(max_length=120, unique=True)
-    scope = models.CharField(max_length=12, choices=BudgetScope.choices)
+    scope = models.CharField(max_length=12, choices=choices(BudgetScope))
     team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE)
     application = models.ForeignKey(Application, null=True, blank=True, on_delete=models.CASCADE)
     task_class = models.ForeignKey(TaskClass, null=True, blank=True, on_delete=models.CASCADE)
-    period = models.CharField(max_length=6, choices=BudgetPeriod.choices)
+    period = models.CharField(max_length=6, choices=choices(BudgetPeriod))
     limit_usd = models.DecimalField(
         max_digits=14, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
     )
@@ -328,7 +293,7 @@ class Budget(models.Model):
         validators=[MinValueValidator(Decimal("1")), MaxValueValidator(Decimal("100"))],
         help_text="Above this share of the limit, requests are downgraded one tier",
     )
-    hard_action = models.CharField(max_length=12, choices=HardAction.choices, default="block")
+    hard_action = models.CharField(max_length=12, choices=choices(HardAction), default="block")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

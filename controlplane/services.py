@@ -166,7 +166,7 @@ def model_price_add(
 
 
 def model_endpoint_set_status(*, model: ModelEndpoint, status: str) -> ModelEndpoint:
-    if status not in ModelStatus.values:
+    if status not in ModelStatus:
         raise ValidationError({"status": f"Unknown status {status!r}."})
     model.status = status
     model.save(update_fields=["status", "updated_at"])

@@ -137,6 +137,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Switchyard API",
     "DESCRIPTION": "Routing control plane for hybrid small/large language-model stacks.",
     "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",  # JSON Schema: the request bodies are msgspec's (routing.schemas)
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -145,7 +146,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],  # the schema is public
     "SERVE_AUTHENTICATION": [],
     "ENUM_NAME_OVERRIDES": {
-        "AttemptStatusEnum": "telemetry.services.ATTEMPT_STATUSES",
+        "AttemptStatusEnum": "routing.enums.AttemptStatus",
     },
 }
 

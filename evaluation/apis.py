@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -14,11 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.authentication import ApiPrincipal
-from controlplane.errors import ApiError
+from controlplane.errors import ApiError, ErrorSerializer
 from controlplane.permissions import scope_required
 from controlplane.roles import REVIEWER, user_has_role
 from evaluation import selectors, services
-from evaluation.models import Proposal
+from evaluation.models import Proposal, ProposalStatus
 
 
 class ReviewerPerson(BasePermission):
@@ -79,30 +79,48 @@ def _get(public_id: UUID) -> Proposal:
         raise Http404 from None
 
 
+# "open" is proposed or approved; the rest are the stored statuses.
+STATUS_FILTERS = ["open", *ProposalStatus.values]
+_READ_ERRORS = {
+    401: OpenApiResponse(ErrorSerializer, description="Missing, invalid or revoked key"),
+    403: OpenApiResponse(ErrorSerializer, description="The key lacks the read scope"),
+}
+_REVIEW_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
+    401: OpenApiResponse(ErrorSerializer, description="Not signed in"),
+    403: OpenApiResponse(ErrorSerializer, description="Needs a signed-in Reviewer (no API key)"),
+    404: OpenApiResponse(ErrorSerializer, description="No such proposal"),
+    409: OpenApiResponse(ErrorSerializer, description="The proposal is no longer open"),
+}
+
+
 class ProposalListApi(APIView):
     permission_classes = [scope_required("read")]
 
-    class FilterSerializer(serializers.Serializer[Any]):
-        status = serializers.ChoiceField(
-            choices=[
-                "open",
-                "proposed",
-                "approved",
-                "rejected",
-                "applied",
-                "rolled_back",
-                "superseded",
-            ],
-            required=False,
-        )
-
     @extend_schema(
-        parameters=[FilterSerializer], responses=ProposalOutput(many=True), tags=["proposals"]
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                enum=STATUS_FILTERS,
+                required=False,
+                description="open = proposed or approved",
+            )
+        ],
+        responses={
+            200: ProposalOutput(many=True),
+            400: OpenApiResponse(ErrorSerializer, description="Unknown status filter"),
+            **_READ_ERRORS,
+        },
+        tags=["proposals"],
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
-        rows = selectors.proposal_list(status=filters.validated_data.get("status"), limit=200)
+        # Checked by hand: a form-style serializer would take "?status=" as "not given".
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUS_FILTERS:
+            message = f"status must be one of {', '.join(STATUS_FILTERS)}."
+            raise ApiError(400, "invalid", message, {"status": [message]})
+        rows = selectors.proposal_list(status=status, limit=200)
         context = {"active_number": selectors.active_version_number()}
         return Response(ProposalOutput([r.proposal for r in rows], many=True, context=context).data)
 
@@ -110,7 +128,14 @@ class ProposalListApi(APIView):
 class ProposalDetailApi(APIView):
     permission_classes = [scope_required("read")]
 
-    @extend_schema(responses=ProposalOutput, tags=["proposals"])
+    @extend_schema(
+        responses={
+            200: ProposalOutput,
+            404: OpenApiResponse(ErrorSerializer, description="No such proposal"),
+            **_READ_ERRORS,
+        },
+        tags=["proposals"],
+    )
     def get(self, request: Request, public_id: UUID) -> Response:
         context = {"active_number": selectors.active_version_number()}
         return Response(ProposalOutput(_get(public_id), context=context).data)
@@ -123,7 +148,11 @@ class ReviewInput(serializers.Serializer[Any]):
 class ProposalApproveApi(APIView):
     permission_classes = [ReviewerPerson]
 
-    @extend_schema(request=ReviewInput, responses=ProposalOutput, tags=["proposals"])
+    @extend_schema(
+        request=ReviewInput,
+        responses={200: ProposalOutput, **_REVIEW_ERRORS},
+        tags=["proposals"],
+    )
     def post(self, request: Request, public_id: UUID) -> Response:
         data = ReviewInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -142,7 +171,11 @@ class ProposalApproveApi(APIView):
 class ProposalRejectApi(APIView):
     permission_classes = [ReviewerPerson]
 
-    @extend_schema(request=ReviewInput, responses=ProposalOutput, tags=["proposals"])
+    @extend_schema(
+        request=ReviewInput,
+        responses={200: ProposalOutput, **_REVIEW_ERRORS},
+        tags=["proposals"],
+    )
     def post(self, request: Request, public_id: UUID) -> Response:
         data = ReviewInput(data=request.data)
         data.is_valid(raise_exception=True)

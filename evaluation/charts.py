@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+from django.conf import settings
 
 _LAYOUT: dict[str, Any] = {
     "margin": {"l": 50, "r": 20, "t": 40, "b": 40},
@@ -86,7 +87,7 @@ def escalation_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
             },
         )
     )
-    threshold = float(evidence.get("threshold", 0.15))
+    threshold = float(evidence.get("threshold", settings.SWITCHYARD_ESCALATION_UPGRADE_RATE))
     figure.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.0%}")
     figure.update_layout(**_LAYOUT, title="Escalation rate (95 % interval)")
     return _as_json(figure)

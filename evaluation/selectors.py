@@ -27,6 +27,7 @@ from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
     GraderConfig,
     Proposal,
+    ProposalStatus,
     SweepRun,
     SweepSample,
 )
@@ -329,3 +330,8 @@ def sweep_schedule_list() -> QuerySet[PeriodicTask]:
         .select_related("crontab", "interval")
         .order_by("name")
     )
+
+
+def proposal_waiting_count() -> int:
+    """Proposals that wait for a Reviewer's decision (the landing page points to them)."""
+    return Proposal.objects.filter(status=ProposalStatus.PROPOSED).count()

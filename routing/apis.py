@@ -17,13 +17,13 @@ from controlplane.errors import ApiError
 from controlplane.permissions import scope_required
 from controlplane.roles import ADMIN, user_has_role
 from routing import metrics
+from routing.schemas import DecisionInput, OutcomeReport, outcome_report_decode
 from routing.serializers import (
     DecisionDetailOutput,
-    DecisionInputSerializer,
     DecisionOutputSerializer,
     ErrorSerializer,
-    OutcomeInputSerializer,
     OutcomeOutputSerializer,
+    request_body,
 )
 from routing.services import decision_create
 from telemetry.ids import is_uuid7, uuid7_time
@@ -53,7 +53,7 @@ class DecisionCreateApi(APIView):
     permission_classes: list[Any] = []
 
     @extend_schema(
-        request=DecisionInputSerializer,
+        request=request_body(DecisionInput),
         responses={
             201: DecisionOutputSerializer,
             200: OpenApiResponse(DecisionOutputSerializer, description="Repeated request_id"),
@@ -117,24 +117,32 @@ class DecisionOutcomeApi(APIView):
     permission_classes = [scope_required("report")]
 
     @extend_schema(
-        request=OutcomeInputSerializer,
+        request=request_body(OutcomeReport),
         responses={200: OutcomeOutputSerializer, 404: ErrorSerializer, **_ERRORS},
         tags=["decisions"],
     )
     def post(self, request: Request, decision_id: str) -> Response:
-        data = OutcomeInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        report = outcome_report_decode(request._request.body)  # the one schema, as decided
         record = _decision_for(request, decision_id)
-        values = data.validated_data
         outcome = outcome_report(
             OutcomeInput(
                 decision=record,
-                attempts=values["attempts"],
-                final_status=values["final_status"],
-                quality_score=values.get("quality_score"),
-                user_feedback=values.get("user_feedback", ""),
-                validation=values.get("validation"),
-                retrieval_document_ids=values.get("retrieval_document_ids", []),
+                attempts=[
+                    {
+                        "model": a.model,
+                        "status": a.status.value,
+                        "latency_ms": a.latency_ms,
+                        "input_tokens": a.input_tokens,
+                        "output_tokens": a.output_tokens,
+                        "escalation_reason": a.escalation_reason,
+                    }
+                    for a in report.attempts
+                ],
+                final_status=report.final_status.value,
+                quality_score=report.quality_score,
+                user_feedback=report.user_feedback,
+                validation=report.validation,
+                retrieval_document_ids=report.retrieval_document_ids,
             )
         )
         return Response(OutcomeOutputSerializer.from_outcome(outcome))

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from routing import enums
+
 __all__ = [
     "BUDGET_SCOPE_VALUES",
     "DATA_CLASSIFICATION_VALUES",
@@ -47,16 +49,16 @@ __all__ = [
 Strategy = Literal["rule", "policy", "budget", "fallback"]
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
-TIER_VALUES: Final = frozenset({1, 2, 3})
-LOCALITY_VALUES: Final = frozenset({"local", "cloud"})
-MODEL_STATUS_VALUES: Final = frozenset({"active", "disabled", "deprecated"})
-RISK_VALUES: Final = frozenset({"normal", "high"})
-DATA_POLICY_VALUES: Final = frozenset({"any", "local_only"})
-LATENCY_CLASS_VALUES: Final = frozenset({"interactive", "batch"})
-BUDGET_SCOPE_VALUES: Final = frozenset({"global", "team", "application", "task_class"})
-BUDGET_PERIOD_VALUES: Final = frozenset({"day", "month"})
-HARD_ACTION_VALUES: Final = frozenset({"block", "local_only"})
-DATA_CLASSIFICATION_VALUES: Final = frozenset({"public", "internal", "confidential", "personal"})
+TIER_VALUES: Final = enums.values(enums.Tier)
+LOCALITY_VALUES: Final = enums.values(enums.Locality)
+MODEL_STATUS_VALUES: Final = enums.values(enums.ModelStatus)
+RISK_VALUES: Final = enums.values(enums.Risk)
+DATA_POLICY_VALUES: Final = enums.values(enums.DataPolicy)
+LATENCY_CLASS_VALUES: Final = enums.values(enums.LatencyClass)
+BUDGET_SCOPE_VALUES: Final = enums.values(enums.BudgetScope)
+BUDGET_PERIOD_VALUES: Final = enums.values(enums.BudgetPeriod)
+HARD_ACTION_VALUES: Final = enums.values(enums.HardAction)
+DATA_CLASSIFICATION_VALUES: Final = enums.values(enums.DataClassification)
 
 DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = {1: 0.7, 2: 0.8, 3: 0.9}
 FALLBACK_CONFIDENCE_FACTOR: Final = 0.9

@@ -1,47 +1,153 @@
-"""Decision API input, decoded and type-checked by msgspec (fast enough for the hot path).
+"""The decision API's request bodies, defined once: decoded and checked by msgspec on the
+hot path, and published as the OpenAPI request schemas (``routing.serializers`` hands these
+definitions to drf-spectacular unchanged).
 
-The DRF serializers in ``routing.serializers`` describe the same shapes for the OpenAPI
-schema; the schemathesis test keeps the two honest.
+Every string in a body is :data:`Text`: control characters (U+0000–U+001F other than tab,
+line feed and carriage return) are refused at the edge with a 400 naming the field. A NUL
+would otherwise reach PostgreSQL (which refuses it in ``text`` and ``jsonb``) and fail the
+whole group-commit batch, other callers' decisions included.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
-DataClassification = Literal["public", "internal", "confidential", "personal"]
-Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+from routing.enums import AttemptStatus, DataClassification
+
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+Text = Annotated[str, msgspec.Meta(pattern=NO_CONTROL_CHARACTERS)]
+Slug = Annotated[Text, msgspec.Meta(min_length=1, max_length=64)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
-MetadataValue = str | int | float | bool | None
+DocumentIds = Annotated[
+    list[Annotated[Text, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=500)
+]
+Scalar = Text | int | float | bool | None
+MetadataValue = Scalar
 
 
 class PromptTemplate(msgspec.Struct, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    id: Annotated[Text, msgspec.Meta(min_length=1, max_length=128)]
+    version: Annotated[Text, msgspec.Meta(max_length=64)] = ""
 
 
 class Retrieval(msgspec.Struct, forbid_unknown_fields=True):
-    query: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
-    document_ids: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=500)
-    ] = []
+    query: Annotated[Text, msgspec.Meta(max_length=10_000)] = ""
+    document_ids: DocumentIds = []
 
 
 class DecisionInput(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/v1/decisions"""
+
     task_class: Slug
-    prompt: str | None = None
+    prompt: Text | None = None
     input_tokens: NonNegative | None = None
     context_tokens: NonNegative | None = None
     latency_budget_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | None = None
     max_cost_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None
     data_classification: DataClassification | None = None
     team: Slug | None = None
-    end_user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    end_user: Annotated[Text, msgspec.Meta(max_length=256)] | None = None
     prompt_template: PromptTemplate | None = None
     retrieval: Retrieval | None = None
-    metadata: dict[str, MetadataValue] | None = None
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    metadata: dict[Text, MetadataValue] | None = None
+    request_id: Annotated[Text, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class AttemptReport(msgspec.Struct, forbid_unknown_fields=True):
+    model: Slug
+    status: AttemptStatus
+    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)]
+    input_tokens: NonNegative
+    output_tokens: NonNegative
+    escalation_reason: Annotated[Text, msgspec.Meta(max_length=200)] = ""
+
+
+class OutcomeReport(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/v1/decisions/{id}/outcome"""
+
+    attempts: Annotated[list[AttemptReport], msgspec.Meta(min_length=1, max_length=20)]
+    final_status: AttemptStatus
+    quality_score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    user_feedback: Annotated[Text, msgspec.Meta(max_length=32)] = ""
+    # Grader or schema-check results: values are scalars, or one level of lists/objects.
+    validation: dict[Text, Scalar | list[Scalar] | dict[Text, Scalar]] = {}
+    retrieval_document_ids: DocumentIds = []
 
 
 decision_input_decoder = msgspec.json.Decoder(DecisionInput)
+outcome_report_decoder = msgspec.json.Decoder(OutcomeReport)
+REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (DecisionInput, OutcomeReport)
+
+
+def _field(message: str) -> str:
+    """The field a msgspec error names, without list indexes or dict keys:
+    "… - at `$.attempts[0].model`" → attempts.model; "… - at `key` in `$.metadata`" → metadata.
+    """
+    path = ""
+    if "`$." in message:
+        message, path = message.rsplit("`$.", 1)
+        path = re.sub(r"\[[^\]]*\]", "", path.rstrip("`"))
+    if "missing required field" in message or "unknown field" in message:
+        name = message.split("`")[1]
+        return f"{path}.{name}" if path else name
+    return path or "body"
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON has one number type: 34060.0 is the integer 34060 (JSON Schema agrees)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            refused: msgspec.DecodeError = exc
+        else:  # rare: written as 12.0; decode again with whole floats as integers
+            try:
+                loose = _whole_numbers(msgspec.json.decode(body))
+                return msgspec.convert(loose, decoder.type, strict=True)
+            except msgspec.ValidationError as again:
+                refused = again
+    except msgspec.DecodeError as exc:
+        refused = exc
+    _refuse(refused)
+
+
+def _refuse(exc: msgspec.DecodeError) -> NoReturn:
+    """ApiError 400: malformed JSON, or the first invalid field named (ValidationError)."""
+    # Imported here so that these definitions load without Django (benchmarks).
+    from controlplane.errors import ApiError
+
+    if not isinstance(exc, msgspec.ValidationError):
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    message = str(exc)
+    field = _field(message)
+    if "matching regex" in message:  # the only pattern in these bodies is Text's
+        message = (
+            "control characters (U+0000–U+001F other than tab, line feed and carriage "
+            "return) are not allowed"
+        )
+    raise ApiError(400, "invalid", f"{field}: {message}", {field: [message]}) from exc
+
+
+def decision_input_decode(body: bytes) -> DecisionInput:
+    """The decision request, or ApiError 400 naming the first invalid field."""
+    result: DecisionInput = _decode(decision_input_decoder, body)
+    return result
+
+
+def outcome_report_decode(body: bytes) -> OutcomeReport:
+    """The outcome report, or ApiError 400 naming the first invalid field."""
+    result: OutcomeReport = _decode(outcome_report_decoder, body)
+    return result

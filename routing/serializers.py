@@ -1,14 +1,65 @@
-"""DRF serializers: outcome input validation, and the OpenAPI description of every shape."""
+"""The OpenAPI description of the decision API's shapes.
+
+Request bodies are the msgspec structs of ``routing.schemas`` (the hot path decodes with
+them): :func:`request_body` wraps one for ``extend_schema`` and :class:`MsgspecBodyExtension`
+publishes msgspec's own JSON Schema for it, so there is no second copy to drift. Responses
+are described by the DRF serializers below.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework import serializers
 
 from controlplane.errors import ErrorSerializer  # noqa: F401  (re-exported for the views)
 from telemetry.models import DecisionOutcome, DecisionRecord
-from telemetry.services import ATTEMPT_STATUSES
+
+# Request-side names, apart from the response serializers' (e.g. PromptTemplate).
+_REF = "#/components/schemas/{name}Request"
+
+
+class MsgspecBody(serializers.Serializer[Any]):
+    """Stands for a msgspec request struct in ``extend_schema(request=...)``."""
+
+    struct: ClassVar[type[msgspec.Struct]]
+
+
+def request_body(struct: type[msgspec.Struct]) -> type[MsgspecBody]:
+    return type(f"{struct.__name__}Body", (MsgspecBody,), {"struct": struct})
+
+
+class MsgspecBodyExtension(OpenApiSerializerExtension):
+    """msgspec's JSON Schema of the struct as it is (OpenAPI 3.1 schemas are JSON Schema)."""
+
+    target_class = MsgspecBody
+    match_subclasses = True
+
+    def _struct(self) -> type[msgspec.Struct]:
+        target = self.target if isinstance(self.target, type) else type(self.target)
+        return target.struct  # type: ignore[attr-defined]
+
+    def get_name(self, auto_schema: Any, direction: Any) -> str:
+        return self._struct().__name__
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        struct = self._struct()
+        _, components = msgspec.json.schema_components([struct], ref_template=_REF)
+        for name, schema in components.items():
+            if name != struct.__name__:  # nested structs and enums, by reference
+                auto_schema.registry.register_on_missing(
+                    ResolvedComponent(
+                        name=f"{name}Request",
+                        type=ResolvedComponent.SCHEMA,
+                        object=f"msgspec:{name}",
+                        schema=schema,
+                    )
+                )
+        own: dict[str, Any] = components[struct.__name__]
+        return own
 
 
 class PromptTemplateSerializer(serializers.Serializer[Any]):
@@ -21,32 +72,6 @@ class RetrievalSerializer(serializers.Serializer[Any]):
     document_ids = serializers.ListField(
         child=serializers.CharField(max_length=256), required=False, max_length=500
     )
-
-
-class DecisionInputSerializer(serializers.Serializer[Any]):
-    task_class = serializers.CharField(max_length=64)
-    prompt = serializers.CharField(required=False, allow_null=True, allow_blank=True)
-    input_tokens = serializers.IntegerField(
-        required=False, allow_null=True, min_value=0, max_value=10_000_000
-    )
-    context_tokens = serializers.IntegerField(
-        required=False, allow_null=True, min_value=0, max_value=10_000_000
-    )
-    latency_budget_ms = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=3_600_000
-    )
-    max_cost_usd = serializers.FloatField(required=False, allow_null=True, min_value=0)
-    data_classification = serializers.ChoiceField(
-        choices=["public", "internal", "confidential", "personal"],
-        required=False,
-        allow_null=True,
-    )
-    team = serializers.CharField(required=False, allow_null=True, max_length=64)
-    end_user = serializers.CharField(required=False, allow_null=True, max_length=256)
-    prompt_template = PromptTemplateSerializer(required=False, allow_null=True)
-    retrieval = RetrievalSerializer(required=False, allow_null=True)
-    metadata = serializers.DictField(required=False, allow_null=True)
-    request_id = serializers.CharField(required=False, allow_null=True, max_length=128)
 
 
 class ModelRefSerializer(serializers.Serializer[Any]):
@@ -95,32 +120,6 @@ class DecisionOutputSerializer(serializers.Serializer[Any]):
     budgets = BudgetStateSerializer(many=True)
     routing_table_version = serializers.IntegerField()
     decision_us = serializers.IntegerField()
-
-
-class AttemptInputSerializer(serializers.Serializer[Any]):
-    model = serializers.CharField(max_length=64)
-    status = serializers.ChoiceField(choices=list(ATTEMPT_STATUSES))
-    latency_ms = serializers.IntegerField(min_value=0, max_value=3_600_000)
-    input_tokens = serializers.IntegerField(min_value=0, max_value=10_000_000)
-    output_tokens = serializers.IntegerField(min_value=0, max_value=10_000_000)
-    escalation_reason = serializers.CharField(
-        required=False, allow_blank=True, max_length=200, default=""
-    )
-
-
-class OutcomeInputSerializer(serializers.Serializer[Any]):
-    attempts = serializers.ListField(
-        child=AttemptInputSerializer(), allow_empty=False, max_length=20
-    )
-    final_status = serializers.ChoiceField(choices=list(ATTEMPT_STATUSES))
-    quality_score = serializers.FloatField(
-        required=False, allow_null=True, min_value=0, max_value=1
-    )
-    user_feedback = serializers.CharField(required=False, allow_blank=True, max_length=32)
-    validation = serializers.DictField(required=False)
-    retrieval_document_ids = serializers.ListField(
-        child=serializers.CharField(max_length=256), required=False, max_length=500
-    )
 
 
 class AttemptOutputSerializer(serializers.Serializer[Any]):

@@ -21,7 +21,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import msgspec
 import orjson
 from django.conf import settings
 
@@ -37,7 +36,7 @@ from routing.engine import (
 )
 from routing.pii import pii_types
 from routing.recording import decision_response, decision_row_build
-from routing.schemas import DecisionInput, decision_input_decoder
+from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionIdempotency, DecisionRecord
@@ -66,27 +65,6 @@ def _authenticate(header: str, scope: str) -> KeyInfo:
     if scope not in key.scopes and "admin" not in key.scopes:
         raise ApiError(403, "forbidden", f"This API key lacks the {scope!r} scope.")
     return key
-
-
-def _field_from_msgspec(message: str) -> str:
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.input_tokens`"
-    if "- at `$." in message:
-        return message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0]
-    if "missing required field" in message:
-        return message.rsplit("`", 2)[-2]
-    if "unknown field" in message:
-        return message.rsplit("`", 2)[-2]
-    return "body"
-
-
-def _decode(body: bytes) -> DecisionInput:
-    try:
-        return decision_input_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        field = _field_from_msgspec(str(exc))
-        raise ApiError(400, "invalid", f"{field}: {exc}", {field: [str(exc)]}) from exc
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
 
 
 def _check_sizes(data: DecisionInput) -> None:
@@ -137,7 +115,7 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
     key = _authenticate(authorization, "decide")
     if len(body) > settings.SWITCHYARD_MAX_BODY_BYTES:
         raise ApiError(413, "too_large", "The request body is too large.")
-    data = _decode(body)
+    data = decision_input_decode(body)
     _check_sizes(data)
     if data.request_id:
         stored = _stored_response(key.application_id, data.request_id)

@@ -21,6 +21,7 @@ import plotly.io as pio
 from telemetry.selectors import (
     BudgetBurn,
     RoutingChange,
+    escalation_band,
     escalation_by_class,
     latency_by_model,
     pareto_front,
@@ -38,11 +39,18 @@ TIER_SHADES = {
 PALETTE = ("#2f6fde", "#8e5bd6", "#1aa3a3", "#e07b39", "#5b6b7b", "#d6458b", "#7a9a01",
            "#b07d2b", "#3d8bd9", "#9c6644")  # fmt: skip
 STACKS = {"model": "model", "tier": "tier", "team": "team", "task_class": "task class"}
-ESCALATION_GUIDES = ((0.02, "2 % · try a cheaper tier"), (0.15, "15 % · needs a stronger tier"))
 _AXIS = {"gridcolor": "#eef1f5", "linecolor": "#dde3ea", "zeroline": False}
 _MUTED = "#5b6b7b"
 
 Figure = dict[str, Any]  # a Plotly figure: {"data": [traces], "layout": {...}}
+
+
+def _escalation_guides() -> tuple[tuple[float, str], ...]:
+    band = escalation_band()
+    return (
+        (band.downgrade, f"{band.percent(band.downgrade)} · try a cheaper tier"),
+        (band.upgrade, f"{band.percent(band.upgrade)} · needs a stronger tier"),
+    )
 
 
 def _figure(
@@ -289,12 +297,16 @@ def tier_share_figure(frame: pd.DataFrame, *, changes: Sequence[RoutingChange] =
 
 
 def escalation_figure(frame: pd.DataFrame) -> Figure:
-    """Escalation rate per task class, against the 2 % and 15 % guide lines."""
+    """Escalation rate per task class, against the escalation band's guide lines."""
     data = escalation_by_class(frame).dropna(subset=["rate"])
     if data.empty:
         return _empty("No reported outcomes in this range")
     data = data.sort_values("rate")
-    colors = ["#c2413a" if r > 0.15 else "#2e9e5b" if r < 0.02 else "#d9901a" for r in data["rate"]]
+    band = escalation_band()
+    colors = [
+        "#c2413a" if r > band.upgrade else "#2e9e5b" if r < band.downgrade else "#d9901a"
+        for r in data["rate"]
+    ]
     trace = {
         "type": "bar",
         "y": data["task_class"],
@@ -306,7 +318,7 @@ def escalation_figure(frame: pd.DataFrame) -> Figure:
         "<extra></extra>",
     }
     shapes, annotations = [], []
-    for value, text in ESCALATION_GUIDES:
+    for value, text in _escalation_guides():
         shapes.append(
             {
                 "type": "line",
@@ -441,7 +453,7 @@ def quality_trend_figure(
 def escalation_trend_figure(
     frame: pd.DataFrame, *, changes: Sequence[RoutingChange] = ()
 ) -> Figure:
-    """Escalation rate over time against the 2 % and 15 % guide lines (one task class)."""
+    """Escalation rate over time against the escalation band's guide lines (one task class)."""
     if frame.empty or frame["outcomes"].sum() == 0:
         return _empty("No reported outcomes in this range")
     series = frame.groupby("bucket")[["escalations", "outcomes"]].sum()
@@ -459,7 +471,7 @@ def escalation_trend_figure(
         "%{customdata[1]:,.0f})<extra></extra>",
     }
     marks = _changes(changes)
-    for value, text in ESCALATION_GUIDES:
+    for value, text in _escalation_guides():
         marks["shapes"].append(
             {
                 "type": "line",

@@ -12,6 +12,8 @@ from __future__ import annotations
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
+from routing.enums import AttemptStatus, choices
+
 
 class DecisionRecord(models.Model):
     id = models.UUIDField(primary_key=True)  # UUIDv7; created_at is derived from it
@@ -80,14 +82,6 @@ class DecisionIdempotency(models.Model):
         return f"{self.application_id}:{self.request_id}"
 
 
-class FinalStatus(models.TextChoices):
-    OK = "ok", "ok"
-    ERROR = "error", "error"
-    TIMEOUT = "timeout", "timeout"
-    INVALID_OUTPUT = "invalid_output", "invalid output"
-    LOW_CONFIDENCE = "low_confidence", "low confidence"
-
-
 class DecisionOutcome(models.Model):
     """What happened after a decision: attempts, cost, latency, quality."""
 
@@ -102,7 +96,7 @@ class DecisionOutcome(models.Model):
     routed_tier = models.SmallIntegerField()
     final_model = models.CharField(max_length=64)
     final_tier = models.SmallIntegerField()
-    final_status = models.CharField(max_length=16, choices=FinalStatus.choices)
+    final_status = models.CharField(max_length=16, choices=choices(AttemptStatus))
     # [{model, tier, status, latency_ms, input_tokens, output_tokens, escalation_reason,
     #   cost_usd}], in the order tried.
     attempts = models.JSONField(default=list)

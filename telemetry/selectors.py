@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from controlplane.models import (
+    ApiKey,
     Application,
     Budget,
     BudgetSpend,
@@ -329,6 +331,33 @@ def pareto_front(points: pd.DataFrame, *, cost: str, quality: str) -> pd.DataFra
 
 
 @dataclass(frozen=True, slots=True)
+class EscalationBand:
+    """Below ``downgrade`` a class could try a cheaper tier; above ``upgrade`` it needs a
+    stronger one. The sweeps' monitor judges with the same two settings."""
+
+    downgrade: float
+    upgrade: float
+
+    @staticmethod
+    def percent(rate: float) -> str:
+        return f"{rate * 100:g} %"
+
+    @property
+    def guide(self) -> str:
+        return (
+            f"Below {self.percent(self.downgrade)}: try a cheaper tier. "
+            f"Above {self.percent(self.upgrade)}: the class needs a stronger one."
+        )
+
+
+def escalation_band() -> EscalationBand:
+    return EscalationBand(
+        downgrade=float(settings.SWITCHYARD_ESCALATION_DOWNGRADE_RATE),
+        upgrade=float(settings.SWITCHYARD_ESCALATION_UPGRADE_RATE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Attention:
     """One thing a manager should look at, with the page that shows it."""
 
@@ -345,7 +374,7 @@ def attention_items(
     min_outcomes: int = 50,
     escalations: bool = True,
 ) -> list[Attention]:
-    """What needs a look, most urgent first: escalation rates outside the 2–15 % band,
+    """What needs a look, most urgent first: escalation rates outside the escalation band,
     budgets past their soft limit or projected to run out this period, and task classes
     whose grader score fell (last quarter of the range against its first half)."""
     items: list[Attention] = []
@@ -381,13 +410,14 @@ def attention_items(
     by_class = frame.groupby("task_class")[["escalations", "outcomes"]].sum()
     tiers = frame.groupby(["task_class", "tier"])["decisions"].sum().reset_index()
     main_tier = tiers.sort_values("decisions").groupby("task_class")["tier"].last()
+    band = escalation_band()
     for task_class, row in by_class.iterrows():
         # On a model page the frame holds what the model served: requests that escalated
         # onto it are not its escalation rate (its own is charted from the routed model).
         if not escalations or row["outcomes"] < min_outcomes:
             continue
         rate = row["escalations"] / row["outcomes"]
-        if rate > 0.15:
+        if rate > band.upgrade:
             items.append(
                 Attention(
                     "bad",
@@ -396,7 +426,7 @@ def attention_items(
                     task_class=str(task_class),
                 )
             )
-        elif rate < 0.02 and int(main_tier.get(task_class, 1)) > 1:
+        elif rate < band.downgrade and int(main_tier.get(task_class, 1)) > 1:
             items.append(
                 Attention(
                     "info",
@@ -538,19 +568,20 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
         rows, columns=["slot", "day", "team", "application", "task_class", "cost"]
     )
     frame["cost"] = frame["cost"].astype("float64")
+    # Typed time columns even when no row came back: a budget with no traffic in its scope
+    # yet must still chart (an empty, time-indexed series), not compare untyped objects.
+    frame["slot"] = pd.to_datetime(frame["slot"], utc=True)
+    frame["day"] = pd.to_datetime(frame["day"], utc=True)
     burns = []
     for b in budgets:
         start = starts[b.pk]
         end = _period_end(b.period, start)
-        scoped = frame[frame["slot"] >= start] if not frame.empty else frame
+        scoped = frame[frame["slot"] >= start]
         key = b.scope_key
-        if b.scope in {"team", "application", "task_class"} and not scoped.empty:
+        if b.scope in {"team", "application", "task_class"}:
             scoped = scoped[scoped[b.scope] == key]
-        if b.period == "month" and not scoped.empty:
-            series = scoped.groupby("day")["cost"].sum()
-        else:
-            series = scoped.groupby("slot")["cost"].sum() if not scoped.empty else pd.Series()
-        spent = spends.get((b.pk, start), float(series.sum()) if len(series) else 0.0)
+        series = scoped.groupby("day" if b.period == "month" else "slot")["cost"].sum()
+        spent = spends.get((b.pk, start), float(series.sum()))
         limit = float(b.limit_usd)
         burn = BudgetBurn(
             budget_id=b.pk,
@@ -587,6 +618,36 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
             burn.exhaustion_at = at if at < end else None
         burns.append(burn)
     return burns
+
+
+def traffic_seen() -> bool:
+    """Has any decision reached the dashboards yet (a fresh install has none)?"""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM telemetry_rollup_hourly)")
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class GettingStarted:
+    """What a fresh install's first screen shows: how to send the first decision."""
+
+    decisions_url: str
+    task_class: str
+    task_classes: int
+    api_keys: int
+
+
+def getting_started(*, decisions_url: str) -> GettingStarted:
+    example = (
+        TaskClass.objects.filter(is_active=True).order_by("slug").values_list("slug", flat=True)
+    )
+    return GettingStarted(
+        decisions_url=decisions_url,
+        task_class=example.first() or "ticket-triage",
+        task_classes=example.count(),
+        api_keys=ApiKey.objects.filter(revoked_at__isnull=True).count(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

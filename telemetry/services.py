@@ -25,9 +25,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
+from routing.enums import AttemptStatus
 from telemetry.models import DecisionOutcome, DecisionRecord
 
-ATTEMPT_STATUSES = ("ok", "error", "timeout", "invalid_output", "low_confidence")
+ATTEMPT_STATUSES = tuple(AttemptStatus)
 _MTOK = Decimal(1_000_000)
 
 

@@ -18,12 +18,14 @@ import pandas as pd
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from controlplane.decorators import role_required
 from controlplane.models import ModelEndpoint, Route, TaskClass
 from controlplane.roles import VIEWER
+from evaluation.selectors import proposal_waiting_count
 from telemetry import figures, selectors
 from telemetry.forms import DashboardFilterForm, filters_query
 from telemetry.selectors import RoutingChange
@@ -39,7 +41,7 @@ class Chart:
 
 
 def _escalation_chart(focus: str) -> Chart:
-    guide = "Below 2 %: try a cheaper tier. Above 15 %: the class needs a stronger one."
+    guide = selectors.escalation_band().guide
     if focus == "task_class":
         return Chart(
             "escalation",
@@ -164,6 +166,7 @@ def _dashboard(
         "stack": form.stack_choice(),
         "stacks": figures.STACKS,
         "baseline_model": settings.SWITCHYARD_BASELINE_MODEL,
+        "band": selectors.escalation_band(),
         "refresh": focus == "overview",
         # Rollups are hourly: the range starts at the top of its first hour.
         "data_start": filters.start.replace(minute=0, second=0, microsecond=0),
@@ -189,6 +192,14 @@ def _dashboard(
         context["item"] = context["charts"][0]
         return render(request, f"{template}#chart-card", context)
     context["headline"] = selectors.headline(frame)
+    if focus == "overview":
+        # The landing page says what to do next: a fresh install how to send its first
+        # decision, and whoever lands here that proposals wait for a review.
+        context["waiting"] = proposal_waiting_count()
+        if not selectors.traffic_seen():
+            context["getting_started"] = selectors.getting_started(
+                decisions_url=request.build_absolute_uri(reverse("api-decisions"))
+            )
     burns = selectors.budget_burns(task_class=fixed.get("task_class", ""))
     context["budgets"] = _budget_cards(burns)
     context["attention"] = selectors.attention_items(frame, burns, escalations=focus != "model")

@@ -92,3 +92,24 @@ def test_viewer_filters_the_overview_opens_a_decision_and_downloads_csv(
         errors = [e for e in page.console_errors if "Failed to load resource" not in e]  # type: ignore[attr-defined]
         assert not errors, errors
         assert not page.failed_requests, page.failed_requests  # type: ignore[attr-defined]
+
+
+def test_a_fresh_install_first_screen_says_what_to_do_next(live_server: Any) -> None:
+    from tests.factories import user_create
+
+    roles_ensure()
+    user_create("Operator", username="first-operator")
+    with browser_page() as page:
+        login(page, live_server.url, "first-operator", "test-password-123")
+        assert page.url.rstrip("/") == live_server.url
+        panel = page.locator("[data-testid=getting-started]")
+        panel.wait_for()
+        text = panel.inner_text()
+        assert "Create an API key" in text and f"curl -s {live_server.url}/api/v1/decisions" in text
+        for href in ("/registry/keys/", "/api/docs/", "/proposals/"):  # an Operator's links
+            assert panel.locator(f"a[href='{href}']").count() == 1, href
+        page.wait_for_selector("#chart-spend .main-svg")  # the empty charts still draw
+        screenshot(page, "fresh-install-overview")
+        errors = [e for e in page.console_errors if "Failed to load resource" not in e]  # type: ignore[attr-defined]
+        assert not errors, errors
+        assert not page.failed_requests, page.failed_requests  # type: ignore[attr-defined]

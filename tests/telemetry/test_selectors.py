@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from telemetry.selectors import (
+    attention_items,
     budget_burns,
     latency_bucket_counts,
     latency_percentile,
@@ -77,3 +78,56 @@ def test_attention_names_escalations_budgets_and_drift(demo_world: dict[str, Any
     frame.loc[frame["task_class"] == "sql-generation", "escalations"] = frame["outcomes"]
     flagged = attention_items(frame, [], min_outcomes=5)
     assert any(i.task_class == "sql-generation" and "stronger tier" in i.text for i in flagged)
+
+
+@pytest.mark.parametrize("period", ["month", "day"])
+def test_budget_burns_of_a_budget_without_traffic(db: Any, period: str) -> None:
+    """A fresh install, or a team that has not called yet this period: nothing to chart."""
+    from decimal import Decimal
+
+    from controlplane import services
+    from controlplane.models import Team
+
+    team = Team.objects.create(slug="quiet", name="Quiet")
+    services.budget_create(
+        name="quiet", scope="team", team=team, period=period, limit_usd=Decimal("10")
+    )
+    (burn,) = budget_burns()
+    assert burn.spent_usd == 0.0 and burn.rate_per_day == 0.0 and burn.exhaustion_at is None
+    assert burn.times == [burn.period_start] and burn.cumulative == [0.0]
+
+
+def test_the_escalation_band_comes_from_settings(settings: Any) -> None:
+    """Judged (attention items) and drawn (guide lines, bar colours, chart help) alike."""
+    from telemetry import figures
+    from telemetry.views import _charts
+
+    frame = pd.DataFrame(
+        {
+            "bucket": [pd.Timestamp("2026-11-01", tz="UTC")],
+            "task_class": ["triage"],
+            "model": ["m"],
+            "tier": [2],
+            "decisions": [100.0],
+            "outcomes": [100.0],
+            "escalations": [10.0],
+            "quality_sum": [0.0],
+            "quality_count": [0.0],
+        }
+    )
+
+    def judged() -> list[str]:
+        return [item.level for item in attention_items(frame, [], min_outcomes=1)]
+
+    def drawn() -> list[float]:
+        shapes = figures.escalation_figure(frame)["layout"]["shapes"]
+        return sorted(shape["x0"] for shape in shapes)
+
+    assert judged() == [] and drawn() == [2.0, 15.0]  # 10 % is inside the default band
+    settings.SWITCHYARD_ESCALATION_UPGRADE_RATE = 0.05
+    assert judged() == ["bad"] and drawn() == [2.0, 5.0]
+    settings.SWITCHYARD_ESCALATION_UPGRADE_RATE = 0.5
+    settings.SWITCHYARD_ESCALATION_DOWNGRADE_RATE = 0.2
+    assert judged() == ["info"] and drawn() == [20.0, 50.0]
+    help_text = next(c.help for c in _charts("overview") if c.name == "escalation")
+    assert "Below 20 %" in help_text and "Above 50 %" in help_text

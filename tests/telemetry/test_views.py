@@ -217,3 +217,41 @@ def test_detail_query_count_is_bounded(viewer: Client, django_assert_max_num_que
     assert record is not None
     with django_assert_max_num_queries(7):
         assert viewer.get(f"/decisions/{record.id}/").status_code == 200
+
+
+def test_a_fresh_install_explains_what_to_do_next(db: Any) -> None:
+    client = Client()
+    client.force_login(user_create("Viewer"))
+    html = client.get("/").content.decode()
+    assert 'data-testid="getting-started"' in html
+    assert "curl -s http://testserver/api/v1/decisions" in html
+    assert "create_api_key" in html and "manage.py demo_load" in html
+    assert 'href="/api/docs/"' in html and 'href="/proposals/"' in html
+    assert "proposals-waiting" not in html
+    # The htmx refresh keeps it until traffic arrives.
+    partial = client.get("/", HTTP_HX_TARGET="dashboard", **HTMX).content.decode()
+    assert 'data-testid="getting-started"' in partial
+
+
+def test_the_landing_page_points_to_proposals_waiting_for_review(
+    registry: dict[str, Any],
+) -> None:
+    from evaluation import services as evaluation_services
+
+    client = Client()
+    client.force_login(user_create("Viewer"))
+    assert "proposals-waiting" not in client.get("/").content.decode()
+    evaluation_services.proposal_create_manual(
+        task_class=registry["triage"],
+        to_model=registry["mid"],
+        user=user_create("Reviewer"),
+        rationale="cheaper",
+    )
+    html = client.get("/").content.decode()
+    assert 'href="/proposals/?status=open"' in html
+    assert "1 proposal waiting for review" in html
+
+
+def test_no_getting_started_once_traffic_arrived(viewer: Client) -> None:
+    html = viewer.get("/").content.decode()
+    assert "getting-started" not in html
