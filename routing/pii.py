@@ -424,6 +424,13 @@ _FILE_EXTENSIONS = frozenset((
 ))  # fmt: skip
 
 
+def _in_url_authority(text: str, start: int) -> bool:
+    """``scheme://user@host``: the user of a URL, not an address ("Email:jane@x.org" is)."""
+    token_start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    scheme = text.find("://", token_start, start)
+    return scheme != -1 and "/" not in text[scheme + 3 : start]
+
+
 def _scan_email(text: str, found: list[_Finding]) -> None:
     find = text.find
     at = find("@")
@@ -447,7 +454,7 @@ def _scan_email(text: str, found: list[_Finding]) -> None:
                 and (
                     start == 0
                     or text[start - 1] not in "/:@"
-                    or text[max(0, start - 7) : start].lower() == "mailto:"
+                    or (text[start - 1] != "@" and not _in_url_authority(text, start))
                 )
             )
             if ok and end < len(text) and text[end] == ":":
@@ -464,7 +471,7 @@ def _scan_email(text: str, found: list[_Finding]) -> None:
 # "jane at example dot com", "jane @ example dot com".  A bracketed "at" is an address on its
 # own; the bare word "at" (everyday English) counts only with a spelled-out "dot" after it.
 _OPEN, _CLOSE = r"[\[\(\{<]", r"[\]\)\}>]"
-_SPELLED_AT = rf"(?P<at>\s*{_OPEN}\s*at\s*{_CLOSE}\s*|\s+at\s+|\s*@\s+)"
+_SPELLED_AT = rf"(?P<at>\s*{_OPEN}\s*at\s*{_CLOSE}\s*|\s+at\s+|\s*@\s*)"
 _SPELLED_DOT = rf"(?:\s*{_OPEN}\s*dot\s*{_CLOSE}\s*|\s+dot\s+|\.)"
 _SPELLED_EMAIL_RE = re.compile(
     r"(?<![\w.%+\-])(?P<local>[\w%+\-]{1,64}(?:\.[\w%+\-]{1,64}){0,8})"
@@ -483,7 +490,11 @@ def _scan_spelled_email(text: str, found: list[_Finding]) -> None:
     for match in _SPELLED_EMAIL_RE.finditer(text):
         at = match.group("at")
         domain = match.group("domain")
-        strong_at = at.strip().lower() != "at"  # "(at)", "[at]", " @ ", ...
+        # "(at)", "[at]" and " @ " are addresses on their own; " at ", "@" and a one-sided
+        # " @x" ("ping @bob.smith") only with a spelled-out dot.
+        strong_at = at.strip().lower() not in ("at", "@") or (
+            at[0].isspace() and at[-1].isspace()
+        )
         spelled_dot = any(dot.group() != "." for dot in _SPELLED_DOT_RE.finditer(domain))
         if not (strong_at or spelled_dot):
             continue  # a plain address (the e-mail scan) or prose: "look at example.com"
@@ -584,7 +595,7 @@ _DIGIT_RE = re.compile(
     r"[2-9][0-9]{2}(?P<usep1>[ .\-])[2-9][0-9]{2}(?P=usep1))[0-9]{4})(?![0-9])|)"
     # European national format with trunk 0: 020 7946 0958, 030/901820, 06 12 34 56 78 and the
     # older German "040 - 123 456 78"
-    r"(?=(?<![\-/:]0)(?<=0)(?=[1-9])(?P<natl>(?:[0-9]|[ .\-/](?=[0-9])| - (?=[0-9])){5,16})"
+    r"(?=(?<![\-/:]0)(?<=0)(?=[1-9])(?P<natl>(?:[0-9]|[ .\-/](?=[0-9])| [\-/] (?=[0-9])){5,16})"
     r"(?![0-9])|)"
     # international with 00 instead of +: 0044 20 7946 0958
     r"(?=(?<=0)(?P<intl00>0[1-9](?:[0-9]|[ .\-](?=[0-9]|\([0-9]{1,4}\))|\([0-9]{1,4}\)){6,24})"
@@ -694,12 +705,14 @@ def _check_phone(text: str, start: int, end: int, form: str) -> bool:
     groups = [group for group in _PHONE_GROUP_SPLIT_RE.split(candidate) if group]
     if len(groups) == 1 and not candidate.startswith("(") and context is not True:
         return False  # bare "07700900123" needs a phone keyword
-    if any(len(group) < 2 for group in groups) or not _phone_separators_ok(candidate):
+    compact = candidate.replace(" / ", "/")
+    if any(len(group) < 2 for group in groups) or not _phone_separators_ok(compact):
         return False
-    if " - " in candidate and (
-        candidate.count(" - ") > 1 or candidate.index(" - ") != len(groups[0])
-    ):
-        return False  # "040 - 123 456 78": the spaced dash only after the area code
+    for spaced in (" - ", " / "):
+        if spaced in candidate and (
+            candidate.count(spaced) > 1 or candidate.index(spaced) != len(groups[0])
+        ):
+            return False  # "040 - 123 456 78", "030 / 901820": only after the area code
     return _DATE_PREFIX_RE.match(candidate) is None
 
 
