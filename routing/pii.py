@@ -241,10 +241,9 @@ _INVISIBLE = "\u115f\u1160\u3164\uffa0"
 
 
 # ASCII control characters other than tab, newline and carriage return are invisible too.
-_ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_ASCII_CONTROL_TABLE: dict[int, str | None] = dict.fromkeys(
-    [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]
-)
+_ASCII_CONTROLS = (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)
+_ASCII_CONTROL_BYTES = bytes(_ASCII_CONTROLS)
+_ASCII_CONTROL_TABLE: dict[int, str | None] = dict.fromkeys(_ASCII_CONTROLS)
 
 
 def _build_translation() -> dict[int, str | None]:
@@ -276,19 +275,40 @@ def _build_translation() -> dict[int, str | None]:
 
 
 _TRANSLATION = _build_translation()
+# str.translate looks every character up in the table; a dict answers most with a KeyError
+# (slow), a list indexed by code point answers in C.  The list covers the Basic Multilingual
+# Plane (identity for characters with nothing to change); the few characters above it (emoji,
+# tag characters, maths digits) are looked up in the dict only when the text has one.
+_BMP_TABLE: list[int | str | None] = list(range(0x10000))
+for _code, _value in _TRANSLATION.items():
+    if _code < 0x10000:
+        _BMP_TABLE[_code] = _value
+_ASTRAL_TABLE = {code: value for code, value in _TRANSLATION.items() if code >= 0x10000}
+_SURROGATE_OR_ASTRAL_RE = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _astral_replacement(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ASTRAL_TABLE.get(ord(char), char) or ""
 
 
 def pii_normalize(text: str) -> str:
     """The detection view of `text` (see the module docstring); offsets of :func:`pii_scan`
     index into it.  Raises :class:`UnscannableText` for text with lone surrogates."""
     if text.isascii():
-        if _ASCII_CONTROL_RE.search(text) is None:
-            return text
+        encoded = text.encode("ascii")
+        if len(encoded.translate(None, _ASCII_CONTROL_BYTES)) == len(encoded):
+            return text  # the common case: two C-level passes, no regex
         return text.translate(_ASCII_CONTROL_TABLE)
-    if _SURROGATE_RE.search(text) is not None:
+    rare = _SURROGATE_OR_ASTRAL_RE.search(text)
+    if rare is not None and _SURROGATE_RE.search(text, rare.start()) is not None:
         raise UnscannableText("lone surrogate in text")
-    return unicodedata.normalize("NFKC", text).translate(_TRANSLATION)
+    text = unicodedata.normalize("NFKC", text).translate(_BMP_TABLE)
+    if rare is not None:
+        text = _ASTRAL_RE.sub(_astral_replacement, text)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,21 +500,22 @@ _SPELLED_EMAIL_RE = re.compile(
     re.IGNORECASE,
 )
 _SPELLED_DOT_RE = re.compile(_SPELLED_DOT, re.IGNORECASE)
-_SPELLED_HINTS = ("dot", "at)", "at]", "at}", "at>", "at )", "at ]", "@ ")
 
 
 def _scan_spelled_email(text: str, found: list[_Finding]) -> None:
+    # Cheap necessary conditions first (each a C-level substring search): a spelled-out "dot",
+    # a bracketed "at" ("(at)", "[at]"; other brackets come with a spelled "dot") or " @ ".
     lowered = text.lower()
-    if not any(hint in lowered for hint in _SPELLED_HINTS):
+    if not (
+        "dot" in lowered or "at)" in lowered or "at]" in lowered or ("@" in text and "@ " in text)
+    ):
         return
     for match in _SPELLED_EMAIL_RE.finditer(text):
         at = match.group("at")
         domain = match.group("domain")
         # "(at)", "[at]" and " @ " are addresses on their own; " at ", "@" and a one-sided
         # " @x" ("ping @bob.smith") only with a spelled-out dot.
-        strong_at = at.strip().lower() not in ("at", "@") or (
-            at[0].isspace() and at[-1].isspace()
-        )
+        strong_at = at.strip().lower() not in ("at", "@") or (at[0].isspace() and at[-1].isspace())
         spelled_dot = any(dot.group() != "." for dot in _SPELLED_DOT_RE.finditer(domain))
         if not (strong_at or spelled_dot):
             continue  # a plain address (the e-mail scan) or prose: "look at example.com"
