@@ -708,3 +708,40 @@ def test_disguising_a_positive_never_hides_it(data: st.DataObject) -> None:
 def test_disguising_a_negative_finds_nothing_new(data: st.DataObject) -> None:
     text = data.draw(st.sampled_from(_KNOWN_NEGATIVES))
     assert set(pii_types(_disguise(data, text))) <= set(pii_types(text))
+
+
+_FIELD_TEXTS = (
+    [text for text, _ in _KNOWN_POSITIVES] + _KNOWN_NEGATIVES + ["", "order no.", "phone"]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_FIELD_TEXTS),
+    st.lists(st.sampled_from(_FIELD_TEXTS), max_size=4),
+    st.lists(
+        st.tuples(st.sampled_from(["note", "ref", "phone", "x"]), st.sampled_from(_FIELD_TEXTS)),
+        max_size=4,
+    ),
+)
+def test_request_scan_equals_field_by_field(
+    query: str, documents: list[str], entries: list[tuple[str, str]]
+) -> None:
+    """The one-scan shortcut over the short fields finds what scanning each field finds."""
+    metadata = dict(entries)
+    data = _input(
+        prompt="hello", retrieval={"query": query, "document_ids": documents}, metadata=metadata
+    )
+    expected: set[str] = set(pii_types(query))
+    for text in documents:
+        expected.update(pii_types(text))
+    for key, value in metadata.items():
+        expected.update(pii_types(f"{key}: {value}"))
+    scan = request_scan(data)
+    assert set(scan.types) == expected
+    assert scan.personal_metadata_keys == {
+        key for key, value in metadata.items() if pii_types(f"{key}: {value}")
+    }
+    assert scan.personal_document_ids == {
+        index for index, text in enumerate(documents) if pii_types(text)
+    }
