@@ -5,9 +5,13 @@ Run from the repository root::
     .venv/bin/python bench/bench_pii.py
 
 It builds ~10 MB of realistic, mostly clean support-ticket / CRM / log text with occasional PII,
-times :func:`routing.pii.pii_types` over it document by document (single core, best of 3), scores
-precision / recall on ``tests/routing/data/pii_labelled.jsonl`` and writes
-``bench/results/pii.json``.  No Django is imported.
+times :func:`routing.pii.pii_types` over it document by document (single core, best of 3) - and
+over a copy in which a few characters per document are disguised (no-break spaces, zero-width
+spaces, full-width digits: the normalisation path) - scores precision / recall on
+``tests/routing/data/pii_labelled.jsonl`` and, separately, on the disguised-personal-data corpus
+``tests/routing/data/pii_disguised.jsonl`` (through :func:`routing.pii.request_scan`, so
+retrieval- and metadata-only rows count), and writes ``bench/results/pii.json``.  No Django is
+imported.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from routing.pii import pii_types  # noqa: E402
+from routing.pii import pii_types, request_scan  # noqa: E402
+from tests.routing.pii_corpus import DISGUISED, disguised_rows, request_input  # noqa: E402
 
 LABELLED = REPO_ROOT / "tests" / "routing" / "data" / "pii_labelled.jsonl"
 RESULTS = REPO_ROOT / "bench" / "results" / "pii.json"
@@ -126,6 +131,46 @@ def measure_throughput(docs: list[str], repeats: int = 3) -> float:
     return total / 1e6 / best
 
 
+def disguise_corpus(docs: list[str], seed: int = SEED) -> list[str]:
+    """The same documents with ~1 % of their spaces / digits disguised (not ASCII any more)."""
+    rng = random.Random(seed)
+    disguised = []
+    for doc in docs:
+        chars = list(doc)
+        for _ in range(max(1, len(chars) // 100)):
+            index = rng.randrange(len(chars))
+            char = chars[index]
+            if char == " ":
+                chars[index] = rng.choice(("\u00a0", "\u202f", "\u3000"))
+            elif char.isdigit():
+                chars[index] = chr(ord(char) + 0xFEE0)
+            else:
+                chars[index] = char + "\u200b"
+        disguised.append("".join(chars))
+    return disguised
+
+
+def score_disguised() -> tuple[float, float, int, dict[str, list[int]]]:
+    """Per-row, per-kind precision and recall on the disguised corpus, and per category."""
+    tp = fp = fn = 0
+    per_category: dict[str, list[int]] = {}
+    rows = disguised_rows()
+    for row in rows:
+        expected = set(row["pii"])
+        found = set(request_scan(request_input(row)).types)
+        counts = per_category.setdefault(row["category"], [0, 0, 0])
+        for slot, value in enumerate(
+            (len(found & expected), len(found - expected), len(expected - found))
+        ):
+            counts[slot] += value
+        tp += len(found & expected)
+        fp += len(found - expected)
+        fn += len(expected - found)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return precision, recall, len(rows), per_category
+
+
 def score_labelled(path: Path = LABELLED) -> tuple[float, float, int]:
     """Per-string, per-kind precision and recall on the labelled set."""
     tp = fp = fn = 0
@@ -149,13 +194,25 @@ def score_labelled(path: Path = LABELLED) -> tuple[float, float, int]:
 def main() -> int:
     docs = build_corpus()
     mb_per_s = measure_throughput(docs)
+    disguised_mb_per_s = measure_throughput(disguise_corpus(docs))
     precision, recall, strings = score_labelled()
-    ok = mb_per_s >= TARGET_MB_PER_S and precision >= 0.95 and recall >= 0.95
+    d_precision, d_recall, d_rows, per_category = score_disguised()
+    # The disguised-text figure is reported, not gated: it is the slow (non-ASCII) path.
+    ok = mb_per_s >= TARGET_MB_PER_S and min(precision, recall, d_precision) >= 0.95
+    ok = ok and d_recall == 1.0
     result = {
         "mb_per_s": round(mb_per_s, 2),
+        "disguised_text_mb_per_s": round(disguised_mb_per_s, 2),
         "precision": round(precision, 4),
         "recall": round(recall, 4),
         "strings": strings,
+        "disguised_corpus": {
+            "file": str(DISGUISED.relative_to(REPO_ROOT)),
+            "rows": d_rows,
+            "precision": round(d_precision, 4),
+            "recall": round(d_recall, 4),
+            "per_category_tp_fp_fn": per_category,
+        },
         "target_mb_per_s": TARGET_MB_PER_S,
         "ok": ok,
     }
@@ -165,7 +222,9 @@ def main() -> int:
     print(
         f"pii: {mb_per_s:.1f} MB/s over {corpus_mb:.1f} MB in {len(docs)} docs "
         f"(target {TARGET_MB_PER_S}), precision {precision:.3f}, recall {recall:.3f} "
-        f"on {strings} strings -> {'OK' if ok else 'FAIL'}"
+        f"on {strings} strings; disguised text {disguised_mb_per_s:.1f} MB/s; disguised corpus "
+        f"precision {d_precision:.3f}, recall {d_recall:.3f} on {d_rows} rows "
+        f"-> {'OK' if ok else 'FAIL'}"
     )
     return 0 if ok else 1
 

@@ -16,26 +16,56 @@ anywhere - request middleware, Celery workers, benchmarks - and it is designed f
   ("Phone:" / "Order no." / "version" right before a number), which use anchored matches on the
   reversed preceding text.
 
-Public API: :data:`PII_TYPES`, :class:`PiiMatch`, :func:`pii_scan` and :func:`pii_types`.
+Detection runs on a *normalised* view of the text (:func:`pii_normalize`), so personal data
+disguised with Unicode cannot slip past the ASCII-shaped detectors: NFKC (full-width and other
+compatibility forms), format and control characters removed (zero-width space / joiner, soft
+hyphen, BOM, bidi controls), stray combining marks removed, every Unicode space mapped to
+``' '``, every dash to ``'-'``, ideographic and middle dots to ``'.'``, decimal digits of every
+script to ASCII, and Cyrillic / Greek letters that look exactly like Latin ones folded to
+Latin.  Plain ASCII text takes a fast path (one C-level check).  Text that cannot be scanned
+(lone surrogates) raises :class:`UnscannableText`; callers treat that as personal data.
+E-mail addresses written as ``jane (at) example (dot) com`` are found as well.
+
+:func:`request_scan` applies the detector to every free-text field of a decision request
+(prompt, retrieval query and document ids, prompt template id / version, metadata keys and
+values) and :func:`request_free_text_stored` decides what of them may be stored.
+
+Public API: :data:`PII_TYPES`, :class:`PiiMatch`, :func:`pii_normalize`, :func:`pii_scan`,
+:func:`pii_types`, :func:`request_scan`, :func:`request_free_text_stored`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
+import unicodedata
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from routing.schemas import DecisionInput, MetadataValue
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PII_TYPES",
     "PiiMatch",
+    "RequestScan",
+    "StoredFreeText",
+    "UnscannableText",
     "dni_check_letter",
     "dni_is_valid",
     "iban_is_valid",
     "luhn_is_valid",
     "nino_is_valid",
+    "pii_normalize",
     "pii_scan",
     "pii_types",
+    "request_free_text_stored",
+    "request_scan",
     "ssn_is_valid",
 ]
 
@@ -187,6 +217,101 @@ def dni_is_valid(dni: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Normalisation: one detection view of text however it is disguised
+# --------------------------------------------------------------------------------------------
+
+
+class UnscannableText(ValueError):
+    """The text cannot be scanned reliably (lone surrogates); treat it as personal data."""
+
+
+# Letters that render exactly like a Latin letter (Cyrillic, Greek).  NFKC leaves them alone.
+_CONFUSABLES = {
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
+    "Т": "T", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Ү": "Y", "Ԛ": "Q", "Ԝ": "W",
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y", "і": "i", "ј": "j",
+    "ѕ": "s", "ԁ": "d", "һ": "h", "ԛ": "q", "ԝ": "w", "ӏ": "l",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "ο": "o",
+}  # fmt: skip
+# Dots that separate the parts of an address or a number: ideographic full stop, middle dots.
+_DOTS = "\u3002\u00b7\u30fb\u2027\u2219\u22c5"
+# Invisible letters (Hangul fillers) and other blanks NFKC keeps.
+_INVISIBLE = "\u115f\u1160\u3164\uffa0"
+
+
+# ASCII control characters other than tab, newline and carriage return are invisible too.
+_ASCII_CONTROLS = (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)
+_ASCII_CONTROL_BYTES = bytes(_ASCII_CONTROLS)
+_ASCII_CONTROL_TABLE: dict[int, str | None] = dict.fromkeys(_ASCII_CONTROLS)
+
+
+def _build_translation() -> dict[int, str | None]:
+    table: dict[int, str | None] = dict(_ASCII_CONTROL_TABLE)
+    code_points = (*range(0x80, 0x20000), *range(0xE0000, 0xE1000))
+    for code in code_points:
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in ("Cf", "Cc", "Mn", "Me"):
+            table[code] = None  # zero-width, bidi, soft hyphen, BOM, C1 controls, stray marks
+        elif category == "Zs":
+            table[code] = " "
+        elif category in ("Zl", "Zp"):
+            table[code] = "\n"
+        elif category == "Pd":
+            table[code] = "-"
+        elif category == "Nd":
+            table[code] = str(unicodedata.decimal(char))
+    table[0x85] = "\n"  # NEXT LINE
+    table[0x2212] = "-"  # MINUS SIGN (a math symbol, not a dash)
+    table[0x2800] = " "  # BRAILLE PATTERN BLANK
+    for char in _DOTS:
+        table[ord(char)] = "."
+    for char in _INVISIBLE:
+        table[ord(char)] = None
+    for char, latin in _CONFUSABLES.items():
+        table[ord(char)] = latin
+    return table
+
+
+_TRANSLATION = _build_translation()
+# str.translate looks every character up in the table; a dict answers most with a KeyError
+# (slow), a list indexed by code point answers in C.  The list covers the Basic Multilingual
+# Plane (identity for characters with nothing to change); the few characters above it (emoji,
+# tag characters, maths digits) are looked up in the dict only when the text has one.
+_BMP_TABLE: list[int | str | None] = list(range(0x10000))
+for _code, _value in _TRANSLATION.items():
+    if _code < 0x10000:
+        _BMP_TABLE[_code] = _value
+_ASTRAL_TABLE = {code: value for code, value in _TRANSLATION.items() if code >= 0x10000}
+_SURROGATE_OR_ASTRAL_RE = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _astral_replacement(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ASTRAL_TABLE.get(ord(char), char) or ""
+
+
+def pii_normalize(text: str) -> str:
+    """The detection view of `text` (see the module docstring); offsets of :func:`pii_scan`
+    index into it.  Raises :class:`UnscannableText` for text with lone surrogates."""
+    if text.isascii():
+        encoded = text.encode("ascii")
+        if len(encoded.translate(None, _ASCII_CONTROL_BYTES)) == len(encoded):
+            return text  # the common case: two C-level passes, no regex
+        return text.translate(_ASCII_CONTROL_TABLE)
+    rare = _SURROGATE_OR_ASTRAL_RE.search(text)
+    if rare is not None and _SURROGATE_RE.search(text, rare.start()) is not None:
+        raise UnscannableText("lone surrogate in text")
+    text = unicodedata.normalize("NFKC", text).translate(_BMP_TABLE)
+    if rare is not None:
+        text = _ASTRAL_RE.sub(_astral_replacement, text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
 # Boundary and context helpers
 # --------------------------------------------------------------------------------------------
 
@@ -302,9 +427,11 @@ _Finding = tuple[str, int, int]
 # checksum): they take part in overlap resolution and are then dropped from the results.
 _BLOCKER = "_blocker"
 
-_LOCAL_PART_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}\Z")
+# Internationalised addresses (RFC 6531) count too: letters and digits of any script.
+_LOCAL_PART_RE = re.compile(r"[\w.%+\-]{1,64}\Z")
 _DOMAIN_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})(?![A-Za-z0-9\-])"
+    r"(?:[^\W_](?:[^\W_]|-){0,62}\.)+([^\W\d_]{2,24}|xn--[a-z0-9\-]{2,59})(?![\w\-])",
+    re.IGNORECASE,
 )
 # TLD-looking suffixes that are really file extensions (logo@2x.png, bundle@1.0.js, ...).
 _FILE_EXTENSIONS = frozenset((
@@ -315,6 +442,13 @@ _FILE_EXTENSIONS = frozenset((
     "dll", "bin", "iso", "dmg", "pkg", "msi", "pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx",
     "csv", "tsv", "mp3", "mp4", "wav", "mov", "avi", "mkv", "ttf", "otf", "woff", "woff2", "map",
 ))  # fmt: skip
+
+
+def _in_url_authority(text: str, start: int) -> bool:
+    """``scheme://user@host``: the user of a URL, not an address ("Email:jane@x.org" is)."""
+    token_start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    scheme = text.find("://", token_start, start)
+    return scheme != -1 and "/" not in text[scheme + 3 : start]
 
 
 def _scan_email(text: str, found: list[_Finding]) -> None:
@@ -340,7 +474,7 @@ def _scan_email(text: str, found: list[_Finding]) -> None:
                 and (
                     start == 0
                     or text[start - 1] not in "/:@"
-                    or text[max(0, start - 7) : start].lower() == "mailto:"
+                    or (text[start - 1] != "@" and not _in_url_authority(text, start))
                 )
             )
             if ok and end < len(text) and text[end] == ":":
@@ -351,6 +485,45 @@ def _scan_email(text: str, found: list[_Finding]) -> None:
             if ok:
                 found.append(("email", start, end))
         at = next_at
+
+
+# Spelled-out addresses: "jane (at) example (dot) com", "jane[at]example.com",
+# "jane at example dot com", "jane @ example dot com".  A bracketed "at" is an address on its
+# own; the bare word "at" (everyday English) counts only with a spelled-out "dot" after it.
+_OPEN, _CLOSE = r"[\[\(\{<]", r"[\]\)\}>]"
+_SPELLED_AT = rf"(?P<at>\s*{_OPEN}\s*at\s*{_CLOSE}\s*|\s+at\s+|\s*@\s*)"
+_SPELLED_DOT = rf"(?:\s*{_OPEN}\s*dot\s*{_CLOSE}\s*|\s+dot\s+|\.)"
+_SPELLED_EMAIL_RE = re.compile(
+    r"(?<![\w.%+\-])(?P<local>[\w%+\-]{1,64}(?:\.[\w%+\-]{1,64}){0,8})"
+    + _SPELLED_AT
+    + rf"(?P<domain>[^\W_][\w\-]{{0,62}}(?:{_SPELLED_DOT}[^\W_][\w\-]{{0,62}}){{1,8}})",
+    re.IGNORECASE,
+)
+_SPELLED_DOT_RE = re.compile(_SPELLED_DOT, re.IGNORECASE)
+
+
+def _scan_spelled_email(text: str, found: list[_Finding]) -> None:
+    # Cheap necessary conditions first (each a C-level substring search): a spelled-out "dot",
+    # a bracketed "at" ("(at)", "[at]"; other brackets come with a spelled "dot") or " @ ".
+    lowered = text.lower()
+    if not (
+        "dot" in lowered or "at)" in lowered or "at]" in lowered or ("@" in text and "@ " in text)
+    ):
+        return
+    for match in _SPELLED_EMAIL_RE.finditer(text):
+        at = match.group("at")
+        domain = match.group("domain")
+        # "(at)", "[at]" and " @ " are addresses on their own; " at ", "@" and a one-sided
+        # " @x" ("ping @bob.smith") only with a spelled-out dot.
+        strong_at = at.strip().lower() not in ("at", "@") or (at[0].isspace() and at[-1].isspace())
+        spelled_dot = any(dot.group() != "." for dot in _SPELLED_DOT_RE.finditer(domain))
+        if not (strong_at or spelled_dot):
+            continue  # a plain address (the e-mail scan) or prose: "look at example.com"
+        address = f"{match.group('local')}@{_SPELLED_DOT_RE.sub('.', domain)}"
+        confirmed: list[_Finding] = []
+        _scan_email(address, confirmed)
+        if confirmed and confirmed[0][2] == len(address):
+            found.append(("email", match.start(), match.end()))
 
 
 def _card_prefix_ok(digits: str) -> bool:
@@ -443,7 +616,7 @@ _DIGIT_RE = re.compile(
     r"[2-9][0-9]{2}(?P<usep1>[ .\-])[2-9][0-9]{2}(?P=usep1))[0-9]{4})(?![0-9])|)"
     # European national format with trunk 0: 020 7946 0958, 030/901820, 06 12 34 56 78 and the
     # older German "040 - 123 456 78"
-    r"(?=(?<![\-/:]0)(?<=0)(?=[1-9])(?P<natl>(?:[0-9]|[ .\-/](?=[0-9])| - (?=[0-9])){5,16})"
+    r"(?=(?<![\-/:]0)(?<=0)(?=[1-9])(?P<natl>(?:[0-9]|[ .\-/](?=[0-9])| [\-/] (?=[0-9])){5,16})"
     r"(?![0-9])|)"
     # international with 00 instead of +: 0044 20 7946 0958
     r"(?=(?<=0)(?P<intl00>0[1-9](?:[0-9]|[ .\-](?=[0-9]|\([0-9]{1,4}\))|\([0-9]{1,4}\)){6,24})"
@@ -553,12 +726,14 @@ def _check_phone(text: str, start: int, end: int, form: str) -> bool:
     groups = [group for group in _PHONE_GROUP_SPLIT_RE.split(candidate) if group]
     if len(groups) == 1 and not candidate.startswith("(") and context is not True:
         return False  # bare "07700900123" needs a phone keyword
-    if any(len(group) < 2 for group in groups) or not _phone_separators_ok(candidate):
+    compact = candidate.replace(" / ", "/")
+    if any(len(group) < 2 for group in groups) or not _phone_separators_ok(compact):
         return False
-    if " - " in candidate and (
-        candidate.count(" - ") > 1 or candidate.index(" - ") != len(groups[0])
-    ):
-        return False  # "040 - 123 456 78": the spaced dash only after the area code
+    for spaced in (" - ", " / "):
+        if spaced in candidate and (
+            candidate.count(spaced) > 1 or candidate.index(spaced) != len(groups[0])
+        ):
+            return False  # "040 - 123 456 78", "030 / 901820": only after the area code
     return _DATE_PREFIX_RE.match(candidate) is None
 
 
@@ -733,6 +908,7 @@ def _candidates(text: str) -> list[_Finding]:
     found: list[_Finding] = []
     if "@" in text:
         _scan_email(text, found)
+    _scan_spelled_email(text, found)
     if _ANY_DIGIT_RE.search(text) is not None:
         _scan_digits(text, found)
         _scan_upper(text, found)
@@ -768,20 +944,202 @@ def _resolve(found: list[_Finding]) -> tuple[PiiMatch, ...]:
 
 
 def pii_scan(text: str) -> tuple[PiiMatch, ...]:
-    """Return every validated PII match in ``text``, ordered by position, non-overlapping."""
+    """Return every validated PII match, ordered by position, non-overlapping.
+
+    Offsets index into ``pii_normalize(text)`` (the same string for plain ASCII text).
+    """
     if not text:
         return ()
-    return _resolve(_candidates(text))
+    return _resolve(_candidates(pii_normalize(text)))
 
 
 def pii_types(text: str) -> tuple[str, ...]:
-    """Return the sorted unique PII kinds present in ``text`` (the routing hot path)."""
+    """Return the sorted unique PII kinds present in ``text`` (the routing hot path).
+
+    Raises :class:`UnscannableText` for text that cannot be scanned (treat it as personal).
+    """
     if not text:
         return ()
-    found = _candidates(text)
+    found = _candidates(pii_normalize(text))
     if not found:
         return ()
     kinds = {kind for kind, _, _ in found}
     if len(kinds) == 1 and _BLOCKER not in kinds:
         return (found[0][0],)  # a single kind: overlap resolution cannot remove all of them
     return tuple(sorted({match.kind for match in _resolve(found)}))
+
+
+# --------------------------------------------------------------------------------------------
+# The request-level policy gate: every free-text field of a decision request
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestScan:
+    """What the detector found in a decision request.
+
+    ``types``: sorted PII kinds found in any field.  ``failed``: some field could not be
+    scanned (detector error, unscannable text) - the request must be treated as personal.
+    ``personal_metadata_keys``: metadata entries whose key or value holds personal data (or
+    could not be scanned); ``personal_document_ids``: indexes of such retrieval document ids.
+    """
+
+    types: tuple[str, ...] = ()
+    failed: bool = False
+    personal_metadata_keys: frozenset[str] = frozenset()
+    personal_document_ids: frozenset[int] = frozenset()
+    personal_template: bool = False
+
+
+_CLEAN = RequestScan()
+# Joins the texts of one field family into one scan.  "|" is no word character, whitespace
+# or punctuation that a detector or a context label ("Order no.") could read across.
+_FIELD_SEPARATOR = "\n|\n"
+
+
+def _scan_texts(texts: Sequence[str], types: set[str]) -> tuple[bool, set[int]]:
+    """Scan several texts; return (failed, indexes of the texts holding personal data).
+
+    One scan over the joined texts answers the common case (nothing found); only when it finds
+    something are the texts scanned one by one to say which.
+    """
+    if not any(texts):
+        return False, set()
+    try:
+        joined = pii_types(_FIELD_SEPARATOR.join(texts))
+        if not joined:
+            return False, set()
+        types.update(joined)
+        if len(texts) == 1:
+            return False, {0}
+        flagged: set[int] = set()
+        for index, text in enumerate(texts):
+            found = pii_types(text)
+            if found:
+                types.update(found)
+                flagged.add(index)
+        return False, flagged
+    except Exception:  # fail closed: a field we could not read is personal
+        logger.exception("PII detection failed")
+        return True, set(range(len(texts)))
+
+
+def _metadata_text(key: str, value: MetadataValue) -> str:
+    # The key is the value's label ("phone: 4155550123"), as a label in prose would be.  A
+    # number below a million cannot be any kind we detect (the shortest takes eight digits).
+    if value is None or isinstance(value, bool):
+        return key
+    if isinstance(value, int | float) and -1_000_000 < value < 1_000_000:
+        return key
+    return f"{key}: {value}"
+
+
+def request_scan(data: DecisionInput) -> RequestScan:
+    """Scan every free-text field of a decision request that is stored or could be forwarded.
+
+    The prompt, the retrieval query, the retrieval document ids, the prompt template id and
+    version (identifiers, but free-form strings the caller controls and we store) and every
+    metadata key and value (numbers included: a card number fits in a JSON integer).  The
+    ``end_user`` is not scanned: it is only stored as a keyed hash and never forwarded.
+    """
+    types: set[str] = set()
+    failed = False
+    if data.prompt:
+        failed, _ = _scan_texts([data.prompt], types)
+    retrieval = data.retrieval
+    template = data.prompt_template
+    query = retrieval.query if retrieval else ""
+    template_texts = [template.id, template.version] if template else []
+    document_texts = retrieval.document_ids if retrieval else []
+    metadata = data.metadata or {}
+    keys = list(metadata)
+    metadata_texts = [_metadata_text(key, metadata[key]) for key in keys]
+    # The other fields are short: one scan of them all answers the common case (nothing
+    # personal).  The separator keeps the fields apart, so that scan finds nothing exactly
+    # when every field on its own finds nothing; otherwise they are scanned field by field.
+    rest = [query, *template_texts, *document_texts, *metadata_texts]
+    try:
+        clean = not any(rest) or not pii_types(_FIELD_SEPARATOR.join(rest))
+    except Exception:  # the field-by-field scans below fail closed (and log)
+        clean = False
+    if clean:
+        if not types and not failed:
+            return _CLEAN
+        return RequestScan(types=tuple(sorted(types)), failed=failed)
+    query_failed, _ = _scan_texts([query], types)
+    template_failed, template_flags = _scan_texts(template_texts, types)
+    documents_failed, document_flags = _scan_texts(document_texts, types)
+    metadata_failed, metadata_flags = _scan_texts(metadata_texts, types)
+    failed = failed or query_failed
+    return RequestScan(
+        types=tuple(sorted(types)),
+        failed=failed or template_failed or documents_failed or metadata_failed,
+        personal_metadata_keys=frozenset(keys[index] for index in metadata_flags),
+        personal_document_ids=frozenset(document_flags),
+        personal_template=bool(template_flags),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFreeText:
+    """The free-text fields of a decision as they may be stored."""
+
+    retrieval_query: str
+    retrieval_document_ids: tuple[str, ...]
+    prompt_template_id: str
+    prompt_template_version: str
+    metadata: dict[str, MetadataValue]
+    expires: bool  # something here (or the prompt) must be forgotten at prompt_expires_at
+
+
+def _personal(text: str) -> bool:
+    try:
+        return bool(pii_types(text))
+    except Exception:  # fail closed
+        return True
+
+
+def request_free_text_stored(
+    data: DecisionInput, scan: RequestScan, *, keep_days: int
+) -> StoredFreeText:
+    """Apply the task class's prompt retention to every free-text field, not only the prompt.
+
+    * ``keep_days == 0`` (the class keeps no prompts): the retrieval query is not stored, and
+      metadata keeps its keys, booleans and numbers while every string value is stored as null.
+    * ``keep_days > 0``: they are stored and forgotten with the prompt (``prompt_expires_at``,
+      ``telemetry.retention.decision_prompts_purge`` blanks the query and string values).
+    * Always: identifiers and metadata values in which personal data was found are never
+      stored - the purge does not reach identifiers, keys or numbers, and a class's prompt
+      retention is not a reason to keep labels that carry personal data (the value is stored
+      as null; a key that is itself personal is dropped with its value).
+    """
+    keep = keep_days > 0
+    retrieval = data.retrieval
+    template = data.prompt_template
+    metadata: dict[str, MetadataValue] = {}
+    expires = keep and bool(data.prompt)
+    for key, value in (data.metadata or {}).items():
+        if key in scan.personal_metadata_keys:
+            if not _personal(key):
+                metadata[key] = None
+            continue
+        if isinstance(value, str):
+            metadata[key] = value if keep else None
+            expires = expires or (keep and bool(value))
+        else:
+            metadata[key] = value
+    query = retrieval.query if retrieval and keep else ""
+    return StoredFreeText(
+        retrieval_query=query,
+        retrieval_document_ids=tuple(
+            doc
+            for index, doc in enumerate(retrieval.document_ids if retrieval else ())
+            if index not in scan.personal_document_ids
+        ),
+        prompt_template_id=template.id if template and not scan.personal_template else "",
+        prompt_template_version=(
+            template.version if template and not scan.personal_template else ""
+        ),
+        metadata=metadata,
+        expires=expires or bool(query),
+    )

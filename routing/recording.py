@@ -129,7 +129,7 @@ def decision_row_build(
         "decision_us": decision_us,
         "end_user": end_user,
         "prompt": prompt,
-        "prompt_expires_at": prompt_expires_at if prompt is not None else None,
+        "prompt_expires_at": prompt_expires_at,  # the query and metadata expire with it too
         "prompt_template_id": prompt_template_id,
         "prompt_template_version": prompt_template_version,
         "retrieval_query": retrieval_query,

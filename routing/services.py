@@ -6,7 +6,8 @@ body to send. Its steps, in order:
 1. Authenticate the key from the in-process cache (scope ``decide``).
 2. Decode and type-check the body (msgspec), enforce size limits.
 3. A repeated ``request_id`` returns the stored decision.
-4. Scan the prompt for personal data (fail closed: a failing scan counts as personal).
+4. Scan every free-text field for personal data (fail closed: a failing scan counts as
+   personal) - ``routing.pii.request_scan``.
 5. Decide with the plain-Python engine on the in-memory snapshot.
 6. Record the decision durably (group commit) and only then answer.
 """
@@ -34,7 +35,7 @@ from routing.engine import (
     UnknownTaskClass,
     decide,
 )
-from routing.pii import pii_types
+from routing.pii import request_free_text_stored, request_scan
 from routing.recording import decision_response, decision_row_build
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
@@ -124,14 +125,7 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
 
     snapshot = registry_cache.snapshot()
     prompt = data.prompt or ""
-    detection_failed = False
-    found: tuple[str, ...] = ()
-    if prompt:
-        try:
-            found = pii_types(prompt)
-        except Exception:  # fail closed: treat the request as personal
-            logger.exception("PII detection failed")
-            detection_failed = True
+    scan = request_scan(data)  # every free-text field; fail closed
     input_tokens = data.input_tokens if data.input_tokens is not None else _estimate_tokens(prompt)
     context_tokens = data.context_tokens if data.context_tokens is not None else input_tokens
     engine_request = DecisionRequest(
@@ -141,8 +135,8 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         latency_budget_ms=data.latency_budget_ms,
         max_cost_usd=data.max_cost_usd,
         data_classification=data.data_classification,
-        pii_found=found,
-        pii_detection_failed=detection_failed,
+        pii_found=scan.types,
+        pii_detection_failed=scan.failed,
         team=data.team or key.team,
         application=key.application,
     )
@@ -185,9 +179,8 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         decision_id=decision_id, decision=decision, decision_us=decision_us
     )
     extras = registry_cache.extras(data.task_class)
-    keep_prompt = bool(prompt) and extras is not None and extras.prompt_retention_days > 0
-    template = data.prompt_template
-    retrieval = data.retrieval
+    keep_days = extras.prompt_retention_days if extras is not None else 0
+    kept = request_free_text_stored(data, scan, keep_days=keep_days)  # retention, every field
     row = decision_row_build(
         decision_id=decision_id,
         created_at=created_at,
@@ -197,17 +190,13 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         application=key.application,
         team=engine_request.team or "",
         request_id=data.request_id or "",
-        prompt=prompt if keep_prompt else None,
-        prompt_expires_at=(
-            created_at + timedelta(days=extras.prompt_retention_days)
-            if keep_prompt and extras is not None
-            else None
-        ),
-        prompt_template_id=template.id if template else "",
-        prompt_template_version=template.version if template else "",
-        retrieval_query=retrieval.query if retrieval else "",
-        retrieval_document_ids=retrieval.document_ids if retrieval else (),
-        metadata=data.metadata,
+        prompt=prompt if prompt and keep_days > 0 else None,
+        prompt_expires_at=created_at + timedelta(days=keep_days) if kept.expires else None,
+        prompt_template_id=kept.prompt_template_id,
+        prompt_template_version=kept.prompt_template_version,
+        retrieval_query=kept.retrieval_query,
+        retrieval_document_ids=kept.retrieval_document_ids,
+        metadata=kept.metadata,
         end_user=_end_user_hash(data.end_user) if data.end_user else "",
         decision_us=decision_us,
         response=response,

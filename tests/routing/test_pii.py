@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import unicodedata
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,15 +16,22 @@ from hypothesis import strategies as st
 from routing.pii import (
     PII_TYPES,
     PiiMatch,
+    RequestScan,
+    UnscannableText,
     dni_check_letter,
     dni_is_valid,
     iban_is_valid,
     luhn_is_valid,
     nino_is_valid,
+    pii_normalize,
     pii_scan,
     pii_types,
+    request_free_text_stored,
+    request_scan,
     ssn_is_valid,
 )
+from routing.schemas import DecisionInput
+from tests.routing.pii_corpus import CATEGORIES, FIELDS, disguised_rows, request_input
 
 LABELLED = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 
@@ -430,3 +439,309 @@ def test_fuzz_pii_like_text(text: str) -> None:
 )
 def test_fuzz_pii_fragments(parts: list[str]) -> None:
     _check_invariants("".join(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation: disguised personal data is found
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("plain ascii stays the same", "plain ascii stays the same"),
+        ("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "jane@example.com"),
+        ("ja\u200bne\u00ad@\ufeffexam\u2060ple.com", "jane@example.com"),
+        ("\u202ertl\u202c \u2066isolate\u2069 \u200emark", "rtl isolate mark"),
+        ("4111\u00a01111\u202f1111\u30001111", "4111 1111 1111 1111"),
+        ("415\u2011555\u20130132 \u2212 \u2014", "415-555-0132 - -"),
+        ("jane@example\u3002com \u00b7 x\u30fby", "jane@example.com . x.y"),
+        ("\u0664\u0661\u0661\u0661 \u096a\u0967 \U0001d7d2", "4111 41 4"),
+        ("j\u0430ne@ex\u0430mple.com \u0391\u0392", "jane@example.com AB"),
+        ("tab\tand\nnewline stay, \x07bell\x1b goes", "tab\tand\nnewline stay, bell goes"),
+        ("4\u20e3 e\u0301", "4 \u00e9"),
+    ],
+)
+def test_normalise(text: str, normalised: str) -> None:
+    assert pii_normalize(text) == normalised
+
+
+def test_lone_surrogates_cannot_be_scanned() -> None:
+    with pytest.raises(UnscannableText):
+        pii_types("mail jane\ud800@example.com")
+    with pytest.raises(UnscannableText):
+        pii_scan("\udfff")
+
+
+def test_scan_offsets_index_the_normalised_text() -> None:
+    text = "mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ now"
+    (match,) = pii_scan(text)
+    assert pii_normalize(text)[match.start : match.end] == "jane@example.com"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "jane (at) example (dot) com",
+        "jane.doe[at]example.org",
+        "jane.doe at example dot co dot uk",
+        "JANE {AT} EXAMPLE {DOT} COM",
+        "jane.doe @ example.com",
+        "jane.doe@example dot com",
+    ],
+)
+def test_spelled_out_addresses(text: str) -> None:
+    assert pii_types(f"Write to {text} today") == ("email",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Look at example.com for the docs",
+        "ping @alice and @bob.smith",
+        "polka dot dress at home",
+        "meet at noon (at the latest)",
+        "the dot product at index i dot j",
+        "logo (at) 2x dot png",
+    ],
+)
+def test_spelled_out_lookalikes_are_not_addresses(text: str) -> None:
+    assert "email" not in pii_types(text)
+
+
+def test_address_after_a_label_without_space_but_not_url_user() -> None:
+    assert pii_types("Email:jane.doe@example.com") == ("email",)
+    assert pii_types("files under mailbox/jane.doe@example.com/inbox") == ("email",)
+    assert pii_types("postgres://app@db.example.com:5432/app") == ()
+    assert pii_types("https://user:secret@git.example.com/repo") == ()
+
+
+# --------------------------------------------------------------------------------------------
+# Request-level gate: every free-text field, fail closed, retention of every field
+# --------------------------------------------------------------------------------------------
+
+
+def _input(**fields: object) -> DecisionInput:
+    return msgspec.convert({"task_class": "t", **fields}, DecisionInput)
+
+
+def test_request_scan_reads_every_free_text_field() -> None:
+    assert request_scan(_input(prompt="hello")) == RequestScan()
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"prompt": "mail jane@example.com"}, "email"),
+        ({"retrieval": {"query": "orders of jane@example.com"}}, "email"),
+        ({"retrieval": {"document_ids": ["kb-1", "inbox/jane@example.com"]}}, "email"),
+        ({"prompt_template": {"id": "t", "version": "jane@example.com"}}, "email"),
+        ({"metadata": {"note": "call +44 20 7946 0958"}}, "phone"),
+        ({"metadata": {"phone": "4155550123"}}, "phone"),  # the key labels the value
+        ({"metadata": {"card": 4111111111111111}}, "credit_card"),
+        ({"metadata": {"jane@example.com": None}}, "email"),
+    ]
+    for fields, kind in cases:
+        scan = request_scan(_input(**fields))
+        assert scan.types == (kind,), fields
+        assert not scan.failed
+
+
+def test_request_scan_flags_the_fields_that_hold_personal_data() -> None:
+    scan = request_scan(
+        _input(
+            retrieval={"document_ids": ["kb-1", "inbox/jane@example.com", "kb-2"]},
+            metadata={"ticket": "T-1", "cc": "jane@example.com", "n": 4111111111111111},
+            prompt_template={"id": "reply", "version": "1"},
+        )
+    )
+    assert scan.types == ("credit_card", "email")
+    assert scan.personal_document_ids == {1}
+    assert scan.personal_metadata_keys == {"cc", "n"}
+    assert not scan.personal_template and not scan.failed
+
+
+def test_separate_fields_do_not_lend_each_other_context() -> None:
+    # "Invoice no." labels the number after it as an identifier - but not across fields.
+    scan = request_scan(
+        _input(retrieval={"document_ids": ["invoice no.", "020 7946 0958"]}),
+    )
+    assert scan.types == ("phone",)
+    assert scan.personal_document_ids == {1}
+
+
+def test_unscannable_field_fails_closed() -> None:
+    # msgspec refuses lone surrogates in JSON; a caller inside the process could still pass
+    # one, and any field the detector cannot read makes the request personal.
+    for fields in (
+        {"prompt": "hi \ud800"},
+        {"retrieval": {"query": "\udc00"}},
+        {"metadata": {"k\udfff": 1}},
+        {"retrieval": {"document_ids": ["ok", "\ud800"]}},
+    ):
+        assert request_scan(_input(**fields)).failed, fields
+
+
+def test_retention_zero_keeps_no_free_text() -> None:
+    data = _input(
+        prompt="hello",
+        retrieval={"query": "router manuals", "document_ids": ["kb-1", "inbox/jane@example.com"]},
+        prompt_template={"id": "reply", "version": "3"},
+        metadata={"ticket": "T-1", "attempt": 2, "shadow": True, "cc": "jane@example.com"},
+    )
+    stored = request_free_text_stored(data, request_scan(data), keep_days=0)
+    assert stored.retrieval_query == ""
+    assert stored.retrieval_document_ids == ("kb-1",)
+    assert (stored.prompt_template_id, stored.prompt_template_version) == ("reply", "3")
+    assert stored.metadata == {"ticket": None, "attempt": 2, "shadow": True, "cc": None}
+    assert not stored.expires
+
+
+def test_retention_days_keep_free_text_until_it_expires() -> None:
+    data = _input(
+        retrieval={"query": "router manuals"},
+        metadata={"reference_answer": "42", "n": 4111111111111111, "jane@example.com": "x"},
+    )
+    stored = request_free_text_stored(data, request_scan(data), keep_days=30)
+    assert stored.retrieval_query == "router manuals"
+    # a personal number is never stored, a personal key is dropped with its value
+    assert stored.metadata == {"reference_answer": "42", "n": None}
+    assert stored.expires  # no prompt, but the query and a string value must expire
+    numbers_only = _input(metadata={"a": 1})
+    assert not request_free_text_stored(numbers_only, RequestScan(), keep_days=30).expires
+
+
+def test_personal_identifiers_are_not_stored() -> None:
+    data = _input(prompt_template={"id": "reply-jane@example.com", "version": "1"})
+    stored = request_free_text_stored(data, request_scan(data), keep_days=30)
+    assert (stored.prompt_template_id, stored.prompt_template_version) == ("", "")
+
+
+# --------------------------------------------------------------------------------------------
+# Disguised-personal-data corpus (scored separately from the labelled set)
+# --------------------------------------------------------------------------------------------
+
+
+def test_disguised_corpus_is_well_formed() -> None:
+    rows = disguised_rows()
+    assert len(rows) >= 150
+    seen: set[str] = set()
+    for row in rows:
+        assert row["category"] in CATEGORIES
+        fields = set(row) - {"category", "pii"}
+        assert len(fields) == 1 and fields <= set(FIELDS), row
+        assert row["pii"] == sorted(set(row["pii"])) and set(row["pii"]) <= set(PII_TYPES)
+        key = json.dumps(row, sort_keys=True)
+        assert key not in seen
+        seen.add(key)
+    for category in CATEGORIES:
+        in_category = [row for row in rows if row["category"] == category]
+        assert any(row["pii"] for row in in_category), category
+        assert any(not row["pii"] for row in in_category), category
+    # the disguises are really there: most rows are not plain ASCII
+    texts = [row["text"] for row in rows if "text" in row]
+    assert sum(not text.isascii() for text in texts) / len(texts) > 0.8
+
+
+def test_disguised_corpus_precision_and_recall() -> None:
+    tp = fp = fn = 0
+    misses: list[str] = []
+    for row in disguised_rows():
+        scan = request_scan(request_input(row))
+        assert not scan.failed
+        expected, found = set(row["pii"]), set(scan.types)
+        tp += len(found & expected)
+        fp += len(found - expected)
+        fn += len(expected - found)
+        if found != expected:
+            misses.append(f"{row['category']}: expected {sorted(expected)}, got {sorted(found)}")
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    print(f"\nDisguised corpus: precision {precision:.4f}, recall {recall:.4f}")
+    print(*misses, sep="\n")
+    assert precision >= 0.95
+    assert recall == 1.0  # every positive is kept away from cloud models
+
+
+# --------------------------------------------------------------------------------------------
+# Property: invisible characters and other spaces / dashes / widths never hide personal data
+# --------------------------------------------------------------------------------------------
+
+_FORMAT_CHARS = [
+    chr(code) for code in range(0x10000) if unicodedata.category(chr(code)) == "Cf"
+] + ["\U000e0001", "\U000e0041"]
+_SPACES = [chr(code) for code in range(0x10000) if unicodedata.category(chr(code)) == "Zs"]
+_DASHES = [chr(code) for code in range(0x10000) if unicodedata.category(chr(code)) == "Pd"]
+_KNOWN_POSITIVES = [(text, kind) for kind, cases in POSITIVES.items() for text, _ in cases] + [
+    (row["text"], kind)
+    for row in disguised_rows()
+    if "text" in row and len(row["pii"]) == 1
+    for kind in row["pii"]
+]
+_KNOWN_NEGATIVES = [text for texts in NEGATIVES.values() for text in texts] + [
+    row["text"] for row in disguised_rows() if "text" in row and not row["pii"]
+]
+
+
+def _disguise(data: st.DataObject, text: str) -> str:
+    chars = list(text)
+    # swap some ASCII spaces and hyphens for Unicode ones, some ASCII for full-width forms
+    for index, char in enumerate(chars):
+        if char == " " and data.draw(st.booleans()):
+            chars[index] = data.draw(st.sampled_from(_SPACES))
+        elif char == "-" and data.draw(st.booleans()):
+            chars[index] = data.draw(st.sampled_from(_DASHES))
+        elif "!" <= char <= "~" and data.draw(st.integers(0, 9)) == 0:
+            chars[index] = chr(ord(char) + 0xFEE0)
+    # and sprinkle format characters anywhere
+    for _ in range(data.draw(st.integers(1, 6))):
+        where = data.draw(st.integers(0, len(chars)))
+        chars.insert(where, data.draw(st.sampled_from(_FORMAT_CHARS)))
+    return "".join(chars)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_disguising_a_positive_never_hides_it(data: st.DataObject) -> None:
+    text, kind = data.draw(st.sampled_from(_KNOWN_POSITIVES))
+    disguised = _disguise(data, text)
+    assert kind in pii_types(disguised), (text, disguised)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_disguising_a_negative_finds_nothing_new(data: st.DataObject) -> None:
+    text = data.draw(st.sampled_from(_KNOWN_NEGATIVES))
+    assert set(pii_types(_disguise(data, text))) <= set(pii_types(text))
+
+
+_FIELD_TEXTS = (
+    [text for text, _ in _KNOWN_POSITIVES] + _KNOWN_NEGATIVES + ["", "order no.", "phone"]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_FIELD_TEXTS),
+    st.lists(st.sampled_from(_FIELD_TEXTS), max_size=4),
+    st.lists(
+        st.tuples(st.sampled_from(["note", "ref", "phone", "x"]), st.sampled_from(_FIELD_TEXTS)),
+        max_size=4,
+    ),
+)
+def test_request_scan_equals_field_by_field(
+    query: str, documents: list[str], entries: list[tuple[str, str]]
+) -> None:
+    """The one-scan shortcut over the short fields finds what scanning each field finds."""
+    metadata = dict(entries)
+    data = _input(
+        prompt="hello", retrieval={"query": query, "document_ids": documents}, metadata=metadata
+    )
+    expected: set[str] = set(pii_types(query))
+    for text in documents:
+        expected.update(pii_types(text))
+    for key, value in metadata.items():
+        expected.update(pii_types(f"{key}: {value}"))
+    scan = request_scan(data)
+    assert set(scan.types) == expected
+    assert scan.personal_metadata_keys == {
+        key for key, value in metadata.items() if pii_types(f"{key}: {value}")
+    }
+    assert scan.personal_document_ids == {
+        index for index, text in enumerate(documents) if pii_types(text)
+    }

@@ -39,11 +39,13 @@ def test_partitions_are_created_ahead_and_dropped_whole_after_retention() -> Non
     assert f"telemetry_decision_p{today + timedelta(days=14):%Y%m%d}" in remaining
 
 
-def test_expired_prompts_are_purged(registry: dict[str, Any], settings: Any) -> None:
+def test_expired_free_text_is_purged(registry: dict[str, Any], settings: Any) -> None:
+    """The prompt, the retrieval query and metadata strings expire together; keys, numbers,
+    booleans, identifiers and rows without an expiry stay."""
     from telemetry.ids import uuid7, uuid7_time
     from telemetry.models import DecisionRecord
 
-    def record(expires_in: timedelta) -> DecisionRecord:
+    def record(expires_in: timedelta | None, prompt: str | None = "secret text") -> DecisionRecord:
         ident = uuid7()
         return DecisionRecord.objects.create(
             id=ident,
@@ -63,12 +65,34 @@ def test_expired_prompts_are_purged(registry: dict[str, Any], settings: Any) -> 
             context_tokens=1,
             max_output_tokens=1,
             decision_us=1,
-            prompt="secret text",
-            prompt_expires_at=timezone.now() + expires_in,
+            prompt=prompt,
+            prompt_expires_at=None if expires_in is None else timezone.now() + expires_in,
+            prompt_template_id="triage",
+            retrieval_query="orders of jane.doe@example.com",
+            retrieval_document_ids=["kb-1"],
+            metadata={"reference_answer": "42", "attempt": 2, "shadow": True, "none": None},
         )
 
     expired, kept = record(-timedelta(minutes=1)), record(timedelta(days=1))
-    assert decision_prompts_purge() == 1
-    expired_row = DecisionRecord.objects.get(id=expired.id)
-    assert expired_row.prompt is None
-    assert DecisionRecord.objects.get(id=kept.id).prompt == "secret text"
+    query_only = record(-timedelta(seconds=1), prompt=None)  # no prompt, a query to forget
+    never = record(None, prompt=None)  # nothing free-text was stored with an expiry
+    assert decision_prompts_purge() == 2
+    for row in (
+        DecisionRecord.objects.get(id=expired.id),
+        DecisionRecord.objects.get(id=query_only.id),
+    ):
+        assert row.prompt is None and row.prompt_expires_at is None
+        assert row.retrieval_query == ""
+        assert row.metadata == {
+            "reference_answer": None,
+            "attempt": 2,
+            "shadow": True,
+            "none": None,
+        }
+        assert row.retrieval_document_ids == ["kb-1"] and row.prompt_template_id == "triage"
+    kept_row = DecisionRecord.objects.get(id=kept.id)
+    assert kept_row.prompt == "secret text"
+    assert kept_row.retrieval_query == "orders of jane.doe@example.com"
+    assert kept_row.metadata["reference_answer"] == "42"
+    assert DecisionRecord.objects.get(id=never.id).retrieval_query.startswith("orders")
+    assert decision_prompts_purge() == 0  # purged rows lose their expiry: nothing to do twice
