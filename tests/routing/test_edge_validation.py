@@ -76,7 +76,13 @@ def test_other_c0_control_characters_are_refused(api_key: str, client: Client, c
     assert list(response.json()["error"]["fields"]) == ["end_user"]
 
 
-def test_tab_newline_and_carriage_return_are_text(api_key: str, client: Client) -> None:
+def test_tab_newline_and_carriage_return_are_text(
+    api_key: str, client: Client, registry: dict[str, Any]
+) -> None:
+    # The class keeps free text for a week, so the stored row shows what was accepted.
+    triage = registry["triage"]
+    triage.prompt_retention_days = 7
+    triage.save()
     response = _post(
         client,
         api_key,
@@ -84,7 +90,9 @@ def test_tab_newline_and_carriage_return_are_text(api_key: str, client: Client) 
         _decision(prompt="line one\r\nline\ttwo\n", metadata={"note": "a\tb"}),
     )
     assert response.status_code == 201, response.content
-    assert DecisionRecord.objects.get().metadata == {"note": "a\tb"}
+    stored = DecisionRecord.objects.get()
+    assert stored.metadata == {"note": "a\tb"}
+    assert stored.prompt == "line one\r\nline\ttwo\n"
 
 
 def _attempt(**fields: Any) -> dict[str, Any]:
