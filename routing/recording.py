@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from routing.engine import Decision, DecisionRequest
-from telemetry.recorder import DecisionRow
+from telemetry.recorder import DecisionRow, Reservation
 
 
 def decision_response(
@@ -96,6 +96,7 @@ def decision_row_build(
     end_user: str = "",
     decision_us: int = 0,
     response: dict[str, Any] | None = None,
+    reservations: Sequence[Reservation] = (),
 ) -> DecisionRow:
     if response is None:
         response = decision_response(
@@ -137,4 +138,5 @@ def decision_row_build(
         "metadata": metadata or {},
         "path": decision_path(decision, response),
         "response": response,
+        "reservations": list(reservations),
     }

@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
@@ -62,6 +62,13 @@ def _insert_sql(count: int) -> str:
     return sql
 
 
+class Reservation(TypedDict):
+    """A worst-case amount to reserve against one budget when the decision is written."""
+
+    budget_id: int
+    amount_usd: float
+
+
 class DecisionRow(TypedDict):
     id: uuid.UUID
     created_at: datetime
@@ -97,10 +104,26 @@ class DecisionRow(TypedDict):
     metadata: dict[str, Any]
     path: dict[str, Any]
     response: dict[str, Any]
+    # Not a column: budget reservations the admission hook applies with the row's batch.
+    reservations: list[Reservation]
+
+
+# The admission hook: called inside the transaction that writes the rows, before they are
+# written, with the rows about to be written (only when one of them carries reservations).
+# Returns {row id: refusal detail} for the rows it refuses; those are not written.
+AdmitHook = Callable[[psycopg.Cursor[Any], list[DecisionRow]], dict[uuid.UUID, dict[str, Any]]]
 
 
 class RecordingFailed(Exception):
     """The decision could not be stored before its deadline."""
+
+
+class RecordingRefused(Exception):
+    """The admission hook refused the decision; ``detail`` says why (from the hook)."""
+
+    def __init__(self, detail: dict[str, Any]) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
 
 
 def _copy_values(row: DecisionRow) -> tuple[Any, ...]:
@@ -145,8 +168,9 @@ class _Pending:
     row: DecisionRow
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: str = ""  # "stored" | "duplicate" | "failed"
+    outcome: str = ""  # "stored" | "duplicate" | "refused" | "failed"
     error: str = ""
+    refusal: dict[str, Any] = field(default_factory=dict)
 
 
 class DecisionRecorder:
@@ -159,6 +183,7 @@ class DecisionRecorder:
         self._params: dict[str, Any] | None = None
         self.batches = 0
         self.rows = 0
+        self.admit: AdmitHook | None = None
 
     # -- request side ------------------------------------------------------------------
 
@@ -171,6 +196,8 @@ class DecisionRecorder:
             raise RecordingFailed("timed out waiting for the decision to be stored")
         if pending.outcome == "failed":
             raise RecordingFailed(pending.error or "the decision could not be stored")
+        if pending.outcome == "refused":
+            raise RecordingRefused(pending.refusal)
         return pending.outcome
 
     def close(self) -> None:
@@ -265,7 +292,11 @@ class DecisionRecorder:
     def _write(
         self, conn: psycopg.Connection[Any], batch: list[_Pending], *, maybe_written: bool
     ) -> None:
-        if not maybe_written and len(batch) <= 100 and not any(p.row["request_id"] for p in batch):
+        if (
+            not maybe_written
+            and len(batch) <= 100
+            and not any(p.row["request_id"] or p.row["reservations"] for p in batch)
+        ):
             with conn.cursor() as cursor:
                 values: list[Any] = []
                 for item in batch:
@@ -313,9 +344,26 @@ class DecisionRecorder:
                     if not cursor.nextset():
                         break
                 duplicates = {p.row["id"] for p in keyed} - inserted
-            decision_rows_copy(cursor, (p.row for p in todo if p.row["id"] not in duplicates))
+            to_write = [p for p in todo if p.row["id"] not in duplicates]
+            refused: dict[uuid.UUID, dict[str, Any]] = {}
+            if self.admit is not None and any(p.row["reservations"] for p in to_write):
+                refused = self.admit(cursor, [p.row for p in to_write])
+                refused_keyed = [
+                    p for p in to_write if p.row["id"] in refused and p.row["request_id"]
+                ]
+                if refused_keyed:
+                    cursor.execute(
+                        "DELETE FROM telemetry_decision_idempotency WHERE decision_id = ANY(%s)",
+                        [[p.row["id"] for p in refused_keyed]],
+                    )
+            decision_rows_copy(cursor, (p.row for p in to_write if p.row["id"] not in refused))
             for item in todo:
-                item.outcome = "duplicate" if item.row["id"] in duplicates else "stored"
+                if item.row["id"] in duplicates:
+                    item.outcome = "duplicate"
+                elif item.row["id"] in refused:
+                    item.outcome, item.refusal = "refused", refused[item.row["id"]]
+                else:
+                    item.outcome = "stored"
         self.batches += 1
         self.rows += len(batch)
         for item in batch:
