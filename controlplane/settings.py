@@ -190,6 +190,19 @@ SWITCHYARD_MAX_PROMPT_CHARS = env_int("SWITCHYARD_MAX_PROMPT_CHARS", 200_000)
 SWITCHYARD_MAX_METADATA_BYTES = env_int("SWITCHYARD_MAX_METADATA_BYTES", 4096)
 SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1_000_000)
 SWITCHYARD_RECORD_TIMEOUT_S = float(env_str("SWITCHYARD_RECORD_TIMEOUT_S", "5.0"))
+# The decision recorder (telemetry/recorder.py): rows per group commit, rows waiting at most
+# (503 recording_unavailable beyond), per-statement timeout, connect timeout, and how long one
+# write may take before its writer is replaced.
+SWITCHYARD_RECORD_MAX_BATCH = env_int("SWITCHYARD_RECORD_MAX_BATCH", 500)
+SWITCHYARD_RECORD_QUEUE_MAX = env_int("SWITCHYARD_RECORD_QUEUE_MAX", 5000)
+SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS = env_int("SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS", 3000)
+SWITCHYARD_RECORD_CONNECT_TIMEOUT_S = env_int("SWITCHYARD_RECORD_CONNECT_TIMEOUT_S", 2)
+SWITCHYARD_RECORD_HANG_S = float(env_str("SWITCHYARD_RECORD_HANG_S", "4.0"))
+# A request_id answers with its stored decision for this many hours; after that the key is
+# purged (hourly maintenance) and reusing it makes a new decision. Never past retention.
+SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS = min(
+    env_int("SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS", 24), SWITCHYARD_DECISION_RETENTION_DAYS * 24
+)
 
 # --- Evaluation (sweeps, proposals, model calls)
 from pathlib import Path  # noqa: E402 (settings are appended per feature)

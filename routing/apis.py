@@ -57,6 +57,9 @@ class DecisionCreateApi(APIView):
         responses={
             201: DecisionOutputSerializer,
             200: OpenApiResponse(DecisionOutputSerializer, description="Repeated request_id"),
+            409: OpenApiResponse(
+                ErrorSerializer, description="request_id already used with another body"
+            ),
             413: OpenApiResponse(ErrorSerializer, description="Prompt or metadata too large"),
             422: OpenApiResponse(ErrorSerializer, description="No model can take the request"),
             429: OpenApiResponse(ErrorSerializer, description="Hard budget limit reached"),

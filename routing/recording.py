@@ -97,6 +97,7 @@ def decision_row_build(
     decision_us: int = 0,
     response: dict[str, Any] | None = None,
     reservations: Sequence[Reservation] = (),
+    request_sha256: str = "",
 ) -> DecisionRow:
     if response is None:
         response = decision_response(
@@ -139,4 +140,5 @@ def decision_row_build(
         "path": decision_path(decision, response),
         "response": response,
         "reservations": list(reservations),
+        "request_sha256": request_sha256,
     }

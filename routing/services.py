@@ -5,7 +5,7 @@ body to send. Its steps, in order:
 
 1. Authenticate the key from the in-process cache (scope ``decide``).
 2. Decode and type-check the body (msgspec), enforce size limits.
-3. A repeated ``request_id`` returns the stored decision.
+3. A repeated ``request_id`` returns the stored decision (409 if the body differs).
 4. Scan the prompt for personal data (fail closed: a failing scan counts as personal).
 5. Decide with the plain-Python engine on the in-memory snapshot.
 6. Record the decision durably (group commit) and only then answer.
@@ -24,6 +24,8 @@ from typing import Any
 import msgspec
 import orjson
 from django.conf import settings
+from django.db import DataError
+from django.utils import timezone
 
 from controlplane.authentication import bearer_secret
 from controlplane.errors import ApiError
@@ -41,7 +43,13 @@ from routing.schemas import DecisionInput, decision_input_decoder
 from routing.snapshot import KeyInfo, registry_cache
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionIdempotency, DecisionRecord
-from telemetry.recorder import RecordingFailed, recorder
+from telemetry.recorder import (
+    RecordingBusy,
+    RecordingFailed,
+    RecordingInvalid,
+    idempotency_window,
+    recorder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +117,31 @@ def _check_sizes(data: DecisionInput) -> None:
             )
 
 
-def _stored_response(application_id: int, request_id: str) -> dict[str, Any] | None:
-    entry = DecisionIdempotency.objects.filter(
-        application_id=application_id, request_id=request_id
-    ).first()
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def _request_sha256(data: DecisionInput) -> str:
+    """sha256 of the canonical body: the decoded request re-encoded with sorted keys, so
+    whitespace and key order do not matter but every value does."""
+    return hashlib.sha256(_canonical_encoder.encode(data)).hexdigest()
+
+
+def _stored_decision(application_id: int, request_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(body hash, response) of the live decision under this idempotency key, if any.
+
+    A key older than the idempotency window is ignored (the new decision takes it over)."""
+    cutoff = timezone.now() - idempotency_window()
+    try:
+        entry = DecisionIdempotency.objects.filter(
+            application_id=application_id, request_id=request_id, created_at__gte=cutoff
+        ).first()
+    except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
+        raise ApiError(
+            400,
+            "invalid",
+            "request_id: contains a character that cannot be stored (e.g. NUL).",
+            {"request_id": ["contains a character that cannot be stored"]},
+        ) from exc
     if entry is None:
         return None
     record = (
@@ -120,7 +149,21 @@ def _stored_response(application_id: int, request_id: str) -> dict[str, Any] | N
         .only("response")
         .first()
     )
-    return record.response if record is not None else None
+    return (entry.body_sha256, record.response) if record is not None else None
+
+
+def _replay(stored: tuple[str, dict[str, Any]], request_sha256: str) -> tuple[int, dict[str, Any]]:
+    """The stored decision for a repeated request_id, if the body is the same one."""
+    stored_sha256, response = stored
+    if stored_sha256 and stored_sha256 != request_sha256:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "This request_id was already used with a different request body; use a new "
+            "request_id for a new request.",
+            {"request_id": ["already used with a different body"]},
+        )
+    return 200, response
 
 
 def decision_create(*, authorization: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -139,10 +182,11 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         raise ApiError(413, "too_large", "The request body is too large.")
     data = _decode(body)
     _check_sizes(data)
+    request_sha256 = _request_sha256(data) if data.request_id else ""
     if data.request_id:
-        stored = _stored_response(key.application_id, data.request_id)
+        stored = _stored_decision(key.application_id, data.request_id)
         if stored is not None:
-            return 200, stored
+            return _replay(stored, request_sha256)
 
     snapshot = registry_cache.snapshot()
     prompt = data.prompt or ""
@@ -233,9 +277,25 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         end_user=_end_user_hash(data.end_user) if data.end_user else "",
         decision_us=decision_us,
         response=response,
+        request_sha256=request_sha256,
     )
     try:
         outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
+    except RecordingInvalid as exc:
+        metrics.RECORDING_FAILURES.inc()
+        if exc.field is not None:
+            message = f"{exc.field}: {exc.message}"
+            raise ApiError(400, "invalid", message, {exc.field: [exc.message]}) from exc
+        raise ApiError(
+            500, "server_error", "The decision record was rejected; it has been logged."
+        ) from exc
+    except RecordingBusy as exc:
+        metrics.RECORDING_FAILURES.inc()
+        raise ApiError(
+            503,
+            "recording_unavailable",
+            "Too many decisions are waiting to be recorded; nothing was decided. Retry.",
+        ) from exc
     except RecordingFailed as exc:
         metrics.RECORDING_FAILURES.inc()
         raise ApiError(
@@ -244,10 +304,12 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
             "The decision could not be recorded; nothing was decided. Retry.",
         ) from exc
     if outcome == "duplicate":
-        stored = _stored_response(key.application_id, data.request_id or "")
-        if stored is None:  # pragma: no cover - the winner committed before we looked
+        # Another request with this request_id won (and has committed): answer with its
+        # decision, or 409 if it carried another body.
+        stored = _stored_decision(key.application_id, data.request_id or "")
+        if stored is None:  # the winner was refused, or its key expired meanwhile
             raise ApiError(503, "recording_unavailable", "Retry.")
-        return 200, stored
+        return _replay(stored, request_sha256)
     model = decision.model
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)

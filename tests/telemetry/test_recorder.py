@@ -63,6 +63,7 @@ def make_row(
         "path": {},
         "response": {"decision_id": str(decision_id)},
         "reservations": reservations or [],
+        "request_sha256": "",
     }
     row.update(fields)  # type: ignore[typeddict-item]
     return row
