@@ -248,11 +248,20 @@ STATICFILES_FINDERS = [
 SWITCHYARD_BASELINE_MODEL = env_str("SWITCHYARD_BASELINE_MODEL", "gpt-4o")
 # Rollups of recent hours are recomputed this often (seconds) by Celery beat.
 SWITCHYARD_ROLLUP_REFRESH_S = env_int("SWITCHYARD_ROLLUP_REFRESH_S", 60)
+# Budgets: a decision reserves its worst-case cost against every budget that applies until
+# its outcome settles it; a reservation whose outcome has not arrived after this many
+# seconds is released (checked every SWITCHYARD_RESERVATION_EXPIRE_EVERY_S by Celery beat).
+SWITCHYARD_RESERVATION_TTL_S = env_int("SWITCHYARD_RESERVATION_TTL_S", 900)
+SWITCHYARD_RESERVATION_EXPIRE_EVERY_S = env_int("SWITCHYARD_RESERVATION_EXPIRE_EVERY_S", 60)
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
     "telemetry-rollups-refresh": {
         "task": "telemetry.tasks.rollups_refresh_task",
         "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),
+    },
+    "budget-reservations-expire": {
+        "task": "telemetry.tasks.reservations_expire_task",
+        "schedule": float(SWITCHYARD_RESERVATION_EXPIRE_EVERY_S),
     },
 }
 # httpx logs every model call at INFO; sweeps make thousands.

@@ -28,7 +28,12 @@ from routing.serializers import (
 from routing.services import decision_create
 from telemetry.ids import is_uuid7, uuid7_time
 from telemetry.models import DecisionOutcome, DecisionRecord
-from telemetry.services import OutcomeInput, outcome_report
+from telemetry.services import (
+    OutcomeConflict,
+    OutcomeInput,
+    attempt_models_unknown,
+    outcome_report,
+)
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
@@ -121,7 +126,14 @@ class DecisionOutcomeApi(APIView):
 
     @extend_schema(
         request=OutcomeInputSerializer,
-        responses={200: OutcomeOutputSerializer, 404: ErrorSerializer, **_ERRORS},
+        responses={
+            200: OutcomeOutputSerializer,
+            404: ErrorSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, description="Changes an attempt that was already charged"
+            ),
+            **_ERRORS,
+        },
         tags=["decisions"],
     )
     def post(self, request: Request, decision_id: str) -> Response:
@@ -129,17 +141,24 @@ class DecisionOutcomeApi(APIView):
         data.is_valid(raise_exception=True)
         record = _decision_for(request, decision_id)
         values = data.validated_data
-        outcome = outcome_report(
-            OutcomeInput(
-                decision=record,
-                attempts=values["attempts"],
-                final_status=values["final_status"],
-                quality_score=values.get("quality_score"),
-                user_feedback=values.get("user_feedback", ""),
-                validation=values.get("validation"),
-                retrieval_document_ids=values.get("retrieval_document_ids", []),
+        unknown = attempt_models_unknown(values["attempts"])
+        if unknown:
+            field, messages = next(iter(unknown.items()))
+            raise ApiError(400, "invalid", f"{field}: {messages[0]}", unknown)
+        try:
+            outcome = outcome_report(
+                OutcomeInput(
+                    decision=record,
+                    attempts=values["attempts"],
+                    final_status=values["final_status"],
+                    quality_score=values.get("quality_score"),
+                    user_feedback=values.get("user_feedback", ""),
+                    validation=values.get("validation"),
+                    retrieval_document_ids=values.get("retrieval_document_ids", []),
+                )
             )
-        )
+        except OutcomeConflict as exc:
+            raise ApiError(409, "conflict", str(exc), {"attempts": [str(exc)]}) from exc
         return Response(OutcomeOutputSerializer.from_outcome(outcome))
 
 

@@ -51,6 +51,7 @@ def decision_response(
                 "name": b.name,
                 "scope_key": b.scope_key,
                 "spent_usd": round(b.spent_usd, 6),
+                "reserved_usd": round(b.reserved_usd, 6),
                 "limit_usd": round(b.limit_usd, 6),
                 "remaining_usd": round(b.remaining_usd, 6),
                 "action": b.action,
