@@ -38,7 +38,11 @@ from telemetry.services import (
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
     401: OpenApiResponse(ErrorSerializer, description="Missing, invalid, revoked or expired key"),
-    403: OpenApiResponse(ErrorSerializer, description="The key lacks the scope"),
+    403: OpenApiResponse(
+        ErrorSerializer,
+        description="The key lacks the scope, or the body names a team its application may "
+        "not act for (Application.acts_for_teams)",
+    ),
     503: OpenApiResponse(ErrorSerializer, description="Database unreachable; retry"),
 }
 
