@@ -300,3 +300,24 @@ def test_a_price_taking_effect_later_is_picked_up_without_a_registry_change(
     assert report(client, api_key, before, [attempt()]).status_code == 200
     assert report(client, api_key, after, [attempt()]).status_code == 200
     assert spend(b)[0] == Decimal("0.005002") + Decimal("0.05002")
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+def test_budget_pages_show_spent_and_reserved(
+    registry: dict[str, Any], api_key: str, client: Client, role_client: Any
+) -> None:
+    b = budget(registry["team"], spent="0")
+    decision_id = post(client, api_key, {"task_class": "triage"}).json()["decision_id"]
+    assert report(client, api_key, decision_id, [attempt()]).status_code == 200
+    now = timezone.now()
+    rollups_recompute(start=now - timedelta(hours=1), end=now + timedelta(hours=1))
+    BudgetSpend.objects.filter(budget=b).update(
+        spent_usd=Decimal("12.34"), reserved_usd=Decimal("5.67")
+    )
+    viewer = role_client("Viewer")
+    registry_page = viewer.get("/registry/").content.decode()
+    assert "$12.34" in registry_page and "$5.67" in registry_page
+    card = viewer.get("/", HTTP_HX_TARGET="budgets", HTTP_HX_REQUEST="true").content.decode()
+    assert "$12.34</span> spent + $5.67 reserved" in card
