@@ -408,3 +408,4 @@ def test_failed_commits_lose_and_duplicate_nothing(
     assert keys is not None and keys[0] == (size if keyed else 0)
     # The faults did hit: the batch's COMMIT failed three times in a row.
     assert commit_faults.fired(faults) == 3
+    assert commit_faults.largest_killed(faults) == size
