@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import orjson
 from django.conf import settings
-from django.db import DataError
+from django.db import DataError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from controlplane.authentication import bearer_secret
@@ -218,11 +218,8 @@ def _stored_decision(application_id: int, request_id: str) -> tuple[str, dict[st
     """(body hash, response) of the live decision under this idempotency key, if any.
 
     A key older than the idempotency window is ignored (the new decision takes it over)."""
-    cutoff = timezone.now() - idempotency_window()
     try:
-        entry = DecisionIdempotency.objects.filter(
-            application_id=application_id, request_id=request_id, created_at__gte=cutoff
-        ).first()
+        return _stored_decision_read(application_id, request_id)
     except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
         raise ApiError(
             400,
@@ -230,6 +227,22 @@ def _stored_decision(application_id: int, request_id: str) -> tuple[str, dict[st
             "request_id: contains a character that cannot be stored (e.g. NUL).",
             {"request_id": ["contains a character that cannot be stored"]},
         ) from exc
+    except (OperationalError, InterfaceError):
+        # The fast path skips Django's per-request connection checks: a thread's connection
+        # may have died with a database restart since its last use. Reopen it once.
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return _stored_decision_read(application_id, request_id)
+
+
+def _stored_decision_read(
+    application_id: int, request_id: str
+) -> tuple[str, dict[str, Any]] | None:
+    cutoff = timezone.now() - idempotency_window()
+    entry = DecisionIdempotency.objects.filter(
+        application_id=application_id, request_id=request_id, created_at__gte=cutoff
+    ).first()
     if entry is None:
         return None
     record = (

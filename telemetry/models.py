@@ -70,7 +70,7 @@ class DecisionIdempotency(models.Model):
     created_at = models.DateTimeField(db_index=True)
     # sha256 of the canonical request body (keys sorted): a replay must carry the same body.
     # Empty for keys stored before the hash was kept.
-    body_sha256 = models.CharField(max_length=64, blank=True, default="")
+    body_sha256 = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         db_table = "telemetry_decision_idempotency"

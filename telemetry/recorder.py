@@ -480,7 +480,7 @@ class _Writer:
                     item.uncertain = True
                 attempt += 1
                 continue
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError) as exc:
                 # The commit may or may not have happened: check before writing again.
                 for item in batch:
                     item.uncertain = True
@@ -490,7 +490,7 @@ class _Writer:
                 self.busy_since = None
                 time.sleep(min(0.05 * 2**attempt, 0.5))
                 continue
-            except psycopg.DatabaseError as exc:
+            except _REJECTIONS as exc:
                 # The database rejected the data (nothing was committed): isolate the row(s).
                 self.busy_since = None
                 if self.conn is not None and self.conn.info.transaction_status not in (
@@ -534,7 +534,9 @@ class _Writer:
                 try:
                     cursor.execute(_insert_sql(len(batch)), values)  # autocommit: committed
                 except psycopg.errors.UniqueViolation as exc:
-                    raise _Retry from exc
+                    if _decision_id_taken(exc):
+                        raise _Retry from exc
+                    raise
             return {p: _Result(STORED) for p in batch}
 
         results: dict[_Pending, _Result] = {}
@@ -542,8 +544,10 @@ class _Writer:
             with conn.transaction(), conn.cursor() as cursor:
                 results = self._write_transaction(cursor, batch)
         except psycopg.errors.UniqueViolation as exc:
-            # A decision id already stored: an earlier attempt committed after all.
-            raise _Retry from exc
+            if _decision_id_taken(exc):
+                # A decision id already stored: an earlier attempt committed after all.
+                raise _Retry from exc
+            raise
         return results  # the transaction has committed
 
     def _write_transaction(
@@ -594,6 +598,23 @@ class _Writer:
             else:
                 results[item] = _Result(STORED)
         return results
+
+
+# Errors that mean "this data cannot be stored" (isolate the row); any other database error
+# is treated like a lost connection (retry, re-checking what committed).
+_REJECTIONS = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+)
+
+
+def _decision_id_taken(exc: psycopg.errors.UniqueViolation) -> bool:
+    """A unique violation on a decision's own primary key (a partition of telemetry_decision),
+    not on some other table (the idempotency keys, or the admission hook's)."""
+    table = exc.diag.table_name or ""
+    return table.startswith("telemetry_decision") and table != "telemetry_decision_idempotency"
 
 
 def _key(row: DecisionRow) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +16,14 @@ from telemetry.models import DecisionIdempotency, DecisionRecord
 from telemetry.recorder import (
     DecisionRecorder,
     DecisionRow,
+    RecordingBusy,
     RecordingFailed,
+    RecordingInvalid,
     RecordingRefused,
     Reservation,
+    connection_params,
 )
+from tests import commit_faults
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,24 +81,85 @@ def rec() -> Iterator[DecisionRecorder]:
     recorder.close()
 
 
-def record_all(recorder: DecisionRecorder, rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+def _params() -> dict[str, Any]:
+    params = connection_params()
+    params.pop("application_name", None)
+    return params
+
+
+def _record_into(
+    recorder: DecisionRecorder, row: DecisionRow, results: dict[uuid.UUID, Any], timeout_s: float
+) -> None:
+    try:
+        results[row["id"]] = recorder.record(row, timeout_s=timeout_s)
+    except (RecordingFailed, RecordingRefused) as exc:
+        results[row["id"]] = exc
+
+
+def record_all(
+    recorder: DecisionRecorder, rows: list[DecisionRow], timeout_s: float = 5
+) -> dict[uuid.UUID, Any]:
     """Record rows from concurrent threads (so they share batches); returns id → result."""
     results: dict[uuid.UUID, Any] = {}
-    start = threading.Barrier(len(rows))
-
-    def one(row: DecisionRow) -> None:
-        start.wait()
-        try:
-            results[row["id"]] = recorder.record(row, timeout_s=5)
-        except (RecordingFailed, RecordingRefused) as exc:
-            results[row["id"]] = exc
-
-    threads = [threading.Thread(target=one, args=(r,)) for r in rows]
+    threads = [
+        threading.Thread(target=_record_into, args=(recorder, r, results, timeout_s)) for r in rows
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     return results
+
+
+class WriterGate:
+    """Holds the writer inside the admission hook while a gate row is being written, so the
+    rows recorded meanwhile all wait in the queue and form the next batch together. The
+    hook then refuses the gate row: it writes no decision and commits nothing of its own."""
+
+    def __init__(self, recorder: DecisionRecorder) -> None:
+        self.recorder = recorder
+        self.row = make_row(reservations=[{"budget_id": 0, "amount_usd": 0.0}])
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.results: dict[uuid.UUID, Any] = {}
+        recorder.admit = self._hook
+        self.thread = threading.Thread(
+            target=_record_into, args=(recorder, self.row, self.results, 10)
+        )
+
+    def _hook(
+        self, cursor: psycopg.Cursor[Any], rows: list[DecisionRow]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        if any(r["id"] == self.row["id"] for r in rows):
+            self.entered.set()
+            assert self.release.wait(10)
+            return {self.row["id"]: {"gate": True}}
+        return {}
+
+    def close(self) -> None:
+        self.thread.start()
+        assert self.entered.wait(5)
+
+    def queue_then_open(
+        self, rows: list[DecisionRow], timeout_s: float = 5
+    ) -> dict[uuid.UUID, Any]:
+        results: dict[uuid.UUID, Any] = {}
+        threads = [
+            threading.Thread(target=_record_into, args=(self.recorder, r, results, timeout_s))
+            for r in rows
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while self.recorder._queue.qsize() < len(rows):
+            assert time.monotonic() < deadline, "rows did not queue"
+            time.sleep(0.01)
+        self.release.set()
+        for t in threads:
+            t.join(30)
+        self.thread.join(10)
+        assert isinstance(self.results[self.row["id"]], RecordingRefused)
+        return results
 
 
 class LimitHook:
@@ -186,9 +252,160 @@ def test_admission_hook_database_error_fails_its_batch_only(rec: DecisionRecorde
     assert set(DecisionRecord.objects.values_list("id", flat=True)) == {good["id"]}
 
 
-def _params() -> dict[str, Any]:
-    from telemetry.recorder import connection_params
+def _stored_ids() -> set[uuid.UUID]:
+    return set(DecisionRecord.objects.values_list("id", flat=True))
 
-    params = connection_params()
-    params.pop("application_name", None)
-    return params
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed-insert", "keyed-copy"])
+def test_a_rejected_row_fails_alone_and_its_batch_is_stored(
+    rec: DecisionRecorder, keyed: bool
+) -> None:
+    gate = WriterGate(rec)
+    gate.close()
+    good = [make_row(request_id=f"good-{i}" if keyed else "") for i in range(30)]
+    bad_team = make_row(team="ops\x00team")  # psycopg refuses NUL in text (client side)
+    bad_metadata = make_row(metadata={"note": "a\x00b"})  # jsonb refuses \u0000 (server)
+    bad_retrieval = make_row(retrieval_query="printer\x00")
+    too_long = make_row(team="t" * 65)  # varchar(64): the server rejects it
+    bad_key = make_row(request_id="key\x00")
+    bad = [bad_team, bad_metadata, bad_retrieval, too_long, bad_key]
+    rows = good[:10] + bad[:2] + good[10:20] + bad[2:] + good[20:]
+    results = gate.queue_then_open(rows)
+
+    assert [results[r["id"]] for r in good] == ["stored"] * len(good)
+    fields = {}
+    for row in bad:
+        error = results[row["id"]]
+        assert isinstance(error, RecordingInvalid), error
+        fields[row["id"]] = error.field
+    assert fields == {
+        bad_team["id"]: "team",
+        bad_metadata["id"]: "metadata",
+        bad_retrieval["id"]: "retrieval.query",
+        too_long["id"]: "team",
+        bad_key["id"]: "request_id",
+    }
+    assert _stored_ids() == {r["id"] for r in good}
+    assert rec.isolated == len(bad)
+    if keyed:
+        assert DecisionIdempotency.objects.count() == len(good)
+    # The writer goes on as usual afterwards.
+    later = make_row()
+    assert rec.record(later) == "stored"
+
+
+def test_a_full_queue_refuses_at_once(rec: DecisionRecorder) -> None:
+    rec.queue_max = 3
+    gate = WriterGate(rec)
+    gate.close()
+    waiting = [make_row() for _ in range(3)]
+    results: dict[uuid.UUID, Any] = {}
+    threads = [threading.Thread(target=_record_into, args=(rec, r, results, 5)) for r in waiting]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while rec._queue.qsize() < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(RecordingBusy):
+        rec.record(make_row(), timeout_s=5)
+    assert time.monotonic() - started < 0.5  # refused without waiting
+    gate.release.set()
+    for t in threads:
+        t.join(10)
+    gate.thread.join(10)
+    assert all(results[r["id"]] == "stored" for r in waiting)
+    assert rec.record(make_row()) == "stored"  # room again
+
+
+def test_a_hung_writer_is_replaced_and_never_acknowledges(rec: DecisionRecorder) -> None:
+    rec.hang_s = 0.5
+    calls: list[float] = []
+
+    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.5)  # the first writer hangs here, its transaction open
+            return {}
+        return {r["id"]: {"refused": "by the replacement writer"} for r in rows}
+
+    rec.admit = hook
+    hung = make_row(request_id="hung-1", reservations=[{"budget_id": 1, "amount_usd": 1.0}])
+    started = time.monotonic()
+    with pytest.raises(RecordingRefused) as refused:
+        rec.record(hung, timeout_s=5)
+    # The replacement answered long before the hung writer woke up.
+    assert time.monotonic() - started < 2.4
+    assert refused.value.detail == {"refused": "by the replacement writer"}
+    assert rec.writers_replaced == 1
+    time.sleep(2.5)  # the abandoned writer wakes: its connection was terminated
+    assert len(calls) == 2
+    assert not DecisionRecord.objects.filter(id=hung["id"]).exists()
+    assert not DecisionIdempotency.objects.exists()
+    assert rec.record(make_row()) == "stored"
+
+
+def test_a_writer_hung_after_writing_is_replaced_and_rows_land_once(
+    rec: DecisionRecorder,
+) -> None:
+    rec.hang_s = 0.5
+    calls: list[int] = []
+
+    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return {}
+
+    rec.admit = hook
+    rows = [
+        make_row(request_id=f"h-{i}", reservations=[{"budget_id": 1, "amount_usd": 0.1}])
+        for i in range(5)
+    ]
+    results = record_all(rec, rows)
+    assert all(results[r["id"]] == "stored" for r in rows), results
+    time.sleep(2.0)
+    assert _stored_ids() == {r["id"] for r in rows}
+    assert DecisionIdempotency.objects.count() == 5
+    assert rec.writers_replaced >= 1
+
+
+@pytest.fixture
+def faults() -> Iterator[psycopg.Connection[Any]]:
+    conn = psycopg.connect(**_params(), autocommit=True)
+    commit_faults.install(conn)
+    try:
+        yield conn
+    finally:
+        commit_faults.remove(conn)
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["abort", "race"])
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+@pytest.mark.parametrize("size", [20, 150])
+def test_failed_commits_lose_and_duplicate_nothing(
+    rec: DecisionRecorder, faults: psycopg.Connection[Any], mode: str, keyed: bool, size: int
+) -> None:
+    rec.close()  # the writer's connection opens after the trigger exists
+    gate = WriterGate(rec)
+    gate.close()
+    commit_faults.arm(faults, 3, mode)  # three COMMITs in a row fail
+    rows = [make_row(request_id=f"f-{i}" if keyed else "") for i in range(size)]
+    results = gate.queue_then_open(rows, timeout_s=10)
+    acknowledged = {i for i, result in results.items() if result == "stored"}
+    assert acknowledged == {r["id"] for r in rows}, results
+    with psycopg.connect(**_params()) as conn:
+        stored = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM telemetry_decision WHERE id = ANY(%s)", [[r["id"] for r in rows]]
+            ).fetchall()
+        ]
+        keys = conn.execute("SELECT count(*) FROM telemetry_decision_idempotency").fetchone()
+    assert len(stored) == len(set(stored)) == size  # none lost, none twice
+    assert keys is not None and keys[0] == (size if keyed else 0)
+    # The faults did hit: the batch's COMMIT failed three times in a row.
+    assert commit_faults.fired(faults) == 3
+    assert commit_faults.largest_killed(faults) == size
