@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
@@ -21,6 +22,7 @@ from controlplane.models import (
     BudgetSpend,
     Team,
 )
+from controlplane.roles import ROLE_NAMES
 from routing.pricing import next_price_change, price_in_force, price_schedule
 from routing.snapshot import registry_cache
 from telemetry.budgets import reservations_expire
@@ -316,6 +318,8 @@ def test_budget_pages_show_spent_and_reserved(
     BudgetSpend.objects.filter(budget=b).update(
         spent_usd=Decimal("12.34"), reserved_usd=Decimal("5.67")
     )
+    for name in ROLE_NAMES:  # a transactional test's flush removed the migration's groups
+        Group.objects.get_or_create(name=name)
     viewer = role_client("Viewer")
     registry_page = viewer.get("/registry/").content.decode()
     assert "$12.34" in registry_page and "$5.67" in registry_page
