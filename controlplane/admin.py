@@ -102,7 +102,15 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
 
 
 admin.site.register(Team)
-admin.site.register(Application)
+
+
+@admin.register(Application)
+class ApplicationAdmin(admin.ModelAdmin[Application]):
+    """``acts for teams``: the other teams this application may name in a decision's
+    ``team`` (their budgets, route conditions and charges); anything else is a 403."""
+
+    list_display = ["slug", "name", "team"]
+    filter_horizontal = ["acts_for_teams"]
 
 
 @admin.register(ApiKey)

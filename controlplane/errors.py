@@ -80,7 +80,8 @@ def _message_for(fields: dict[str, list[str]]) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError):
         body = error_body(exc.status_code, exc.error_code, exc.message, exc.fields, **exc.extra)
-        return Response(body, status=exc.status_code)
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return Response(body, status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         fields = _flatten(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
         return Response(error_body(400, "invalid", _message_for(fields), fields), status=400)

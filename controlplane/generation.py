@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Model
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 
 SEQUENCE = "controlplane_registry_generation"
 
@@ -36,3 +36,15 @@ def _bump_after_commit(sender: type[Model], **kwargs: Any) -> None:
 
 post_save.connect(_bump_after_commit, dispatch_uid="registry-generation-save")
 post_delete.connect(_bump_after_commit, dispatch_uid="registry-generation-delete")
+
+
+def _bump_after_m2m_commit(sender: type[Model], action: str, **kwargs: Any) -> None:
+    # Which teams an application may act for (Application.acts_for_teams) is cached with
+    # its API keys: a change must reach every decider like any other registry change.
+    from controlplane.models import Application
+
+    if sender is Application.acts_for_teams.through and action.startswith("post_"):
+        transaction.on_commit(generation_bump)
+
+
+m2m_changed.connect(_bump_after_m2m_commit, dispatch_uid="registry-generation-m2m")

@@ -27,6 +27,7 @@ from routing.enums import (
     Tier,
     choices,
 )
+from routing.pricing import price_cost_usd, price_in_force, price_schedule
 
 MODEL_SLUG_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]*$", "Use lowercase letters, digits, dots, hyphens or underscores."
@@ -72,8 +73,8 @@ class ModelEndpoint(models.Model):
             model_url_validate(self.base_url)
 
     def price_at(self, when: datetime) -> ModelPrice | None:
-        """The price in force at ``when`` (the newest one effective at or before it)."""
-        return self.prices.filter(effective_from__lte=when).order_by("-effective_from").first()
+        """The price in force at ``when`` (routing.pricing.price_in_force, the one rule)."""
+        return price_in_force(price_schedule(self.prices.all()), when)
 
 
 class ModelPrice(models.Model):
@@ -108,9 +109,7 @@ class ModelPrice(models.Model):
         return f"{self.model_id} from {self.effective_from:%Y-%m-%d}"
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
-        return (
-            self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens
-        ) / Decimal(1_000_000)
+        return price_cost_usd(self, input_tokens, output_tokens)
 
 
 class TaskClass(models.Model):
@@ -267,6 +266,16 @@ class Application(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="applications")
+    acts_for_teams = models.ManyToManyField(
+        Team,
+        blank=True,
+        related_name="delegated_applications",
+        help_text=(
+            "Other teams this application may name in a decision request's 'team' field "
+            "(their budgets and route conditions then apply, and they are charged). "
+            "Without an entry here a request naming another team is refused with 403."
+        ),
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -345,19 +354,30 @@ class Budget(models.Model):
         return None
 
     def period_start(self, when: datetime) -> datetime:
-        when = when.astimezone(UTC)
-        start = when.replace(hour=0, minute=0, second=0, microsecond=0)
-        if self.period == BudgetPeriod.MONTH:
-            start = start.replace(day=1)
-        return start
+        return budget_period_start(self.period, when)
+
+
+def budget_period_start(period: str, when: datetime) -> datetime:
+    """Start (UTC) of the budget period ("day" or "month") that contains ``when``."""
+    when = when.astimezone(UTC)
+    start = when.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == BudgetPeriod.MONTH:
+        start = start.replace(day=1)
+    return start
 
 
 class BudgetSpend(models.Model):
-    """What a budget has spent in one period; charged with atomic UPDATE … SET spent = spent + x."""
+    """What a budget has spent in one period, and what in-flight decisions hold reserved.
+
+    ``spent_usd`` grows with charged outcomes (atomic ``SET spent = spent + x``);
+    ``reserved_usd`` is the sum of this period's open ``BudgetReservation`` rows (see
+    telemetry/budgets.py): raised when a decision is admitted, lowered when its outcome
+    settles it or the reservation expires."""
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="spends")
     period_start = models.DateTimeField()
     spent_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
+    reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -367,6 +387,32 @@ class BudgetSpend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.budget_id} {self.period_start:%Y-%m-%d}: {self.spent_usd}"
+
+
+class BudgetReservation(models.Model):
+    """A decision's worst-case cost held against one budget until its outcome arrives.
+
+    Written in the same transaction as the decision (telemetry.budgets.reservations_admit);
+    deleted by the outcome (settled) or after SWITCHYARD_RESERVATION_TTL_S (expired). The
+    decision table is partitioned, so ``decision_id`` is a plain column, not a foreign key."""
+
+    decision_id = models.UUIDField()
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
+    period_start = models.DateTimeField()
+    amount_usd = models.DecimalField(max_digits=16, decimal_places=8)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["decision_id", "budget"], name="one_reservation_per_decision_budget"
+            ),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="reservation_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.decision_id} on {self.budget_id}: {self.amount_usd}"
 
 
 class ApiScope(models.TextChoices):

@@ -10,6 +10,8 @@ from django.utils import timezone
 from controlplane.models import (
     ApiKey,
     AuditLog,
+    Budget,
+    BudgetSpend,
     ModelEndpoint,
     ModelPrice,
     Route,
@@ -61,6 +63,24 @@ def model_endpoint_list() -> QuerySet[ModelEndpoint]:
 
 def model_price_at(model: ModelEndpoint, when: datetime) -> ModelPrice | None:
     return model.price_at(when)
+
+
+def budget_list_with_spend(*, now: datetime | None = None) -> list[Budget]:
+    """Every budget with ``spent_usd`` and ``reserved_usd`` of its current period set."""
+    now = now or timezone.now()
+    budgets = list(Budget.objects.select_related("team", "application", "task_class"))
+    starts = {b.pk: b.period_start(now) for b in budgets}
+    spends = {
+        (s.budget_id, s.period_start): s
+        for s in BudgetSpend.objects.filter(
+            budget_id__in=list(starts), period_start__in=set(starts.values())
+        )
+    }
+    for b in budgets:
+        spend = spends.get((b.pk, starts[b.pk]))
+        b.spent_usd = spend.spent_usd if spend else 0  # type: ignore[attr-defined]
+        b.reserved_usd = spend.reserved_usd if spend else 0  # type: ignore[attr-defined]
+    return budgets
 
 
 def task_class_list() -> QuerySet[TaskClass]:

@@ -191,6 +191,19 @@ SWITCHYARD_MAX_PROMPT_CHARS = env_int("SWITCHYARD_MAX_PROMPT_CHARS", 200_000)
 SWITCHYARD_MAX_METADATA_BYTES = env_int("SWITCHYARD_MAX_METADATA_BYTES", 4096)
 SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1_000_000)
 SWITCHYARD_RECORD_TIMEOUT_S = float(env_str("SWITCHYARD_RECORD_TIMEOUT_S", "5.0"))
+# The decision recorder (telemetry/recorder.py): rows per group commit, rows waiting at most
+# (503 recording_unavailable beyond), per-statement timeout, connect timeout, and how long one
+# write may take before its writer is replaced.
+SWITCHYARD_RECORD_MAX_BATCH = env_int("SWITCHYARD_RECORD_MAX_BATCH", 500)
+SWITCHYARD_RECORD_QUEUE_MAX = env_int("SWITCHYARD_RECORD_QUEUE_MAX", 5000)
+SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS = env_int("SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS", 3000)
+SWITCHYARD_RECORD_CONNECT_TIMEOUT_S = env_int("SWITCHYARD_RECORD_CONNECT_TIMEOUT_S", 2)
+SWITCHYARD_RECORD_HANG_S = float(env_str("SWITCHYARD_RECORD_HANG_S", "4.0"))
+# A request_id answers with its stored decision for this many hours; after that the key is
+# purged (hourly maintenance) and reusing it makes a new decision. Never past retention.
+SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS = min(
+    env_int("SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS", 24), SWITCHYARD_DECISION_RETENTION_DAYS * 24
+)
 
 # --- Evaluation (sweeps, proposals, model calls)
 from pathlib import Path  # noqa: E402 (settings are appended per feature)
@@ -236,11 +249,20 @@ STATICFILES_FINDERS = [
 SWITCHYARD_BASELINE_MODEL = env_str("SWITCHYARD_BASELINE_MODEL", "gpt-4o")
 # Rollups of recent hours are recomputed this often (seconds) by Celery beat.
 SWITCHYARD_ROLLUP_REFRESH_S = env_int("SWITCHYARD_ROLLUP_REFRESH_S", 60)
+# Budgets: a decision reserves its worst-case cost against every budget that applies until
+# its outcome settles it; a reservation whose outcome has not arrived after this many
+# seconds is released (checked every SWITCHYARD_RESERVATION_EXPIRE_EVERY_S by Celery beat).
+SWITCHYARD_RESERVATION_TTL_S = env_int("SWITCHYARD_RESERVATION_TTL_S", 900)
+SWITCHYARD_RESERVATION_EXPIRE_EVERY_S = env_int("SWITCHYARD_RESERVATION_EXPIRE_EVERY_S", 60)
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
     "telemetry-rollups-refresh": {
         "task": "telemetry.tasks.rollups_refresh_task",
         "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),
+    },
+    "budget-reservations-expire": {
+        "task": "telemetry.tasks.reservations_expire_task",
+        "schedule": float(SWITCHYARD_RESERVATION_EXPIRE_EVERY_S),
     },
 }
 # httpx logs every model call at INFO; sweeps make thousands.

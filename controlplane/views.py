@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import selectors, services
 from controlplane.decorators import role_required
-from controlplane.models import ApiKey, Application, Budget, RoutingTableVersion
+from controlplane.models import ApiKey, Application, RoutingTableVersion
 from controlplane.roles import OPERATOR, VIEWER
 
 
@@ -55,7 +55,7 @@ def registry_home(request: HttpRequest) -> HttpResponse:
             "routes": routes,
             "models": selectors.model_endpoint_list(),
             "task_classes": selectors.task_class_list(),
-            "budgets": Budget.objects.select_related("team", "application", "task_class"),
+            "budgets": selectors.budget_list_with_spend(),
         },
     )
 

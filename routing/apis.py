@@ -28,12 +28,22 @@ from routing.serializers import (
 from routing.services import decision_create
 from telemetry.ids import is_uuid7, uuid7_time
 from telemetry.models import DecisionOutcome, DecisionRecord
-from telemetry.services import OutcomeInput, outcome_report
+from telemetry.services import (
+    AttemptInput,
+    OutcomeConflict,
+    OutcomeInput,
+    attempt_models_unknown,
+    outcome_report,
+)
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
     401: OpenApiResponse(ErrorSerializer, description="Missing, invalid, revoked or expired key"),
-    403: OpenApiResponse(ErrorSerializer, description="The key lacks the scope"),
+    403: OpenApiResponse(
+        ErrorSerializer,
+        description="The key lacks the scope, or the body names a team its application may "
+        "not act for (Application.acts_for_teams)",
+    ),
     503: OpenApiResponse(ErrorSerializer, description="Database unreachable; retry"),
 }
 
@@ -57,6 +67,9 @@ class DecisionCreateApi(APIView):
         responses={
             201: DecisionOutputSerializer,
             200: OpenApiResponse(DecisionOutputSerializer, description="Repeated request_id"),
+            409: OpenApiResponse(
+                ErrorSerializer, description="request_id already used with another body"
+            ),
             413: OpenApiResponse(ErrorSerializer, description="Prompt or metadata too large"),
             422: OpenApiResponse(ErrorSerializer, description="No model can take the request"),
             429: OpenApiResponse(ErrorSerializer, description="Hard budget limit reached"),
@@ -118,33 +131,48 @@ class DecisionOutcomeApi(APIView):
 
     @extend_schema(
         request=request_body(OutcomeReport),
-        responses={200: OutcomeOutputSerializer, 404: ErrorSerializer, **_ERRORS},
+        responses={
+            200: OutcomeOutputSerializer,
+            404: ErrorSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, description="Changes an attempt that was already charged"
+            ),
+            **_ERRORS,
+        },
         tags=["decisions"],
     )
     def post(self, request: Request, decision_id: str) -> Response:
         report = outcome_report_decode(request._request.body)  # the one schema, as decided
         record = _decision_for(request, decision_id)
-        outcome = outcome_report(
-            OutcomeInput(
-                decision=record,
-                attempts=[
-                    {
-                        "model": a.model,
-                        "status": a.status.value,
-                        "latency_ms": a.latency_ms,
-                        "input_tokens": a.input_tokens,
-                        "output_tokens": a.output_tokens,
-                        "escalation_reason": a.escalation_reason,
-                    }
-                    for a in report.attempts
-                ],
-                final_status=report.final_status.value,
-                quality_score=report.quality_score,
-                user_feedback=report.user_feedback,
-                validation=report.validation,
-                retrieval_document_ids=report.retrieval_document_ids,
+        attempts: list[AttemptInput] = [
+            {
+                "model": a.model,
+                "status": a.status.value,
+                "latency_ms": a.latency_ms,
+                "input_tokens": a.input_tokens,
+                "output_tokens": a.output_tokens,
+                "escalation_reason": a.escalation_reason,
+            }
+            for a in report.attempts
+        ]
+        unknown = attempt_models_unknown(attempts)
+        if unknown:
+            field, messages = next(iter(unknown.items()))
+            raise ApiError(400, "invalid", f"{field}: {messages[0]}", unknown)
+        try:
+            outcome = outcome_report(
+                OutcomeInput(
+                    decision=record,
+                    attempts=attempts,
+                    final_status=report.final_status.value,
+                    quality_score=report.quality_score,
+                    user_feedback=report.user_feedback,
+                    validation=report.validation,
+                    retrieval_document_ids=report.retrieval_document_ids,
+                )
             )
-        )
+        except OutcomeConflict as exc:
+            raise ApiError(409, "conflict", str(exc), {"attempts": [str(exc)]}) from exc
         return Response(OutcomeOutputSerializer.from_outcome(outcome))
 
 

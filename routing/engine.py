@@ -43,6 +43,7 @@ __all__ = [
     "TaskClassInfo",
     "UnknownTaskClass",
     "decide",
+    "estimated_cost_usd",
     "snapshot_build",
 ]
 
@@ -163,7 +164,10 @@ class TaskClassInfo:
 
 @dataclass(frozen=True, slots=True)
 class BudgetState:
-    """A budget with its spend for the current period.  Soft action: downgrade one tier."""
+    """A budget with its spend for the current period.  Soft action: downgrade one tier.
+
+    ``reserved_usd`` is what in-flight decisions hold against it (worst-case costs not yet
+    settled by an outcome); limits are judged on ``spent_usd + reserved_usd``."""
 
     id: int
     name: str
@@ -174,6 +178,7 @@ class BudgetState:
     spent_usd: float
     soft_limit_pct: float = 80.0
     hard_action: str = "block"  # "block" | "local_only"
+    reserved_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +191,9 @@ class BudgetView:
     scope_key: str | None
     spent_usd: float
     limit_usd: float
-    remaining_usd: float
+    remaining_usd: float  # limit - spent - reserved, at least 0
     action: BudgetAction
+    reserved_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +303,9 @@ class DecisionRequest:
     pii_detection_failed: bool = False
     team: str | None = None
     application: str | None = None
+    # Budgets (ids) to treat as at their hard limit whatever the snapshot says: the
+    # admission of reservations found them full (see routing/services.py).
+    exhausted_budgets: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +365,8 @@ class BudgetExceeded(RoutingError):
         self.budget = budget
         super().__init__(
             f"budget {budget.name!r} ({budget.scope}) exhausted: spent "
-            f"${budget.spent_usd:.2f} of ${budget.limit_usd:.2f}"
+            f"${budget.spent_usd:.2f} + reserved ${budget.reserved_usd:.2f}"
+            f" of ${budget.limit_usd:.2f}"
         )
 
     def __reduce__(self) -> tuple[type[BudgetExceeded], tuple[BudgetView]]:
@@ -425,12 +435,13 @@ def _price_key(m: ModelInfo) -> tuple[int, float, str]:
     return (-m.tier, m.input_usd_per_mtok + m.output_usd_per_mtok, m.slug)
 
 
-def _budget_entry(pos: int, b: BudgetState) -> _BudgetEntry:
+def _budget_entry(pos: int, b: BudgetState, exhausted: bool = False) -> _BudgetEntry:
     action: BudgetAction
-    if b.spent_usd >= b.limit_usd:
+    used = b.spent_usd + b.reserved_usd
+    if exhausted or used >= b.limit_usd:
         action = "block" if b.hard_action == "block" else "local_only"
         text = f"local_only: budget {b.name!r} hard limit reached"
-    elif b.spent_usd >= b.soft_limit_pct / 100.0 * b.limit_usd:
+    elif used >= b.soft_limit_pct / 100.0 * b.limit_usd:
         action = "downgrade"
         text = f"downgrade: budget {b.name!r} above {b.soft_limit_pct:g}% soft limit"
     else:
@@ -443,8 +454,9 @@ def _budget_entry(pos: int, b: BudgetState) -> _BudgetEntry:
         scope_key=b.scope_key,
         spent_usd=b.spent_usd,
         limit_usd=b.limit_usd,
-        remaining_usd=max(0.0, b.limit_usd - b.spent_usd),
+        remaining_usd=max(0.0, b.limit_usd - used),
         action=action,
+        reserved_usd=b.reserved_usd,
     )
     return _BudgetEntry(pos=pos, state=b, view=view, action=action, action_text=text)
 
@@ -587,6 +599,13 @@ def _index_of(snapshot: Snapshot) -> SnapshotIndex:
 # --------------------------------------------------------------------------------------------
 
 
+def estimated_cost_usd(m: ModelInfo, input_tokens: int, output_tokens: int) -> float:
+    """A request's cost on ``m`` at the snapshot's price (in force now): with the output cap
+    as ``output_tokens`` this is its worst case, checked against ``max_cost_usd`` and
+    reserved against budgets."""
+    return (input_tokens * m.input_usd_per_mtok + output_tokens * m.output_usd_per_mtok) / 1e6
+
+
 def _route_condition_failure(cond: RouteConditions, request: DecisionRequest, prompt: int) -> str:
     limit = cond.max_context_tokens
     if limit is not None and prompt > limit:
@@ -639,7 +658,7 @@ def _rejection(
         return f"p95 latency {p95:.0f}ms exceeds budget {budget_ms}ms"
     max_cost = request.max_cost_usd
     if max_cost is not None:
-        cost = (request.input_tokens * m.input_usd_per_mtok + cap * m.output_usd_per_mtok) / 1e6
+        cost = estimated_cost_usd(m, request.input_tokens, cap)
         if cost > max_cost:
             return f"estimated cost ${cost:.6f} exceeds max ${max_cost:.6f}"
     return ""
@@ -656,10 +675,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        personal).  High-risk task classes require a human handoff.  Each effect is
        recorded in ``policy_actions``.
     3. Budgets applying to the request (global, its team, its application, its task class),
-       in snapshot order: an exhausted budget with hard action ``block`` raises
+       in snapshot order, judged on spent + reserved (or exhausted when named in
+       ``request.exhausted_budgets``): an exhausted budget with hard action ``block`` raises
        :class:`BudgetExceeded` (the first one); ``local_only`` makes the request local-only;
        a budget past its soft limit downgrades one tier (max tier = primary tier - 1, at
-       least 1).  Every applicable budget is reported with its action.
+       least 1).  Every applicable budget is reported with its action.  (This is the
+       snapshot's view; the exact check is the reservation admitted with the record.)
     4. Candidate chain = primary + fallbacks in order.  Under a downgrade, chain models
        within the max tier go first.  If no chain model is eligible and a downgrade or
        local-only is in effect, the registry's active models (local ones if local-only)
@@ -747,6 +768,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
             merged = True
     if merged:
         applicable = tuple(sorted(applicable, key=_budget_pos))
+    exhausted = request.exhausted_budgets
+    if exhausted:
+        applicable = tuple(
+            _budget_entry(e.pos, e.state, True) if e.state.id in exhausted else e
+            for e in applicable
+        )
     budget_local: _BudgetEntry | None = None
     downgrade: _BudgetEntry | None = None
     for budget_entry in applicable:

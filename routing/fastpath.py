@@ -28,7 +28,7 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _STATUS = {
     200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 401: "401 Unauthorized",
-    403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
+    403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
     413: "413 Payload Too Large", 422: "422 Unprocessable Entity",
     429: "429 Too Many Requests", 500: "500 Internal Server Error",
     503: "503 Service Unavailable",
@@ -82,6 +82,7 @@ def decision_endpoint(environ: dict[str, Any], start_response: StartResponse) ->
             start_response,
             exc.status_code,
             error_body(exc.status_code, exc.error_code, exc.message, exc.fields, **exc.extra),
+            [("Retry-After", "1")] if exc.status_code == 503 else None,
         )
     except (OperationalError, InterfaceError):
         connection.close()  # reconnect on the next request

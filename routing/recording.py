@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from routing.engine import Decision, DecisionRequest
-from telemetry.recorder import DecisionRow
+from telemetry.recorder import DecisionRow, Reservation
 
 
 def decision_response(
@@ -51,6 +51,7 @@ def decision_response(
                 "name": b.name,
                 "scope_key": b.scope_key,
                 "spent_usd": round(b.spent_usd, 6),
+                "reserved_usd": round(b.reserved_usd, 6),
                 "limit_usd": round(b.limit_usd, 6),
                 "remaining_usd": round(b.remaining_usd, 6),
                 "action": b.action,
@@ -96,6 +97,8 @@ def decision_row_build(
     end_user: str = "",
     decision_us: int = 0,
     response: dict[str, Any] | None = None,
+    reservations: Sequence[Reservation] = (),
+    request_sha256: str = "",
 ) -> DecisionRow:
     if response is None:
         response = decision_response(
@@ -137,4 +140,6 @@ def decision_row_build(
         "metadata": metadata or {},
         "path": decision_path(decision, response),
         "response": response,
+        "reservations": list(reservations),
+        "request_sha256": request_sha256,
     }

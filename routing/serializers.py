@@ -101,9 +101,12 @@ class BudgetStateSerializer(serializers.Serializer[Any]):
     scope = serializers.CharField()
     name = serializers.CharField()
     scope_key = serializers.CharField(allow_null=True)
-    spent_usd = serializers.FloatField()
+    spent_usd = serializers.FloatField(help_text="Charged by reported outcomes this period")
+    reserved_usd = serializers.FloatField(
+        help_text="Held by decisions whose outcome has not been reported yet (worst case)"
+    )
     limit_usd = serializers.FloatField()
-    remaining_usd = serializers.FloatField()
+    remaining_usd = serializers.FloatField(help_text="limit - spent - reserved, at least 0")
     action = serializers.CharField()
 
 

@@ -4,12 +4,17 @@
 body to send. Its steps, in order:
 
 1. Authenticate the key from the in-process cache (scope ``decide``).
-2. Decode and type-check the body (msgspec), enforce size limits.
-3. A repeated ``request_id`` returns the stored decision.
+2. Decode and type-check the body (msgspec), enforce size limits. The effective team is
+   the key's application's team; a body ``team`` naming another team is allowed only if
+   the application may act for it (``Application.acts_for_teams``), else 403.
+3. A repeated ``request_id`` returns the stored decision (409 if the body differs).
 4. Scan every free-text field for personal data (fail closed: a failing scan counts as
    personal) - ``routing.pii.request_scan``.
 5. Decide with the plain-Python engine on the in-memory snapshot.
-6. Record the decision durably (group commit) and only then answer.
+6. Record the decision durably (group commit) with its worst-case cost reserved against
+   every budget that applies (telemetry/budgets.py), and only then answer. A budget the
+   reservation does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
+   budget, decide again with that budget exhausted (the request stays local).
 """
 
 from __future__ import annotations
@@ -22,28 +27,47 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import orjson
 from django.conf import settings
+from django.db import DataError, InterfaceError, OperationalError, connection
+from django.utils import timezone
 
 from controlplane.authentication import bearer_secret
 from controlplane.errors import ApiError
 from routing import metrics
 from routing.engine import (
     BudgetExceeded,
+    BudgetView,
+    Decision,
     DecisionRequest,
     NoEligibleModel,
+    Snapshot,
     UnknownTaskClass,
     decide,
+    estimated_cost_usd,
 )
 from routing.pii import request_free_text_stored, request_scan
 from routing.recording import decision_response, decision_row_build
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
+from telemetry.budgets import reservations_admit
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionIdempotency, DecisionRecord
-from telemetry.recorder import RecordingFailed, recorder
+from telemetry.recorder import (
+    RecordingBusy,
+    RecordingFailed,
+    RecordingInvalid,
+    RecordingRefused,
+    Reservation,
+    idempotency_window,
+    recorder,
+)
 
 logger = logging.getLogger(__name__)
+
+# Budget reservations are admitted per batch inside the recorder's group commit.
+recorder.admit = reservations_admit
 
 
 def _estimate_tokens(text: str) -> int:
@@ -68,6 +92,79 @@ def _authenticate(header: str, scope: str) -> KeyInfo:
     return key
 
 
+def _effective_team(key: KeyInfo, team: str | None) -> str:
+    """The team whose budgets and route conditions apply, and which is charged."""
+    if not team or team == key.team:
+        return key.team
+    if team in key.acts_for:
+        return team
+    message = (
+        f"This API key's application ({key.application}) belongs to team {key.team!r} and "
+        f"may not act for team {team!r}; omit 'team' or ask an Operator to allow it "
+        "(Application → acts for teams)."
+    )
+    raise ApiError(403, "forbidden", f"team: {message}", {"team": [message]})
+
+
+def _budget_body(view: BudgetView | None, budget_id: int, **numbers: float) -> dict[str, Any]:
+    """The ``budget`` of a 429 ``budget_exceeded`` answer (engine pre-check or admission)."""
+    body: dict[str, Any] = {
+        "name": view.name if view else "",
+        "scope": view.scope if view else "",
+        "scope_key": view.scope_key if view else None,
+        "spent_usd": round(view.spent_usd, 6) if view else 0.0,
+        "reserved_usd": round(view.reserved_usd, 6) if view else 0.0,
+        "limit_usd": view.limit_usd if view else 0.0,
+    }
+    body.update({k: round(v, 6) for k, v in numbers.items()})
+    body["budget_id"] = budget_id
+    return body
+
+
+def _budget_exceeded(body: dict[str, Any]) -> ApiError:
+    return ApiError(
+        429,
+        "budget_exceeded",
+        f"Budget {body['name']!r} ({body['scope']}) has reached its hard limit of "
+        f"${body['limit_usd']:.2f} (spent ${body['spent_usd']:.2f}, reserved by requests "
+        f"in flight ${body['reserved_usd']:.2f}).",
+        budget=body,
+    )
+
+
+def _reservations(decision: Decision, input_tokens: int) -> list[Reservation]:
+    """The decision's worst case (input + output cap at the chosen model's price in force
+    now) against every budget that applies."""
+    worst = estimated_cost_usd(decision.model, input_tokens, decision.max_output_tokens)
+    if worst <= 0:
+        return []
+    return [{"budget_id": b.budget_id, "amount_usd": worst} for b in decision.budgets]
+
+
+def _decide(engine_request: DecisionRequest, snapshot: Snapshot) -> Decision:
+    """The engine's decision, or the API error its refusal maps to."""
+    try:
+        return decide(engine_request, snapshot)
+    except UnknownTaskClass as exc:
+        raise ApiError(
+            400,
+            "unknown_task_class",
+            f"Unknown task class {engine_request.task_class!r}; valid: {', '.join(exc.valid)}.",
+            {"task_class": [f"valid task classes: {', '.join(exc.valid)}"]},
+            valid_task_classes=list(exc.valid),
+        ) from exc
+    except BudgetExceeded as exc:
+        b = exc.budget
+        raise _budget_exceeded(_budget_body(b, b.budget_id)) from exc
+    except NoEligibleModel as exc:
+        raise ApiError(
+            422,
+            "no_eligible_model",
+            "No model in the route or registry can take this request.",
+            candidates=[{"model": c.model, "reason": c.reason} for c in exc.candidates],
+        ) from exc
+
+
 def _check_sizes(data: DecisionInput) -> None:
     if data.prompt is not None and len(data.prompt) > settings.SWITCHYARD_MAX_PROMPT_CHARS:
         raise ApiError(
@@ -88,9 +185,43 @@ def _check_sizes(data: DecisionInput) -> None:
             )
 
 
-def _stored_response(application_id: int, request_id: str) -> dict[str, Any] | None:
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def _request_sha256(data: DecisionInput) -> str:
+    """sha256 of the canonical body: the decoded request re-encoded with sorted keys, so
+    whitespace and key order do not matter but every value does."""
+    return hashlib.sha256(_canonical_encoder.encode(data)).hexdigest()
+
+
+def _stored_decision(application_id: int, request_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(body hash, response) of the live decision under this idempotency key, if any.
+
+    A key older than the idempotency window is ignored (the new decision takes it over)."""
+    try:
+        return _stored_decision_read(application_id, request_id)
+    except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
+        raise ApiError(
+            400,
+            "invalid",
+            "request_id: contains a character that cannot be stored (e.g. NUL).",
+            {"request_id": ["contains a character that cannot be stored"]},
+        ) from exc
+    except (OperationalError, InterfaceError):
+        # The fast path skips Django's per-request connection checks: a thread's connection
+        # may have died with a database restart since its last use. Reopen it once.
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return _stored_decision_read(application_id, request_id)
+
+
+def _stored_decision_read(
+    application_id: int, request_id: str
+) -> tuple[str, dict[str, Any]] | None:
+    cutoff = timezone.now() - idempotency_window()
     entry = DecisionIdempotency.objects.filter(
-        application_id=application_id, request_id=request_id
+        application_id=application_id, request_id=request_id, created_at__gte=cutoff
     ).first()
     if entry is None:
         return None
@@ -99,7 +230,21 @@ def _stored_response(application_id: int, request_id: str) -> dict[str, Any] | N
         .only("response")
         .first()
     )
-    return record.response if record is not None else None
+    return (entry.body_sha256, record.response) if record is not None else None
+
+
+def _replay(stored: tuple[str, dict[str, Any]], request_sha256: str) -> tuple[int, dict[str, Any]]:
+    """The stored decision for a repeated request_id, if the body is the same one."""
+    stored_sha256, response = stored
+    if stored_sha256 and stored_sha256 != request_sha256:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "This request_id was already used with a different request body; use a new "
+            "request_id for a new request.",
+            {"request_id": ["already used with a different body"]},
+        )
+    return 200, response
 
 
 def decision_create(*, authorization: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -118,103 +263,108 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
         raise ApiError(413, "too_large", "The request body is too large.")
     data = decision_input_decode(body)
     _check_sizes(data)
+    team = _effective_team(key, data.team)
+    request_sha256 = _request_sha256(data) if data.request_id else ""
     if data.request_id:
-        stored = _stored_response(key.application_id, data.request_id)
+        stored = _stored_decision(key.application_id, data.request_id)
         if stored is not None:
-            return 200, stored
+            return _replay(stored, request_sha256)
 
     snapshot = registry_cache.snapshot()
     prompt = data.prompt or ""
     scan = request_scan(data)  # every free-text field; fail closed
     input_tokens = data.input_tokens if data.input_tokens is not None else _estimate_tokens(prompt)
     context_tokens = data.context_tokens if data.context_tokens is not None else input_tokens
-    engine_request = DecisionRequest(
-        task_class=data.task_class,
-        input_tokens=input_tokens,
-        context_tokens=context_tokens,
-        latency_budget_ms=data.latency_budget_ms,
-        max_cost_usd=data.max_cost_usd,
-        data_classification=data.data_classification,
-        pii_found=scan.types,
-        pii_detection_failed=scan.failed,
-        team=data.team or key.team,
-        application=key.application,
-    )
-    try:
-        decision = decide(engine_request, snapshot)
-    except UnknownTaskClass as exc:
-        raise ApiError(
-            400,
-            "unknown_task_class",
-            f"Unknown task class {data.task_class!r}; valid: {', '.join(exc.valid)}.",
-            {"task_class": [f"valid task classes: {', '.join(exc.valid)}"]},
-            valid_task_classes=list(exc.valid),
-        ) from exc
-    except BudgetExceeded as exc:
-        b = exc.budget
-        raise ApiError(
-            429,
-            "budget_exceeded",
-            f"Budget {b.name!r} ({b.scope}) has reached its hard limit of ${b.limit_usd:.2f}.",
-            budget={
-                "name": b.name,
-                "scope": b.scope,
-                "scope_key": b.scope_key,
-                "spent_usd": round(b.spent_usd, 6),
-                "limit_usd": b.limit_usd,
-            },
-        ) from exc
-    except NoEligibleModel as exc:
-        raise ApiError(
-            422,
-            "no_eligible_model",
-            "No model in the route or registry can take this request.",
-            candidates=[{"model": c.model, "reason": c.reason} for c in exc.candidates],
-        ) from exc
-
-    decision_id = uuid7()
-    created_at = uuid7_time(decision_id)
-    decision_us = (time.perf_counter_ns() - started) // 1000
-    response = decision_response(
-        decision_id=decision_id, decision=decision, decision_us=decision_us
-    )
     extras = registry_cache.extras(data.task_class)
     keep_days = extras.prompt_retention_days if extras is not None else 0
     kept = request_free_text_stored(data, scan, keep_days=keep_days)  # retention, every field
-    row = decision_row_build(
-        decision_id=decision_id,
-        created_at=created_at,
-        request=engine_request,
-        decision=decision,
-        application_id=key.application_id,
-        application=key.application,
-        team=engine_request.team or "",
-        request_id=data.request_id or "",
-        prompt=prompt if prompt and keep_days > 0 else None,
-        prompt_expires_at=created_at + timedelta(days=keep_days) if kept.expires else None,
-        prompt_template_id=kept.prompt_template_id,
-        prompt_template_version=kept.prompt_template_version,
-        retrieval_query=kept.retrieval_query,
-        retrieval_document_ids=kept.retrieval_document_ids,
-        metadata=kept.metadata,
-        end_user=_end_user_hash(data.end_user) if data.end_user else "",
-        decision_us=decision_us,
-        response=response,
-    )
-    try:
-        outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
-    except RecordingFailed as exc:
-        metrics.RECORDING_FAILURES.inc()
-        raise ApiError(
-            503,
-            "recording_unavailable",
-            "The decision could not be recorded; nothing was decided. Retry.",
-        ) from exc
+    exhausted: frozenset[int] = frozenset()
+    while True:
+        engine_request = DecisionRequest(
+            task_class=data.task_class,
+            input_tokens=input_tokens,
+            context_tokens=context_tokens,
+            latency_budget_ms=data.latency_budget_ms,
+            max_cost_usd=data.max_cost_usd,
+            data_classification=data.data_classification,
+            pii_found=scan.types,
+            pii_detection_failed=scan.failed,
+            team=team,
+            application=key.application,
+            exhausted_budgets=exhausted,
+        )
+        decision = _decide(engine_request, snapshot)
+        decision_id = uuid7()
+        created_at = uuid7_time(decision_id)
+        decision_us = (time.perf_counter_ns() - started) // 1000
+        response = decision_response(
+            decision_id=decision_id, decision=decision, decision_us=decision_us
+        )
+        row = decision_row_build(
+            decision_id=decision_id,
+            created_at=created_at,
+            request=engine_request,
+            decision=decision,
+            application_id=key.application_id,
+            application=key.application,
+            team=team,
+            request_id=data.request_id or "",
+            prompt=prompt if prompt and keep_days > 0 else None,
+            prompt_expires_at=created_at + timedelta(days=keep_days) if kept.expires else None,
+            prompt_template_id=kept.prompt_template_id,
+            prompt_template_version=kept.prompt_template_version,
+            retrieval_query=kept.retrieval_query,
+            retrieval_document_ids=kept.retrieval_document_ids,
+            metadata=kept.metadata,
+            end_user=_end_user_hash(data.end_user) if data.end_user else "",
+            decision_us=decision_us,
+            response=response,
+            request_sha256=request_sha256,
+            reservations=_reservations(decision, input_tokens),
+        )
+        try:
+            outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
+        except RecordingRefused as exc:
+            # A budget's worst case did not fit (telemetry/budgets.py). A local_only budget
+            # refuses only cloud decisions: decide again with it exhausted (stays local).
+            refusal = exc.detail
+            budget_id = int(refusal["budget_id"])
+            if refusal.get("hard_action") == "block" or budget_id in exhausted:
+                view = next((b for b in decision.budgets if b.budget_id == budget_id), None)
+                numbers = {k: float(refusal[k]) for k in ("spent_usd", "reserved_usd", "limit_usd")}
+                raise _budget_exceeded(_budget_body(view, budget_id, **numbers)) from exc
+            exhausted = exhausted | {budget_id}
+            continue
+        except RecordingInvalid as exc:
+            metrics.RECORDING_FAILURES.inc()
+            if exc.field is not None:
+                message = f"{exc.field}: {exc.message}"
+                raise ApiError(400, "invalid", message, {exc.field: [exc.message]}) from exc
+            raise ApiError(
+                500, "server_error", "The decision record was rejected; it has been logged."
+            ) from exc
+        except RecordingBusy as exc:
+            metrics.RECORDING_FAILURES.inc()
+            raise ApiError(
+                503,
+                "recording_unavailable",
+                "Too many decisions are waiting to be recorded; nothing was decided. Retry.",
+            ) from exc
+        except RecordingFailed as exc:
+            metrics.RECORDING_FAILURES.inc()
+            raise ApiError(
+                503,
+                "recording_unavailable",
+                "The decision could not be recorded; nothing was decided. Retry.",
+            ) from exc
+        break
     if outcome == "duplicate":
-        stored = _stored_response(key.application_id, data.request_id or "")
-        if stored is None:  # pragma: no cover - the winner committed before we looked
+        # Another request with this request_id won (and has committed): answer with its
+        # decision, or 409 if it carried another body.
+        stored = _stored_decision(key.application_id, data.request_id or "")
+        if stored is None:  # the winner was refused, or its key expired meanwhile
             raise ApiError(503, "recording_unavailable", "Retry.")
-        return 200, stored
+        return _replay(stored, request_sha256)
     model = decision.model
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)

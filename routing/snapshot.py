@@ -8,10 +8,15 @@ A background thread per process does the refreshing, so no request ever waits fo
 
 1. Every ``SWITCHYARD_SNAPSHOT_CHECK_S`` seconds, one query reads the registry generation
    (a sequence bumped after any registry change commits). If it moved, the whole snapshot
-   is rebuilt: active routing table, models with current prices, task classes, budgets,
+   is rebuilt: active routing table, models with every dated price, task classes, budgets,
    and the API-key cache is cleared (so a revoked key stops working within that interval).
-2. Every ``SWITCHYARD_BUDGET_REFRESH_S`` seconds the budget spends of the current periods
-   and the observed model statistics are re-read (small queries) and the snapshot rebuilt.
+   Models carry the price in force now (routing.pricing.price_in_force); the cache knows
+   when the next dated price takes effect and re-prices the snapshot at that instant (the
+   first request after it does so before deciding), with no registry change.
+2. Every ``SWITCHYARD_BUDGET_REFRESH_S`` seconds the budget spends and reservations of the
+   current periods and the observed model statistics are re-read (small queries) and the
+   snapshot rebuilt. (The snapshot's budget view is a pre-check; the exact check is the
+   reservation admitted with the decision record, telemetry/budgets.py.)
 3. Otherwise a request reads the snapshot from memory: no query at all.
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +55,7 @@ from routing.engine import (
     TaskClassInfo,
     snapshot_build,
 )
+from routing.pricing import next_price_change, price_in_force, price_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ class KeyInfo:
     team: str
     scopes: frozenset[str]
     expires_at: datetime | None
+    # Other teams the application may name in a request (Application.acts_for_teams).
+    acts_for: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +85,47 @@ class _Static:
     """Everything that only changes with the registry generation."""
 
     version: int
-    models: dict[str, ModelInfo]
+    models: dict[str, ModelInfo]  # priced as of the build (see ``prices_until``)
     task_classes: dict[str, TaskClassInfo]
     routes: dict[str, RouteInfo]
     budgets: tuple[Budget, ...]
     extras: dict[str, TaskClassExtras]
+    schedules: dict[str, list[ModelPrice]]  # every dated price per model slug, oldest first
+    prices_until: datetime | None  # when the next dated price takes effect
 
 
-def _models_load(now: datetime) -> dict[str, ModelInfo]:
-    prices: dict[int, ModelPrice] = {}
-    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("effective_from"):
-        prices[price.model_id] = price  # the latest effective price wins
+def _models_priced(
+    models: dict[str, ModelInfo], schedules: dict[str, list[ModelPrice]], now: datetime
+) -> dict[str, ModelInfo]:
+    out = {}
+    for slug, m in models.items():
+        price = price_in_force(schedules.get(slug, []), now)
+        out[slug] = replace(
+            m,
+            input_usd_per_mtok=float(price.input_usd_per_mtok) if price else 0.0,
+            output_usd_per_mtok=float(price.output_usd_per_mtok) if price else 0.0,
+        )
+    return out
+
+
+def _static_repriced(static: _Static, now: datetime) -> _Static:
+    """The same registry with the prices in force at ``now``."""
+    return replace(
+        static,
+        models=_models_priced(static.models, static.schedules, now),
+        prices_until=next_price_change(static.schedules.values(), now),
+    )
+
+
+def _models_load() -> tuple[dict[str, ModelInfo], dict[str, list[ModelPrice]]]:
+    """Every model (unpriced) and its whole price schedule, past and future."""
+    by_model: dict[int, list[ModelPrice]] = {}
+    for price in ModelPrice.objects.all():
+        by_model.setdefault(price.model_id, []).append(price)
     models = {}
+    schedules = {}
     for m in ModelEndpoint.objects.all():
-        current = prices.get(m.pk)
+        schedules[m.slug] = price_schedule(by_model.get(m.pk, []))
         models[m.slug] = ModelInfo(
             slug=m.slug,
             provider=m.provider,
@@ -102,10 +137,10 @@ def _models_load(now: datetime) -> dict[str, ModelInfo]:
             context_window=m.context_window,
             max_output_tokens=m.max_output_tokens,
             status=m.status,
-            input_usd_per_mtok=float(current.input_usd_per_mtok) if current else 0.0,
-            output_usd_per_mtok=float(current.output_usd_per_mtok) if current else 0.0,
+            input_usd_per_mtok=0.0,
+            output_usd_per_mtok=0.0,
         )
-    return models
+    return models, schedules
 
 
 def route_info(route: Route) -> RouteInfo:
@@ -151,14 +186,18 @@ def _static_load(now: datetime) -> _Static:
     budgets = tuple(
         Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
     )
-    return _Static(
+    models, schedules = _models_load()
+    static = _Static(
         version=active.number if active else 0,
-        models=_models_load(now),
+        models=models,
         task_classes=task_classes,
         routes=routes,
         budgets=budgets,
         extras=extras,
+        schedules=schedules,
+        prices_until=None,
     )
+    return _static_repriced(static, now)
 
 
 def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetState, ...]:
@@ -167,7 +206,10 @@ def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetSt
     wanted = Q()
     for b in budgets:
         wanted |= Q(budget_id=b.pk, period_start=b.period_start(now))
-    spent = {s.budget_id: float(s.spent_usd) for s in BudgetSpend.objects.filter(wanted)}
+    spends = {
+        s.budget_id: (float(s.spent_usd), float(s.reserved_usd))
+        for s in BudgetSpend.objects.filter(wanted)
+    }
     return tuple(
         BudgetState(
             id=b.pk,
@@ -176,9 +218,10 @@ def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetSt
             scope_key=b.scope_key,
             period=b.period,
             limit_usd=float(b.limit_usd),
-            spent_usd=spent.get(b.pk, 0.0),
+            spent_usd=spends.get(b.pk, (0.0, 0.0))[0],
             soft_limit_pct=float(b.soft_limit_pct),
             hard_action=b.hard_action,
+            reserved_usd=spends.get(b.pk, (0.0, 0.0))[1],
         )
         for b in budgets
     )
@@ -211,8 +254,6 @@ def _snapshot_from(
 ) -> Snapshot:
     models = static.models
     if p95:
-        from dataclasses import replace
-
         models = {
             slug: replace(m, p95_latency_ms=p95[slug]) if slug in p95 else m
             for slug, m in models.items()
@@ -240,6 +281,7 @@ class RegistryCache:
         self._keys: dict[str, KeyInfo | None] = {}
         self._refresher: threading.Thread | None = None
         self._inputs: tuple[Any, ...] | None = None
+        self._prices_until = float("inf")  # epoch seconds of the next dated price
 
     def invalidate(self) -> None:
         with self._lock:
@@ -293,20 +335,44 @@ class RegistryCache:
                 self._static = _static_load(now)
                 self._keys = {}
                 self._generation = generation
-            if reload_static or now_mono - self._budgets_at >= budget_s:
+            assert self._static is not None
+            reprice = self._reprice_due(now)
+            if reprice and not reload_static:
+                self._static = _static_repriced(self._static, now)
+            until = self._static.prices_until
+            self._prices_until = until.timestamp() if until is not None else float("inf")
+            if reload_static or reprice or now_mono - self._budgets_at >= budget_s:
                 assert self._static is not None
                 p95, quality = _model_stats()
                 budgets = _budget_states(self._static.budgets, now)
                 inputs = (budgets, p95, quality)
                 # Rebuild only when something moved: a rebuild holds the GIL for a moment.
-                if reload_static or inputs != self._inputs:
+                if reload_static or reprice or inputs != self._inputs:
                     self._snapshot = _snapshot_from(self._static, budgets, p95, quality)
                     self._inputs = inputs
                 self._budgets_at = now_mono
             self._checked_at = now_mono
 
+    def _reprice_due(self, now: datetime) -> bool:
+        until = self._static.prices_until if self._static is not None else None
+        return until is not None and now >= until
+
+    def _reprice_now(self) -> None:
+        """A dated price took effect: re-price before deciding (once, under the lock)."""
+        with self._lock:
+            now = timezone.now()
+            if self._static is None or self._snapshot is None or not self._reprice_due(now):
+                return
+            self._static = _static_repriced(self._static, now)
+            until = self._static.prices_until
+            self._prices_until = until.timestamp() if until is not None else float("inf")
+            budgets, p95, quality = self._inputs or ((), {}, {})
+            self._snapshot = _snapshot_from(self._static, budgets, p95, quality)
+
     def snapshot(self) -> Snapshot:
         self._refresh()
+        if time.time() >= self._prices_until:
+            self._reprice_now()
         assert self._snapshot is not None
         return self._snapshot
 
@@ -324,6 +390,7 @@ class RegistryCache:
         else:
             key = (
                 ApiKey.objects.select_related("application", "application__team")
+                .prefetch_related("application__acts_for_teams")
                 .filter(secret_hash=digest, revoked_at=None)
                 .first()
             )
@@ -337,6 +404,7 @@ class RegistryCache:
                     team=key.application.team.slug,
                     scopes=frozenset(key.scopes),
                     expires_at=key.expires_at,
+                    acts_for=frozenset(t.slug for t in key.application.acts_for_teams.all()),
                 )
                 if (
                     key.last_used_at is None

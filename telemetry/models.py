@@ -63,12 +63,16 @@ class DecisionRecord(models.Model):
 
 
 class DecisionIdempotency(models.Model):
-    """(application, request_id) → decision: one decision per idempotency key."""
+    """(application, request_id) → decision: one decision per idempotency key, for
+    SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS after it was made (then purged or taken over)."""
 
     application_id = models.BigIntegerField()
     request_id = models.CharField(max_length=128)
     decision_id = models.UUIDField()
     created_at = models.DateTimeField(db_index=True)
+    # sha256 of the canonical request body (keys sorted): a replay must carry the same body.
+    # Empty for keys stored before the hash was kept.
+    body_sha256 = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         db_table = "telemetry_decision_idempotency"

@@ -3,18 +3,26 @@
 Every decision is in PostgreSQL before its response is sent. Committing each decision on
 its own would cost one fsync per request; instead, request threads hand their rows to one
 writer thread per process and wait. The writer takes everything waiting (up to a batch),
-writes it with COPY in one transaction, commits, and wakes the waiters. Under light load a
-batch holds one row and nothing waits; under heavy load one commit serves hundreds.
+writes it, commits, and only then wakes the waiters. Under light load a batch holds one row
+and nothing waits; under heavy load one commit serves hundreds.
 
-1. ``decision_record(row)`` enqueues the row and waits up to its deadline.
-2. The writer inserts idempotency keys first (ON CONFLICT DO NOTHING): a row whose
-   (application, request_id) is already taken is not written and its waiter is told
-   "duplicate", so it can answer with the stored decision instead.
-3. The rows are COPied and committed. Only then are the waiters released with "stored".
-4. If PostgreSQL is unreachable, the writer reconnects and retries until each row's
-   deadline; a row whose deadline passes is released with an error and its request answers
-   503 — so a response never carries a decision that was not recorded. After a lost
-   connection the writer first checks which rows did commit, so none is written twice.
+1. ``recorder.record(row)`` enqueues the row (``RecordingBusy`` when the bounded queue is
+   full) and waits up to its deadline.
+2. A small batch without idempotency keys or reservations is one autocommit INSERT. Any
+   other batch is one transaction: idempotency keys first (a live key already taken makes
+   the row a "duplicate", an expired one is taken over), then the admission hook (budget
+   reservations), then COPY, then COMMIT.
+3. Outcomes are decided only after COMMIT returns. A failure before or during COMMIT leaves
+   every row of the attempt uncertain: the next attempt first reads which of their ids are
+   stored (and which keys they own) and writes only the rest, so nothing acknowledged is
+   lost and nothing is written twice.
+4. If PostgreSQL rejects a batch's data (a NUL, a value too long), the batch is split in
+   halves and each retried, so only the offending row fails (``RecordingInvalid``).
+5. If PostgreSQL is unreachable, the writer reconnects and retries until each row's
+   deadline; a row whose deadline passes is released with an error (503). The connection
+   has connect, statement and TCP keep-alive timeouts; a writer stuck in one attempt longer
+   than ``hang_s`` is abandoned (its backend terminated, its results discarded) and a new
+   writer re-checks and writes its rows.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 import orjson
 import psycopg
+from django.conf import settings
 from django.db import connections
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,13 @@ def _insert_sql(count: int) -> str:
         if len(_INSERT_SQL) < 64:
             _INSERT_SQL[count] = sql
     return sql
+
+
+class Reservation(TypedDict):
+    """A worst-case amount to reserve against one budget when the decision is written."""
+
+    budget_id: int
+    amount_usd: float
 
 
 class DecisionRow(TypedDict):
@@ -97,10 +113,43 @@ class DecisionRow(TypedDict):
     metadata: dict[str, Any]
     path: dict[str, Any]
     response: dict[str, Any]
+    # Not columns. Budget reservations the admission hook applies with the row's batch, and
+    # the sha256 of the canonical request body, stored with the idempotency key.
+    reservations: list[Reservation]
+    request_sha256: str
+
+
+# The admission hook: called inside the transaction that writes the rows, before they are
+# written, with the rows about to be written (only when one of them carries reservations).
+# Returns {row id: refusal detail} for the rows it refuses; those are not written.
+AdmitHook = Callable[[psycopg.Cursor[Any], list[DecisionRow]], dict[uuid.UUID, dict[str, Any]]]
 
 
 class RecordingFailed(Exception):
     """The decision could not be stored before its deadline."""
+
+
+class RecordingBusy(RecordingFailed):
+    """The recorder's queue is full: the request is refused at once (503, retry)."""
+
+
+class RecordingInvalid(RecordingFailed):
+    """PostgreSQL rejected this row's data (the rest of its batch was stored).
+
+    ``field`` names the request field at fault when it can be told, else it is None."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class RecordingRefused(Exception):
+    """The admission hook refused the decision; ``detail`` says why (from the hook)."""
+
+    def __init__(self, detail: dict[str, Any]) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
 
 
 def _copy_values(row: DecisionRow) -> tuple[Any, ...]:
@@ -140,190 +189,495 @@ def connection_params() -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-@dataclass
+def recorder_connection_params() -> dict[str, Any]:
+    """The writer's connection: the default database with every wait bounded.
+
+    A statement (and an idle transaction) may take at most SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS;
+    TCP keep-alives and a TCP user timeout notice a peer that vanished without closing."""
+    params = connection_params()
+    timeout_ms = int(settings.SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS)
+    server_options = (
+        f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}"
+    )
+    params["options"] = f"{params.get('options', '')} {server_options}".strip()
+    params.update(
+        {
+            "connect_timeout": max(1, int(settings.SWITCHYARD_RECORD_CONNECT_TIMEOUT_S)),
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": timeout_ms + 2000,
+        }
+    )
+    return params
+
+
+# Outcomes of one pending row.
+STORED, DUPLICATE, REFUSED, INVALID, FAILED = "stored", "duplicate", "refused", "invalid", "failed"
+
+
+@dataclass(eq=False)
 class _Pending:
-    row: DecisionRow
+    row: DecisionRow | None  # None: a close request
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: str = ""  # "stored" | "duplicate" | "failed"
+    outcome: str = ""
     error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    field_name: str | None = None
+    # An earlier attempt may have committed this row: look before writing it again.
+    uncertain: bool = False
+
+    @property
+    def r(self) -> DecisionRow:
+        assert self.row is not None
+        return self.row
+
+
+@dataclass
+class _Result:
+    outcome: str
+    error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    field_name: str | None = None
+
+
+class _Retry(Exception):
+    """The attempt found a row already stored under its id: re-check, then write the rest."""
+
+
+# Request fields behind the stored columns, to name the field at fault in a 400.
+_REQUEST_FIELDS = {
+    "request_id": "request_id",
+    "team": "team",
+    "task_class": "task_class",
+    "data_classification": "data_classification",
+    "end_user": "end_user",
+    "prompt": "prompt",
+    "prompt_template_id": "prompt_template.id",
+    "prompt_template_version": "prompt_template.version",
+    "retrieval_query": "retrieval.query",
+    "retrieval_document_ids": "retrieval.document_ids",
+    "metadata": "metadata",
+}
+FAST_PATH_MAX_ROWS = 100
 
 
 class DecisionRecorder:
-    def __init__(self, *, max_batch: int = 500) -> None:
-        self.max_batch = max_batch
+    def __init__(
+        self,
+        *,
+        max_batch: int | None = None,
+        queue_max: int | None = None,
+        hang_s: float | None = None,
+    ) -> None:
+        self.max_batch = max_batch or int(settings.SWITCHYARD_RECORD_MAX_BATCH)
+        self.queue_max = queue_max or int(settings.SWITCHYARD_RECORD_QUEUE_MAX)
+        self.hang_s = hang_s or float(settings.SWITCHYARD_RECORD_HANG_S)
+        self.admit: AdmitHook | None = None
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._queued = 0
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._writer: _Writer | None = None
         self._params: dict[str, Any] | None = None
         self.batches = 0
         self.rows = 0
+        self.isolated = 0
+        self.writers_replaced = 0
 
     # -- request side ------------------------------------------------------------------
 
     def record(self, row: DecisionRow, *, timeout_s: float = 5.0) -> str:
-        """Store ``row`` durably; returns "stored" or "duplicate", or raises RecordingFailed."""
-        self._ensure_thread()
+        """Store ``row`` durably; returns "stored" or "duplicate" (its idempotency key is taken
+        by another decision), only once the row (or the other one) is committed.
+
+        Raises RecordingBusy (queue full), RecordingInvalid (the database rejects this row),
+        RecordingRefused (the admission hook refused it) or RecordingFailed (not stored in
+        time)."""
+        self._ensure_writer()
         pending = _Pending(row=row, deadline=time.monotonic() + timeout_s)
+        with self._lock:
+            if self._queued >= self.queue_max:
+                raise RecordingBusy("the decision recorder's queue is full")
+            self._queued += 1
         self._queue.put(pending)
-        if not pending.done.wait(timeout_s + 1.0):
-            raise RecordingFailed("timed out waiting for the decision to be stored")
-        if pending.outcome == "failed":
+        give_up = pending.deadline + 1.0
+        while not pending.done.wait(0.25):
+            if time.monotonic() > give_up:
+                raise RecordingFailed("timed out waiting for the decision to be stored")
+            self._watch()
+        if pending.outcome == FAILED:
             raise RecordingFailed(pending.error or "the decision could not be stored")
+        if pending.outcome == INVALID:
+            raise RecordingInvalid(pending.error, pending.field_name)
+        if pending.outcome == REFUSED:
+            raise RecordingRefused(pending.detail)
         return pending.outcome
 
     def close(self) -> None:
         """Close the writer's connection (it reopens on the next record)."""
-        if self._thread is None or not self._thread.is_alive():
+        writer = self._writer
+        if writer is None or not writer.thread.is_alive():
             return
-        marker = _Pending(row=None, deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+        marker = _Pending(row=None, deadline=time.monotonic() + 5)
         self._queue.put(marker)
         marker.done.wait(5)
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+    def _ensure_writer(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.thread.is_alive():
             return
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            writer = self._writer
+            if writer is None or not writer.thread.is_alive():
                 # Read connection settings on the request thread (the test database's name
                 # is only set there), then write from a dedicated thread and connection.
-                self._params = connection_params()
-                self._thread = threading.Thread(
-                    target=self._run, name="decision-recorder", daemon=True
-                )
-                self._thread.start()
+                self._params = recorder_connection_params()
+                self._writer = _Writer(self, self._params, terminate_pid=None)
+                self._writer.thread.start()
 
-    # -- writer side -------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Replace a writer stuck in one attempt for longer than ``hang_s`` (waiters call this)."""
+        writer = self._writer
+        if writer is None or writer.busy_since is None:
+            return
+        if time.monotonic() - writer.busy_since <= self.hang_s:
+            return
+        with self._lock:
+            if self._writer is not writer or writer.busy_since is None:
+                return
+            if time.monotonic() - writer.busy_since <= self.hang_s:
+                return
+            writer.abandoned = True
+            stuck = [p for p in writer.batch if not p.done.is_set()]
+            assert self._params is not None
+            replacement = _Writer(self, self._params, terminate_pid=writer.backend_pid)
+            self._writer = replacement
+            self.writers_replaced += 1
+            self._queued += len(stuck)
+        logger.error(
+            "decision recorder: writer stuck for over %.1fs; replaced (%d rows re-checked)",
+            self.hang_s,
+            len(stuck),
+        )
+        for item in stuck:
+            item.uncertain = True  # the abandoned attempt may still have committed it
+            self._queue.put(item)
+        replacement.thread.start()
+
+    def _taken(self, count: int) -> None:
+        with self._lock:
+            self._queued -= count
+
+
+class _Writer:
+    """One writer thread and its connection. Abandoned writers never release a waiter."""
+
+    def __init__(
+        self, recorder: DecisionRecorder, params: dict[str, Any], *, terminate_pid: int | None
+    ) -> None:
+        self.recorder = recorder
+        self.params = params
+        self.terminate_pid = terminate_pid
+        self.conn: psycopg.Connection[Any] | None = None
+        self.backend_pid: int | None = None
+        self.busy_since: float | None = None
+        self.batch: list[_Pending] = []
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name="decision-recorder", daemon=True)
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
+        rec = self.recorder
+        while not self.abandoned:
+            first = rec._queue.get()
             if first.row is None:  # close request
                 self._drop_connection()
                 first.done.set()
                 continue
             batch = [first]
-            while len(batch) < self.max_batch:
+            while len(batch) < rec.max_batch:
                 try:
-                    item = self._queue.get_nowait()
+                    item = rec._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item.row is None:
                     item.done.set()  # a close request during a batch: the batch needs it open
                     continue
                 batch.append(item)
+            rec._taken(len(batch))
+            self.batch = batch
             try:
                 self._write_with_retry(batch)
             except Exception as exc:  # never let the writer thread die
                 logger.exception("decision recorder failed a batch")
-                for item in batch:
-                    if not item.done.is_set():
-                        item.outcome, item.error = "failed", str(exc)
-                        item.done.set()
+                self._finish({p: _Result(FAILED, str(exc)) for p in batch})
+            finally:
+                self.busy_since = None
+                self.batch = []
+        self._drop_connection()
+
+    # -- releasing waiters -------------------------------------------------------------
+
+    def _finish(self, results: dict[_Pending, _Result]) -> None:
+        """Release waiters with their outcomes, unless this writer was abandoned meanwhile
+        (then its replacement owns the rows)."""
+        rec = self.recorder
+        with rec._lock:
+            if self.abandoned:
+                return
+            for item, result in results.items():
+                if item.done.is_set():
+                    continue
+                item.outcome, item.error = result.outcome, result.error
+                item.detail, item.field_name = result.detail, result.field_name
+                if result.outcome == STORED:
+                    rec.rows += 1
+                item.done.set()
+
+    # -- connection --------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            assert self._params is not None
-            # Autocommit: a batch without idempotency keys is one INSERT statement, i.e. one
-            # round trip and one commit.
-            self._conn = psycopg.connect(**self._params, autocommit=True)
-        return self._conn
+        if self.conn is None or self.conn.closed:
+            # Autocommit: a small batch without idempotency keys is one INSERT statement,
+            # i.e. one round trip and one commit.
+            conn = psycopg.connect(**self.params, autocommit=True)
+            if self.terminate_pid is not None:
+                # The abandoned writer's backend: end it, so its transaction either has
+                # committed already or never will, before its rows are re-checked.
+                conn.execute("SELECT pg_terminate_backend(%s)", [self.terminate_pid])
+                self.terminate_pid = None
+            self.conn = conn
+            self.backend_pid = conn.info.backend_pid
+        return self.conn
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
+        if self.conn is not None:
             try:
-                self._conn.close()
+                self.conn.close()
             except Exception:  # already broken
                 logger.debug("closing a broken recorder connection failed", exc_info=True)
-        self._conn = None
+        self.conn = None
+
+    # -- writing -----------------------------------------------------------------------
 
     def _write_with_retry(self, batch: list[_Pending]) -> None:
         attempt = 0
-        maybe_written = False
-        while batch:
+        while batch and not self.abandoned:
             now = time.monotonic()
             expired = [p for p in batch if p.deadline <= now]
-            for item in expired:
-                item.outcome, item.error = "failed", "database unavailable"
-                item.done.set()
+            if expired:
+                self._finish({p: _Result(FAILED, "database unavailable") for p in expired})
             batch = [p for p in batch if p.deadline > now]
             if not batch:
                 return
+            self.busy_since = time.monotonic()
             try:
                 conn = self._connect()
-                self._write(conn, batch, maybe_written=maybe_written)
-                return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                results = self._write(conn, batch)
+            except _Retry:
+                for item in batch:
+                    item.uncertain = True
+                attempt += 1
+                continue
+            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError) as exc:
                 # The commit may or may not have happened: check before writing again.
-                maybe_written = True
+                for item in batch:
+                    item.uncertain = True
                 attempt += 1
                 logger.warning("recorder: database unavailable (%s); retry %d", exc, attempt)
                 self._drop_connection()
+                self.busy_since = None
                 time.sleep(min(0.05 * 2**attempt, 0.5))
+                continue
+            except _REJECTIONS as exc:
+                # The database rejected the data (nothing was committed): isolate the row(s).
+                self.busy_since = None
+                if self.conn is not None and self.conn.info.transaction_status not in (
+                    psycopg.pq.TransactionStatus.IDLE,
+                ):
+                    self._drop_connection()
+                if len(batch) == 1:
+                    item = batch[0]
+                    column = _offending_column(item.r, exc)
+                    message = _rejection_message(column, exc)
+                    logger.warning("recorder: row %s rejected: %s", item.r["id"], exc)
+                    self.recorder.isolated += 1
+                    self._finish(
+                        {
+                            item: _Result(
+                                INVALID, message, field_name=_REQUEST_FIELDS.get(column or "")
+                            )
+                        }
+                    )
+                    return
+                middle = len(batch) // 2
+                self._write_with_retry(batch[:middle])
+                self._write_with_retry(batch[middle:])
+                return
+            self.busy_since = None
+            self.recorder.batches += 1
+            self._finish(results)
+            return
 
     def _write(
-        self, conn: psycopg.Connection[Any], batch: list[_Pending], *, maybe_written: bool
-    ) -> None:
-        if not maybe_written and len(batch) <= 100 and not any(p.row["request_id"] for p in batch):
+        self, conn: psycopg.Connection[Any], batch: list[_Pending]
+    ) -> dict[_Pending, _Result]:
+        """One attempt. Returns each row's outcome; returns only once they are committed."""
+        if len(batch) <= FAST_PATH_MAX_ROWS and not any(
+            p.uncertain or p.r["request_id"] or p.r["reservations"] for p in batch
+        ):
             with conn.cursor() as cursor:
                 values: list[Any] = []
                 for item in batch:
-                    values.extend(_copy_values(item.row))
-                cursor.execute(_insert_sql(len(batch)), values)
-            for item in batch:
-                item.outcome = "stored"
-            self.batches += 1
-            self.rows += len(batch)
-            for item in batch:
-                item.done.set()
-            return
-        with conn.transaction(), conn.cursor() as cursor:
-            if maybe_written:
-                already = _stored_ids(cursor, [p.row for p in batch])
-                for item in batch:
-                    if item.row["id"] in already:
-                        item.outcome = "stored"
-                todo = [p for p in batch if not item_done(p)]
-            else:
-                todo = batch
-            keyed = [p for p in todo if p.row["request_id"]]
-            duplicates: set[uuid.UUID] = set()
-            if keyed:
-                cursor.executemany(
-                    "INSERT INTO telemetry_decision_idempotency "
-                    "(application_id, request_id, decision_id, created_at) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING decision_id",
-                    [
-                        (
-                            p.row["application_id"],
-                            p.row["request_id"],
-                            p.row["id"],
-                            p.row["created_at"],
-                        )
-                        for p in keyed
-                    ],
-                    returning=True,
-                )
-                inserted: set[uuid.UUID] = set()
-                while True:
-                    fetched = cursor.fetchone()
-                    if fetched is not None:
-                        inserted.add(fetched[0])
-                    if not cursor.nextset():
-                        break
-                duplicates = {p.row["id"] for p in keyed} - inserted
-            decision_rows_copy(cursor, (p.row for p in todo if p.row["id"] not in duplicates))
-            for item in todo:
-                item.outcome = "duplicate" if item.row["id"] in duplicates else "stored"
-        self.batches += 1
-        self.rows += len(batch)
+                    values.extend(_copy_values(item.r))
+                try:
+                    cursor.execute(_insert_sql(len(batch)), values)  # autocommit: committed
+                except psycopg.errors.UniqueViolation as exc:
+                    if _decision_id_taken(exc):
+                        raise _Retry from exc
+                    raise
+            return {p: _Result(STORED) for p in batch}
+
+        results: dict[_Pending, _Result] = {}
+        try:
+            with conn.transaction(), conn.cursor() as cursor:
+                results = self._write_transaction(cursor, batch)
+        except psycopg.errors.UniqueViolation as exc:
+            if _decision_id_taken(exc):
+                # A decision id already stored: an earlier attempt committed after all.
+                raise _Retry from exc
+            raise
+        return results  # the transaction has committed
+
+    def _write_transaction(
+        self, cursor: psycopg.Cursor[Any], batch: list[_Pending]
+    ) -> dict[_Pending, _Result]:
+        results: dict[_Pending, _Result] = {}
+        uncertain = [p.r for p in batch if p.uncertain]
+        stored = _stored_ids(cursor, uncertain) if uncertain else set()
+        todo = []
         for item in batch:
-            item.done.set()
+            if item.r["id"] in stored:
+                results[item] = _Result(STORED)
+            else:
+                todo.append(item)
+
+        # Idempotency keys: take each key (or take over an expired one); a live key owned by
+        # another decision makes the row a duplicate, one owned by this very row means an
+        # earlier attempt committed it.
+        keyed = [p for p in todo if p.r["request_id"]]
+        if keyed:
+            first_of: dict[tuple[int, str], _Pending] = {}
+            for item in keyed:
+                first_of.setdefault(_key(item.r), item)
+            owners, taken = _keys_take(cursor, [p.r for p in first_of.values()])
+            for item in keyed:
+                key = _key(item.r)
+                if owners.get(key) != item.r["id"]:
+                    results[item] = _Result(DUPLICATE)
+                elif key not in taken:
+                    # This row's own key, from an earlier attempt that did commit (after the
+                    # check above): key and row commit together, so the row is stored.
+                    results[item] = _Result(STORED)
+        to_write = [p for p in todo if p not in results]
+
+        refused: dict[uuid.UUID, dict[str, Any]] = {}
+        admit = self.recorder.admit
+        if admit is not None and any(p.r["reservations"] for p in to_write):
+            refused = admit(cursor, [p.r for p in to_write])
+            refused_keyed = [p.r for p in to_write if p.r["id"] in refused and p.r["request_id"]]
+            if refused_keyed:
+                _keys_release(cursor, refused_keyed)
+        rows = [p.r for p in to_write if p.r["id"] not in refused]
+        if rows:
+            decision_rows_copy(cursor, rows)
+        for item in to_write:
+            if item.r["id"] in refused:
+                results[item] = _Result(REFUSED, detail=refused[item.r["id"]])
+            else:
+                results[item] = _Result(STORED)
+        return results
 
 
-def item_done(pending: _Pending) -> bool:
-    return pending.outcome != ""
+# Errors that mean "this data cannot be stored" (isolate the row); any other database error
+# is treated like a lost connection (retry, re-checking what committed).
+_REJECTIONS = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+)
+
+
+def _decision_id_taken(exc: psycopg.errors.UniqueViolation) -> bool:
+    """A unique violation on a decision's own primary key (a partition of telemetry_decision),
+    not on some other table (the idempotency keys, or the admission hook's)."""
+    table = exc.diag.table_name or ""
+    return table.startswith("telemetry_decision") and table != "telemetry_decision_idempotency"
+
+
+def _key(row: DecisionRow) -> tuple[int, str]:
+    return (row["application_id"], row["request_id"])
+
+
+def _keys_take(
+    cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]
+) -> tuple[dict[tuple[int, str], uuid.UUID], set[tuple[int, str]]]:
+    """Insert the rows' idempotency keys (one row per key). Returns each key's owning decision
+    and the keys this statement took. A key past the idempotency window is taken over."""
+    cursor.execute(
+        "INSERT INTO telemetry_decision_idempotency "
+        "(application_id, request_id, decision_id, created_at, body_sha256) "
+        "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::uuid[], %s::timestamptz[], "
+        "%s::text[]) "
+        "ON CONFLICT (application_id, request_id) DO UPDATE SET "
+        "decision_id = EXCLUDED.decision_id, created_at = EXCLUDED.created_at, "
+        "body_sha256 = EXCLUDED.body_sha256 "
+        "WHERE telemetry_decision_idempotency.created_at < EXCLUDED.created_at - %s::interval "
+        "RETURNING application_id, request_id, decision_id",
+        [
+            [r["application_id"] for r in rows],
+            [r["request_id"] for r in rows],
+            [r["id"] for r in rows],
+            [r["created_at"] for r in rows],
+            [r["request_sha256"] for r in rows],
+            idempotency_window(),
+        ],
+    )
+    owners: dict[tuple[int, str], uuid.UUID] = {(a, k): d for a, k, d in cursor.fetchall()}
+    taken = set(owners)
+    missing = [r for r in rows if _key(r) not in owners]
+    if missing:
+        cursor.execute(
+            "SELECT k.application_id, k.request_id, k.decision_id "
+            "FROM telemetry_decision_idempotency k "
+            "JOIN unnest(%s::bigint[], %s::text[]) AS u(application_id, request_id) "
+            "ON k.application_id = u.application_id AND k.request_id = u.request_id",
+            [[r["application_id"] for r in missing], [r["request_id"] for r in missing]],
+        )
+        owners.update({(a, k): d for a, k, d in cursor.fetchall()})
+    return owners, taken
+
+
+def _keys_release(cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]) -> None:
+    """Delete keys just taken by rows that will not be written (refused by the hook)."""
+    cursor.execute(
+        "DELETE FROM telemetry_decision_idempotency k "
+        "USING unnest(%s::bigint[], %s::text[], %s::uuid[]) AS u(application_id, request_id, id) "
+        "WHERE k.application_id = u.application_id AND k.request_id = u.request_id "
+        "AND k.decision_id = u.id",
+        [
+            [r["application_id"] for r in rows],
+            [r["request_id"] for r in rows],
+            [r["id"] for r in rows],
+        ],
+    )
+
+
+def idempotency_window() -> timedelta:
+    """How long a request_id keeps answering with its decision (never past retention)."""
+    return timedelta(hours=float(settings.SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS))
 
 
 def _stored_ids(cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]) -> set[uuid.UUID]:
@@ -332,6 +686,47 @@ def _stored_ids(cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]) -> set
         [[r["id"] for r in rows], list({r["created_at"] for r in rows})],
     )
     return {row[0] for row in cursor.fetchall()}
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
+def _offending_column(row: DecisionRow, exc: Exception) -> str | None:
+    """The column whose value the database rejected, when it can be told."""
+    from telemetry.models import DecisionRecord
+
+    for column in DECISION_COLUMNS:
+        if _has_nul(row[column]):  # type: ignore[literal-required]
+            return column
+    for column in DECISION_COLUMNS:
+        value = row[column]  # type: ignore[literal-required]
+        limit = getattr(DecisionRecord._meta.get_field(column), "max_length", None)
+        if limit and isinstance(value, str) and len(value) > limit:
+            return column
+    diag = getattr(exc, "diag", None)
+    column_name = getattr(diag, "column_name", None)
+    if column_name in DECISION_COLUMNS:
+        return str(column_name)
+    context = getattr(diag, "context", None) or ""
+    if ", column " in context:
+        name = context.split(", column ", 1)[1].split(":", 1)[0].strip()
+        if name in DECISION_COLUMNS:
+            return name
+    return None
+
+
+def _rejection_message(column: str | None, exc: Exception) -> str:
+    if column is not None and column in _REQUEST_FIELDS:
+        return "contains a character or value the store cannot hold (e.g. a NUL character)"
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+    return f"the decision record was rejected: {primary}"
 
 
 recorder = DecisionRecorder()

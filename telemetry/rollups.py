@@ -31,6 +31,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from controlplane.models import ModelPrice
+from routing.pricing import price_ranges, price_schedule
 from telemetry.models import LATENCY_BOUNDS_MS, LATENCY_BUCKET_FIELDS, RollupWatermark
 
 logger = logging.getLogger(__name__)
@@ -67,17 +69,16 @@ _COLUMNS = (
     *LATENCY_BUCKET_FIELDS,
 )  # fmt: skip
 
-# The baseline model's dated prices as [effective_from, until) ranges: the savings figure
+# The baseline model's dated prices as [effective_from, until) ranges
+# (routing.pricing.price_ranges, the one "price in force at t" rule): the savings figure
 # prices the same token counts at the baseline price in force at decision time.
 _ROLLUP_SQL = f"""
 WITH baseline AS (
-    SELECT p.effective_from,
-           lead(p.effective_from, 1, 'infinity'::timestamptz)
-               OVER (ORDER BY p.effective_from) AS until,
-           p.input_usd_per_mtok, p.output_usd_per_mtok
-    FROM controlplane_modelprice p
-    JOIN controlplane_modelendpoint m ON m.id = p.model_id
-    WHERE m.slug = %(baseline)s
+    SELECT effective_from, coalesce(until, 'infinity'::timestamptz) AS until,
+           input_usd_per_mtok, output_usd_per_mtok
+    FROM unnest(%(b_from)s::timestamptz[], %(b_until)s::timestamptz[],
+                %(b_in)s::numeric[], %(b_out)s::numeric[])
+        AS b(effective_from, until, input_usd_per_mtok, output_usd_per_mtok)
 ),
 rows AS (
     SELECT date_trunc('hour', d.created_at) AS hour, d.team, d.application, d.task_class,
@@ -146,10 +147,16 @@ def _ranges(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
 def rollups_recompute(*, start: datetime, end: datetime, cursor: Any = None) -> int:
     """Recompute the rollup rows of every hour in [start, end) from the raw tables."""
     start, end = hour_floor(start), hour_floor(end - timedelta(microseconds=1)) + HOUR
+    baseline = price_ranges(
+        price_schedule(ModelPrice.objects.filter(model__slug=settings.SWITCHYARD_BASELINE_MODEL))
+    )
     params: dict[str, Any] = {
         "start": start,
         "end": end,
-        "baseline": settings.SWITCHYARD_BASELINE_MODEL,
+        "b_from": [r[0] for r in baseline],
+        "b_until": [r[1] for r in baseline],
+        "b_in": [r[2] for r in baseline],
+        "b_out": [r[3] for r in baseline],
     }
     with transaction.atomic():
         own = cursor is None

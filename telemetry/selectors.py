@@ -515,10 +515,21 @@ class BudgetBurn:
     cumulative: list[float] = field(default_factory=list)
     rate_per_day: float = 0.0
     exhaustion_at: datetime | None = None  # projected (or actual) time the limit is reached
+    # Held by decisions whose outcome has not arrived (worst case); counts against the limit.
+    reserved_usd: float = 0.0
 
     @property
     def used_pct(self) -> float:
         return 100.0 * self.spent_usd / self.limit_usd if self.limit_usd else 0.0
+
+    @property
+    def committed_usd(self) -> float:
+        """Spent plus reserved: what admission judges against the limit."""
+        return self.spent_usd + self.reserved_usd
+
+    @property
+    def committed_pct(self) -> float:
+        return 100.0 * self.committed_usd / self.limit_usd if self.limit_usd else 0.0
 
 
 def _period_end(period: str, start: datetime) -> datetime:
@@ -531,7 +542,8 @@ def _period_end(period: str, start: datetime) -> datetime:
 def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[BudgetBurn]:
     """Every active budget's spend so far this period, its curve and projected exhaustion.
 
-    1. The spend is the budget's own counter (``BudgetSpend``, charged with every outcome).
+    1. The spend is the budget's own counter (``BudgetSpend``, charged with every outcome),
+       beside what in-flight decisions hold reserved (``BudgetSpend.reserved_usd``).
     2. The curve is the cumulative rollup cost of the budget's scope since the period
        start: daily points for monthly budgets, hourly for daily ones.
     3. The rate is the average of the last 7 days (monthly) or of today so far (daily);
@@ -546,12 +558,13 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
     if not budgets:
         return []
     starts = {b.pk: b.period_start(now) for b in budgets}
-    spends = {
-        (s.budget_id, s.period_start): float(s.spent_usd)
-        for s in BudgetSpend.objects.filter(
+    period_spends = list(
+        BudgetSpend.objects.filter(
             budget_id__in=list(starts), period_start__in=set(starts.values())
         )
-    }
+    )
+    spends = {(s.budget_id, s.period_start): float(s.spent_usd) for s in period_spends}
+    reserved = {(s.budget_id, s.period_start): float(s.reserved_usd) for s in period_spends}
     earliest = min(starts.values())
     span = DashboardFilters(start=earliest, end=now, bucket=_DAY)
     rows_sql, params = rollup_rows_sql(span, daily=True)
@@ -594,6 +607,7 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
             spent_usd=spent,
             period_start=start,
             period_end=end,
+            reserved_usd=reserved.get((b.pk, start), 0.0),
         )
         cumulative = series.cumsum()
         burn.times = [start] + [

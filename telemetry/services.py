@@ -1,18 +1,22 @@
 """Outcome reporting: cost per attempt from the price in force at decision time, budgets charged.
 
-Charging is atomic and idempotent:
+Charging is atomic, idempotent, and a charged attempt is immutable:
 1. The outcome row of the decision is created if missing and locked (SELECT … FOR UPDATE),
    so concurrent reports of one decision take turns.
-2. Attempts are identified by their position in the report; only attempts beyond
-   ``charged_attempts`` are charged, so a repeated report charges nothing twice.
-3. Each budget that applies (global, the team, the application, the task class) is charged
-   with one ``INSERT … ON CONFLICT DO UPDATE SET spent = spent + x``: concurrent charges
-   of one budget never lose an update.
+2. Attempts are identified by their position in the report. The attempts already charged
+   (``charged_attempts``) must be reported again exactly as they were, or the report is a
+   ``OutcomeConflict`` (409); they keep their stored cost. Only attempts beyond them are
+   priced and charged, so a repeated report charges nothing twice, and the stored cost
+   always equals what the budgets were charged (dashboards and budgets agree).
+3. The decision's budget reservations are released and each budget that applies (global,
+   the team, the application, the task class) is charged, in one statement
+   (telemetry.budgets.reservations_settle): concurrent charges never lose an update.
+Attempt models must be in the registry (the API answers 400 otherwise; see
+``attempt_models_unknown``).
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,10 +30,17 @@ from django.utils import timezone
 
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
 from routing.enums import AttemptStatus
+from routing.pricing import price_cost_usd, price_in_force, price_schedule
+from telemetry.budgets import Slot, reservations_settle
 from telemetry.models import DecisionOutcome, DecisionRecord
 
 ATTEMPT_STATUSES = tuple(AttemptStatus)
-_MTOK = Decimal(1_000_000)
+# What identifies a reported attempt; a charged attempt must be reported again identically.
+_ATTEMPT_KEYS = ("model", "status", "latency_ms", "input_tokens", "output_tokens")
+
+
+class OutcomeConflict(Exception):
+    """A report that changes attempts already charged (the API answers 409)."""
 
 
 class AttemptInput(TypedDict):
@@ -41,27 +52,16 @@ class AttemptInput(TypedDict):
     escalation_reason: NotRequired[str]
 
 
-@dataclass(frozen=True, slots=True)
-class _Price:
-    effective_from: datetime
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-
-
 class PriceBook:
-    """All dated prices in memory; ``cost`` uses the price in force at a given time."""
+    """All dated prices in memory; ``cost`` uses the price in force at a given time
+    (routing.pricing.price_in_force)."""
 
     def __init__(self, prices: Iterable[ModelPrice], tiers: dict[str, int]) -> None:
-        self._by_model: dict[str, list[_Price]] = {}
-        self._starts: dict[str, list[datetime]] = {}
+        by_model: dict[str, list[ModelPrice]] = {}
+        for price in prices:
+            by_model.setdefault(price.model.slug, []).append(price)
+        self._schedules = {slug: price_schedule(p) for slug, p in by_model.items()}
         self.tiers = tiers
-        for price in sorted(prices, key=lambda p: p.effective_from):
-            slug = price.model.slug
-            self._by_model.setdefault(slug, []).append(
-                _Price(price.effective_from, price.input_usd_per_mtok, price.output_usd_per_mtok)
-            )
-        for slug, entries in self._by_model.items():
-            self._starts[slug] = [p.effective_from for p in entries]
 
     @classmethod
     def load(cls) -> PriceBook:
@@ -69,18 +69,11 @@ class PriceBook:
         tiers = dict(ModelEndpoint.objects.values_list("slug", "tier"))
         return cls(prices, tiers)
 
-    def price_at(self, model: str, when: datetime) -> _Price | None:
-        starts = self._starts.get(model)
-        if not starts:
-            return None
-        index = bisect.bisect_right(starts, when) - 1
-        return self._by_model[model][index] if index >= 0 else None
+    def price_at(self, model: str, when: datetime) -> ModelPrice | None:
+        return price_in_force(self._schedules.get(model, []), when)
 
     def cost(self, model: str, when: datetime, input_tokens: int, output_tokens: int) -> Decimal:
-        price = self.price_at(model, when)
-        if price is None:
-            return Decimal(0)
-        return (price.input_per_mtok * input_tokens + price.output_per_mtok * output_tokens) / _MTOK
+        return price_cost_usd(self.price_at(model, when), input_tokens, output_tokens)
 
 
 _pricebook_lock = threading.Lock()
@@ -99,29 +92,38 @@ def pricebook_current() -> PriceBook:
         return _pricebook[1]
 
 
+def budgets_active() -> list[Budget]:
+    """Active budgets (with what their scope key needs)."""
+    return list(
+        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
+    )
+
+
 def budgets_applicable(decision: DecisionRecord) -> list[Budget]:
     """Active budgets that a decision's spend counts against."""
-    budgets = Budget.objects.filter(is_active=True).select_related(
-        "team", "application", "task_class"
-    )
-    return [b for b in budgets if _budget_applies(b, decision)]
+    return [b for b in budgets_active() if _budget_applies(b, decision)]
 
 
-def budget_charge(*, budget: Budget, when: datetime, amount: Decimal) -> None:
-    """Add ``amount`` to the budget's spend for the period containing ``when``, atomically."""
+def attempt_models_unknown(attempts: Sequence[AttemptInput]) -> dict[str, list[str]]:
+    """{field: [message]} for every attempt naming a model that is not in the registry."""
+    known = pricebook_current().tiers
+    return {
+        f"attempts[{i}].model": [f"unknown model {a['model']!r}: not in the model registry"]
+        for i, a in enumerate(attempts)
+        if a["model"] not in known
+    }
+
+
+def _charges(
+    budgets: Iterable[Budget], decision: DecisionRecord, amount: Decimal
+) -> dict[Slot, Decimal]:
     if amount <= 0:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO controlplane_budgetspend (budget_id, period_start, spent_usd, updated_at)
-            VALUES (%s, %s, %s, now())
-            ON CONFLICT (budget_id, period_start)
-            DO UPDATE SET spent_usd = controlplane_budgetspend.spent_usd + EXCLUDED.spent_usd,
-                          updated_at = now()
-            """,
-            [budget.pk, budget.period_start(when), amount],
-        )
+        return {}
+    return {
+        (b.pk, b.period_start(decision.created_at)): amount
+        for b in budgets
+        if _budget_applies(b, decision)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,33 +166,61 @@ def _attempts_priced(
     return priced, total
 
 
+def _same_attempt(stored: dict[str, Any], reported: dict[str, Any]) -> bool:
+    return all(stored.get(k) == reported.get(k) for k in _ATTEMPT_KEYS) and (
+        stored.get("escalation_reason", "") == reported.get("escalation_reason", "")
+    )
+
+
 def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) -> DecisionOutcome:
-    """Store (or update) a decision's outcome and charge its budgets; see the module doc."""
+    """Store (or extend) a decision's outcome and charge its budgets; see the module doc.
+
+    Raises ``OutcomeConflict`` when the report changes or drops an attempt already charged."""
     pricebook = pricebook or pricebook_current()
     decision = item.decision
     priced, total_cost = _attempts_priced(item, pricebook)
-    last = priced[-1]
     with transaction.atomic():
         outcome, _ = DecisionOutcome.objects.get_or_create(
             decision_id=decision.id,
             decision_created_at=decision.created_at,
-            defaults=_outcome_fields(item, priced, total_cost, last),
+            defaults=_outcome_fields(item, priced, total_cost, priced[-1]),
         )
         outcome = DecisionOutcome.objects.select_for_update().get(
             decision_id=decision.id, decision_created_at=decision.created_at
         )
-        new_attempts = priced[outcome.charged_attempts :]
+        charged = list(outcome.attempts[: outcome.charged_attempts])
+        if len(priced) < len(charged) or not all(
+            _same_attempt(s, r) for s, r in zip(charged, priced, strict=False)
+        ):
+            raise OutcomeConflict(
+                f"This decision's outcome was already reported and charged with "
+                f"{len(charged)} attempt(s); a charged attempt cannot be changed or dropped. "
+                "Report the same attempts again (optionally followed by new ones)."
+            )
+        new_attempts = priced[len(charged) :]
+        if charged and not new_attempts:
+            reported_at = outcome.reported_at  # the same report again changes nothing
+        else:
+            reported_at = item.reported_at or timezone.now()
+        # Charged attempts keep the cost they were charged at.
+        priced = charged + new_attempts
         new_cost = sum((Decimal(a["cost_usd"]) for a in new_attempts), Decimal(0))
-        for field_name, value in _outcome_fields(item, priced, total_cost, last).items():
+        total_cost = sum((Decimal(a["cost_usd"]) for a in priced), Decimal(0))
+        fields = _outcome_fields(item, priced, total_cost, priced[-1])
+        fields["reported_at"] = reported_at
+        for field_name, value in fields.items():
             setattr(outcome, field_name, value)
-        outcome.charged_attempts = max(outcome.charged_attempts, len(priced))
+        outcome.charged_attempts = len(priced)
         # The table's key includes the partition column, so update with both key parts.
         DecisionOutcome.objects.filter(
             decision_id=decision.id, decision_created_at=decision.created_at
         ).update(**{f: getattr(outcome, f) for f in _UPDATED_FIELDS})
-        if new_cost > 0:
-            for budget in budgets_applicable(decision):
-                budget_charge(budget=budget, when=decision.created_at, amount=new_cost)
+        with connection.cursor() as cursor:
+            reservations_settle(
+                cursor,
+                decision_ids=[decision.id],
+                charges=_charges(budgets_active(), decision, new_cost),
+            )
     return outcome
 
 
@@ -269,15 +299,14 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
     Same cost and charging rules as ``outcome_report``:
     1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
        (an outcome already reported is kept as it is).
-    2. Only the rows actually inserted are charged, once per (budget, period) with their
-       sum, in (budget, period) order so concurrent loaders cannot deadlock.
+    2. Only the rows actually inserted are charged (and their reservations released), once
+       per (budget, period) with their sum, in (budget, period) order so concurrent loaders
+       cannot deadlock.
     """
     if not items:
         return 0
     pricebook = pricebook_current()
-    budgets = list(
-        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
-    )
+    budgets = budgets_active()
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
     columns = ", ".join(_OUTCOME_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
@@ -304,16 +333,10 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
             f"SELECT {columns} FROM outcome_load ON CONFLICT DO NOTHING RETURNING decision_id"
         )
         inserted = [row[0] for row in cursor.fetchall()]
-        charges: dict[tuple[int, datetime], Decimal] = {}
+        charges: dict[Slot, Decimal] = {}
         for decision_id in inserted:
             decision, total = costs[decision_id]
-            if total <= 0:
-                continue
-            for budget in budgets:
-                if _budget_applies(budget, decision):
-                    slot = (budget.pk, budget.period_start(decision.created_at))
-                    charges[slot] = charges.get(slot, Decimal(0)) + total
-        by_id = {b.pk: b for b in budgets}
-        for (budget_id, period_start), amount in sorted(charges.items()):
-            budget_charge(budget=by_id[budget_id], when=period_start, amount=amount)
+            for slot, amount in _charges(budgets, decision, total).items():
+                charges[slot] = charges.get(slot, Decimal(0)) + amount
+        reservations_settle(cursor, decision_ids=inserted, charges=charges)
     return len(inserted)

@@ -408,6 +408,27 @@ def test_hard_block_raises_budget_exceeded() -> None:
     assert isinstance(exc.value, RoutingError)
 
 
+def test_reserved_spend_counts_against_the_limits() -> None:
+    reserved = dataclasses.replace(budget(1, "team", "acme", 60.0), reserved_usd=40.0)
+    with pytest.raises(BudgetExceeded) as exc:
+        decide(req("summarize", team="acme"), mk_snapshot(budgets=(reserved,)))
+    assert exc.value.budget.reserved_usd == 40.0 and exc.value.budget.remaining_usd == 0.0
+    soft = dataclasses.replace(budget(1, "team", "acme", 50.0), reserved_usd=35.0)
+    d = decide(req("summarize", team="acme"), mk_snapshot(budgets=(soft,)))
+    assert d.budgets[0].action == "downgrade" and d.budgets[0].remaining_usd == 15.0
+
+
+def test_a_budget_named_exhausted_acts_at_its_hard_limit() -> None:
+    snap = mk_snapshot(budgets=(budget(1, "team", "acme", 0.0, hard="local_only"),))
+    assert decide(req("summarize", team="acme"), snap).model.locality == "cloud"
+    d = decide(req("summarize", team="acme", exhausted_budgets=frozenset({1})), snap)
+    assert d.model.locality == "local" and d.strategy == "budget"
+    assert d.budgets[0].action == "local_only"
+    blocking = mk_snapshot(budgets=(budget(1, "team", "acme", 0.0),))
+    with pytest.raises(BudgetExceeded):
+        decide(req("summarize", team="acme", exhausted_budgets=frozenset({1})), blocking)
+
+
 def test_hard_block_of_another_team_does_not_apply() -> None:
     snap = mk_snapshot(budgets=(budget(1, "team", "acme", 150.0),))
     d = decide(req("summarize", team="globex"), snap)

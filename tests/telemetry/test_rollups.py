@@ -177,7 +177,8 @@ def test_refresh_picks_up_new_and_re_reported_outcomes_without_double_counting(
     assert template is not None
     rollups_refresh()  # claims the watermark left by the rebuild
     fresh = _new_decision_with_outcome(template, minutes_ago=1)
-    # A re-report of an existing outcome moves its reported_at and changes its numbers.
+    # A re-report that adds an attempt (charged attempts are immutable) moves its
+    # reported_at and changes its numbers.
     outcome_report(
         OutcomeInput(
             decision=fresh,
@@ -185,7 +186,7 @@ def test_refresh_picks_up_new_and_re_reported_outcomes_without_double_counting(
             attempts=[
                 {
                     "model": template.model,
-                    "status": "error",
+                    "status": "ok",
                     "latency_ms": 420,
                     "input_tokens": 100,
                     "output_tokens": 20,

@@ -1,0 +1,411 @@
+"""The decision recorder against the real test database: admission hook, isolation, bounds."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from telemetry.ids import uuid7, uuid7_time
+from telemetry.models import DecisionIdempotency, DecisionRecord
+from telemetry.recorder import (
+    DecisionRecorder,
+    DecisionRow,
+    RecordingBusy,
+    RecordingFailed,
+    RecordingInvalid,
+    RecordingRefused,
+    Reservation,
+    connection_params,
+)
+from tests import commit_faults
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_row(
+    *, request_id: str = "", reservations: list[Reservation] | None = None, **fields: Any
+) -> DecisionRow:
+    decision_id = uuid7()
+    row: DecisionRow = {
+        "id": decision_id,
+        "created_at": uuid7_time(decision_id),
+        "request_id": request_id,
+        "application_id": 1,
+        "application": "app-a",
+        "team": "team-a",
+        "task_class": "triage",
+        "model": "small-local",
+        "provider_model": "small",
+        "tier": 1,
+        "locality": "local",
+        "strategy": "rule",
+        "confidence": 1.0,
+        "reason": "route",
+        "routing_table_version": 1,
+        "handoff_required": False,
+        "data_classification": "",
+        "pii_types": [],
+        "input_tokens": 10,
+        "context_tokens": 10,
+        "max_output_tokens": 64,
+        "latency_budget_ms": None,
+        "max_cost_usd": None,
+        "decision_us": 100,
+        "end_user": "",
+        "prompt": None,
+        "prompt_expires_at": None,
+        "prompt_template_id": "",
+        "prompt_template_version": "",
+        "retrieval_query": "",
+        "retrieval_document_ids": [],
+        "metadata": {},
+        "path": {},
+        "response": {"decision_id": str(decision_id)},
+        "reservations": reservations or [],
+        "request_sha256": "",
+    }
+    row.update(fields)  # type: ignore[typeddict-item]
+    return row
+
+
+@pytest.fixture
+def rec() -> Iterator[DecisionRecorder]:
+    recorder = DecisionRecorder()
+    yield recorder
+    recorder.close()
+
+
+def _params() -> dict[str, Any]:
+    params = connection_params()
+    params.pop("application_name", None)
+    return params
+
+
+def _record_into(
+    recorder: DecisionRecorder, row: DecisionRow, results: dict[uuid.UUID, Any], timeout_s: float
+) -> None:
+    try:
+        results[row["id"]] = recorder.record(row, timeout_s=timeout_s)
+    except (RecordingFailed, RecordingRefused) as exc:
+        results[row["id"]] = exc
+
+
+def record_all(
+    recorder: DecisionRecorder, rows: list[DecisionRow], timeout_s: float = 5
+) -> dict[uuid.UUID, Any]:
+    """Record rows from concurrent threads (so they share batches); returns id → result."""
+    results: dict[uuid.UUID, Any] = {}
+    threads = [
+        threading.Thread(target=_record_into, args=(recorder, r, results, timeout_s)) for r in rows
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+class WriterGate:
+    """Holds the writer inside the admission hook while a gate row is being written, so the
+    rows recorded meanwhile all wait in the queue and form the next batch together. The
+    hook then refuses the gate row: it writes no decision and commits nothing of its own."""
+
+    def __init__(self, recorder: DecisionRecorder) -> None:
+        self.recorder = recorder
+        self.row = make_row(reservations=[{"budget_id": 0, "amount_usd": 0.0}])
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.results: dict[uuid.UUID, Any] = {}
+        recorder.admit = self._hook
+        self.thread = threading.Thread(
+            target=_record_into, args=(recorder, self.row, self.results, 10)
+        )
+
+    def _hook(
+        self, cursor: psycopg.Cursor[Any], rows: list[DecisionRow]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        if any(r["id"] == self.row["id"] for r in rows):
+            self.entered.set()
+            assert self.release.wait(10)
+            return {self.row["id"]: {"gate": True}}
+        return {}
+
+    def close(self) -> None:
+        self.thread.start()
+        assert self.entered.wait(5)
+
+    def queue_then_open(
+        self, rows: list[DecisionRow], timeout_s: float = 5
+    ) -> dict[uuid.UUID, Any]:
+        results: dict[uuid.UUID, Any] = {}
+        threads = [
+            threading.Thread(target=_record_into, args=(self.recorder, r, results, timeout_s))
+            for r in rows
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while self.recorder._queue.qsize() < len(rows):
+            assert time.monotonic() < deadline, "rows did not queue"
+            time.sleep(0.01)
+        self.release.set()
+        for t in threads:
+            t.join(30)
+        self.thread.join(10)
+        assert isinstance(self.results[self.row["id"]], RecordingRefused)
+        return results
+
+
+class LimitHook:
+    """A test admission hook: refuses rows whose reservation exceeds ``limit`` and notes the
+    transaction it ran in and what it could see."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(
+        self, cursor: psycopg.Cursor[Any], rows: list[DecisionRow]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        cursor.execute("SELECT txid_current()")
+        xid = cursor.fetchone()[0]  # type: ignore[index]
+        cursor.execute(
+            "SELECT count(*) FROM telemetry_decision WHERE id = ANY(%s)", [[r["id"] for r in rows]]
+        )
+        visible = cursor.fetchone()[0]  # type: ignore[index]
+        self.calls.append({"ids": [r["id"] for r in rows], "xid": xid, "visible": visible})
+        return {
+            r["id"]: {"budget_id": res["budget_id"], "amount_usd": res["amount_usd"]}
+            for r in rows
+            for res in r["reservations"]
+            if res["amount_usd"] > self.limit
+        }
+
+
+def test_admission_hook_refuses_rows_inside_the_writing_transaction(
+    rec: DecisionRecorder,
+) -> None:
+    hook = LimitHook(limit=1.0)
+    rec.admit = hook
+    ok = [make_row(reservations=[{"budget_id": 7, "amount_usd": 0.5}]) for _ in range(4)]
+    plain = [make_row() for _ in range(3)]
+    too_much = make_row(reservations=[{"budget_id": 7, "amount_usd": 2.5}])
+    too_much_keyed = make_row(
+        request_id="hook-1", reservations=[{"budget_id": 9, "amount_usd": 3.0}]
+    )
+    results = record_all(rec, [*ok, *plain, too_much, too_much_keyed])
+
+    for row in ok + plain:
+        assert results[row["id"]] == "stored"
+    for row, budget in ((too_much, 7), (too_much_keyed, 9)):
+        refusal = results[row["id"]]
+        assert isinstance(refusal, RecordingRefused)
+        assert refusal.detail["budget_id"] == budget
+    stored = set(DecisionRecord.objects.values_list("id", flat=True))
+    assert stored == {r["id"] for r in ok + plain}
+    # A refused keyed row leaves no idempotency key behind: a retry decides afresh.
+    assert not DecisionIdempotency.objects.filter(request_id="hook-1").exists()
+
+    # The hook ran before the rows were written, in the transaction that wrote them.
+    assert hook.calls and all(call["visible"] == 0 for call in hook.calls)
+    seen = {i for call in hook.calls for i in call["ids"]}
+    assert {r["id"] for r in ok} | {too_much["id"], too_much_keyed["id"]} <= seen
+    with psycopg.connect(**_params()) as conn:
+        xmins = dict(
+            conn.execute(
+                "SELECT id, xmin::text::bigint FROM telemetry_decision WHERE id = ANY(%s)",
+                [[r["id"] for r in ok]],
+            ).fetchall()
+        )
+    for row in ok:
+        call = next(c for c in hook.calls if row["id"] in c["ids"])
+        assert xmins[row["id"]] == call["xid"]
+
+
+def test_admission_hook_is_not_called_without_reservations(rec: DecisionRecorder) -> None:
+    hook = LimitHook(limit=0.0)
+    rec.admit = hook
+    rows = [make_row() for _ in range(3)] + [make_row(request_id="no-res")]
+    results = record_all(rec, rows)
+    assert all(results[r["id"]] == "stored" for r in rows)
+    assert hook.calls == []
+
+
+def test_admission_hook_database_error_fails_its_batch_only(rec: DecisionRecorder) -> None:
+    def broken(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        cursor.execute("SELECT 1 / 0")
+        return {}
+
+    rec.admit = broken
+    bad = make_row(reservations=[{"budget_id": 1, "amount_usd": 0.1}])
+    with pytest.raises(RecordingFailed):
+        rec.record(bad, timeout_s=2)
+    rec.admit = None
+    good = make_row()
+    assert rec.record(good, timeout_s=5) == "stored"
+    assert set(DecisionRecord.objects.values_list("id", flat=True)) == {good["id"]}
+
+
+def _stored_ids() -> set[uuid.UUID]:
+    return set(DecisionRecord.objects.values_list("id", flat=True))
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed-insert", "keyed-copy"])
+def test_a_rejected_row_fails_alone_and_its_batch_is_stored(
+    rec: DecisionRecorder, keyed: bool
+) -> None:
+    gate = WriterGate(rec)
+    gate.close()
+    good = [make_row(request_id=f"good-{i}" if keyed else "") for i in range(30)]
+    bad_team = make_row(team="ops\x00team")  # psycopg refuses NUL in text (client side)
+    bad_metadata = make_row(metadata={"note": "a\x00b"})  # jsonb refuses \u0000 (server)
+    bad_retrieval = make_row(retrieval_query="printer\x00")
+    too_long = make_row(team="t" * 65)  # varchar(64): the server rejects it
+    bad_key = make_row(request_id="key\x00")
+    bad = [bad_team, bad_metadata, bad_retrieval, too_long, bad_key]
+    rows = good[:10] + bad[:2] + good[10:20] + bad[2:] + good[20:]
+    results = gate.queue_then_open(rows)
+
+    assert [results[r["id"]] for r in good] == ["stored"] * len(good)
+    fields = {}
+    for row in bad:
+        error = results[row["id"]]
+        assert isinstance(error, RecordingInvalid), error
+        fields[row["id"]] = error.field
+    assert fields == {
+        bad_team["id"]: "team",
+        bad_metadata["id"]: "metadata",
+        bad_retrieval["id"]: "retrieval.query",
+        too_long["id"]: "team",
+        bad_key["id"]: "request_id",
+    }
+    assert _stored_ids() == {r["id"] for r in good}
+    assert rec.isolated == len(bad)
+    if keyed:
+        assert DecisionIdempotency.objects.count() == len(good)
+    # The writer goes on as usual afterwards.
+    later = make_row()
+    assert rec.record(later) == "stored"
+
+
+def test_a_full_queue_refuses_at_once(rec: DecisionRecorder) -> None:
+    rec.queue_max = 3
+    gate = WriterGate(rec)
+    gate.close()
+    waiting = [make_row() for _ in range(3)]
+    results: dict[uuid.UUID, Any] = {}
+    threads = [threading.Thread(target=_record_into, args=(rec, r, results, 5)) for r in waiting]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while rec._queue.qsize() < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(RecordingBusy):
+        rec.record(make_row(), timeout_s=5)
+    assert time.monotonic() - started < 0.5  # refused without waiting
+    gate.release.set()
+    for t in threads:
+        t.join(10)
+    gate.thread.join(10)
+    assert all(results[r["id"]] == "stored" for r in waiting)
+    assert rec.record(make_row()) == "stored"  # room again
+
+
+def test_a_hung_writer_is_replaced_and_never_acknowledges(rec: DecisionRecorder) -> None:
+    rec.hang_s = 0.5
+    calls: list[float] = []
+
+    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.5)  # the first writer hangs here, its transaction open
+            return {}
+        return {r["id"]: {"refused": "by the replacement writer"} for r in rows}
+
+    rec.admit = hook
+    hung = make_row(request_id="hung-1", reservations=[{"budget_id": 1, "amount_usd": 1.0}])
+    started = time.monotonic()
+    with pytest.raises(RecordingRefused) as refused:
+        rec.record(hung, timeout_s=5)
+    # The replacement answered long before the hung writer woke up.
+    assert time.monotonic() - started < 2.4
+    assert refused.value.detail == {"refused": "by the replacement writer"}
+    assert rec.writers_replaced == 1
+    time.sleep(2.5)  # the abandoned writer wakes: its connection was terminated
+    assert len(calls) == 2
+    assert not DecisionRecord.objects.filter(id=hung["id"]).exists()
+    assert not DecisionIdempotency.objects.exists()
+    assert rec.record(make_row()) == "stored"
+
+
+def test_a_writer_hung_after_writing_is_replaced_and_rows_land_once(
+    rec: DecisionRecorder,
+) -> None:
+    rec.hang_s = 0.5
+    calls: list[int] = []
+
+    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return {}
+
+    rec.admit = hook
+    rows = [
+        make_row(request_id=f"h-{i}", reservations=[{"budget_id": 1, "amount_usd": 0.1}])
+        for i in range(5)
+    ]
+    results = record_all(rec, rows)
+    assert all(results[r["id"]] == "stored" for r in rows), results
+    time.sleep(2.0)
+    assert _stored_ids() == {r["id"] for r in rows}
+    assert DecisionIdempotency.objects.count() == 5
+    assert rec.writers_replaced >= 1
+
+
+@pytest.fixture
+def faults() -> Iterator[psycopg.Connection[Any]]:
+    conn = psycopg.connect(**_params(), autocommit=True)
+    commit_faults.install(conn)
+    try:
+        yield conn
+    finally:
+        commit_faults.remove(conn)
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["abort", "race"])
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+@pytest.mark.parametrize("size", [20, 150])
+def test_failed_commits_lose_and_duplicate_nothing(
+    rec: DecisionRecorder, faults: psycopg.Connection[Any], mode: str, keyed: bool, size: int
+) -> None:
+    rec.close()  # the writer's connection opens after the trigger exists
+    gate = WriterGate(rec)
+    gate.close()
+    commit_faults.arm(faults, 3, mode)  # three COMMITs in a row fail
+    rows = [make_row(request_id=f"f-{i}" if keyed else "") for i in range(size)]
+    results = gate.queue_then_open(rows, timeout_s=10)
+    acknowledged = {i for i, result in results.items() if result == "stored"}
+    assert acknowledged == {r["id"] for r in rows}, results
+    with psycopg.connect(**_params()) as conn:
+        stored = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM telemetry_decision WHERE id = ANY(%s)", [[r["id"] for r in rows]]
+            ).fetchall()
+        ]
+        keys = conn.execute("SELECT count(*) FROM telemetry_decision_idempotency").fetchone()
+    assert len(stored) == len(set(stored)) == size  # none lost, none twice
+    assert keys is not None and keys[0] == (size if keyed else 0)
+    # The faults did hit: the batch's COMMIT failed three times in a row.
+    assert commit_faults.fired(faults) == 3
+    assert commit_faults.largest_killed(faults) == size
