@@ -353,18 +353,19 @@ class DecisionRecorder:
             stuck = [p for p in writer.batch if not p.done.is_set()]
             assert self._params is not None
             replacement = _Writer(self, self._params, terminate_pid=writer.backend_pid)
-            self._writer = replacement
             self.writers_replaced += 1
             self._queued += len(stuck)
+            for item in stuck:
+                item.uncertain = True  # the abandoned attempt may still have committed it
+                self._queue.put(item)
+            # Started under the lock: _ensure_writer never sees a writer not yet running.
+            replacement.thread.start()
+            self._writer = replacement
         logger.error(
             "decision recorder: writer stuck for over %.1fs; replaced (%d rows re-checked)",
             self.hang_s,
             len(stuck),
         )
-        for item in stuck:
-            item.uncertain = True  # the abandoned attempt may still have committed it
-            self._queue.put(item)
-        replacement.thread.start()
 
     def _taken(self, count: int) -> None:
         with self._lock:

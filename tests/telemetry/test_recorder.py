@@ -409,3 +409,26 @@ def test_failed_commits_lose_and_duplicate_nothing(
     # The faults did hit: the batch's COMMIT failed three times in a row.
     assert commit_faults.fired(faults) == 3
     assert commit_faults.largest_killed(faults) == size
+
+
+def test_the_writer_connection_bounds_every_wait(rec: DecisionRecorder, settings: Any) -> None:
+    assert rec.record(make_row()) == "stored"
+    writer = rec._writer
+    assert writer is not None and writer.conn is not None
+    timeout = writer.conn.execute("SHOW statement_timeout").fetchone()
+    idle = writer.conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+    expected = f"{settings.SWITCHYARD_RECORD_STATEMENT_TIMEOUT_MS}ms"
+    assert timeout is not None and idle is not None
+    assert _as_ms(timeout[0]) == _as_ms(expected) == _as_ms(idle[0])
+    params = writer.conn.info.get_parameters()
+    assert params["keepalives"] == "1" and int(params["keepalives_idle"]) > 0
+    assert int(params["keepalives_count"]) > 0 and int(params["tcp_user_timeout"]) > 0
+    assert int(params["connect_timeout"]) > 0
+
+
+def _as_ms(value: str) -> int:
+    units = {"ms": 1, "s": 1000, "min": 60_000}
+    for unit in ("ms", "min", "s"):
+        if value.endswith(unit):
+            return int(value[: -len(unit)]) * units[unit]
+    return int(value)
