@@ -24,7 +24,9 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 DocumentIds = Annotated[
     list[Annotated[Text, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=500)
 ]
-Scalar = Text | int | float | bool | None
+# Stored as jsonb and encoded with orjson: integers must fit in 64 bits.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Scalar = Text | Int64 | float | bool | None
 MetadataValue = Scalar
 
 
@@ -98,7 +100,7 @@ def _field(message: str) -> str:
 
 def _whole_numbers(value: Any) -> Any:
     """JSON has one number type: 34060.0 is the integer 34060 (JSON Schema agrees)."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
         return int(value)
     if isinstance(value, list):
         return [_whole_numbers(v) for v in value]
