@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from unittest import mock
 
@@ -16,14 +17,17 @@ from controlplane import services as registry
 from controlplane.models import RoutingTableVersion, VersionStatus
 from evaluation import services
 from evaluation.models import Proposal, SweepKind, SweepRun, SweepSample
+from evaluation.workload import WorkloadItem
 from tests import factories
-from tests.evaluation.conftest import gsm8k_decisions
+from tests.evaluation.conftest import workload_decisions
 
 
 @pytest.fixture
-def swept(eval_registry: dict[str, Any], gsm8k_rows: list[Any]) -> dict[str, Any]:
+def swept(eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]) -> dict[str, Any]:
     """The registry after a tier-downgrade sweep that proposed math-practice → tier 2."""
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=eval_registry["gpt4o"], count=200)
+    workload_decisions(
+        reasoning_items, task_class="math-practice", model=eval_registry["gpt4o"], count=200
+    )
     run, _ = services.sweep_run_create(kind=SweepKind.TIER_DOWNGRADE, enqueue=False)
     services.sweep_run_execute(run_id=run.pk)
     return {**eval_registry, "proposal": Proposal.objects.get(), "run": run}
