@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.contrib.staticfiles import finders
-from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -205,18 +203,6 @@ def test_samples_are_unique_per_run_request_and_candidate(swept: dict[str, Any])
     sample.pk = None
     with pytest.raises(Exception, match="one_sample_per_request"):
         sample.save()
-
-
-def test_run_fleet_command_replays_gsm8k_from_the_routellm_dir(
-    settings: Any, tmp_path: Any
-) -> None:
-    (tmp_path / "gsm8k_responses.csv").write_text("x")
-    settings.SWITCHYARD_ROUTELLM_DIR = tmp_path
-    with mock.patch("evaluation.management.commands.run_fleet.fleet_main", return_value=0) as main:
-        call_command("run_fleet", "--port", "8111", "--latency-scale", "0.5")
-    argv = main.call_args.args[0]
-    assert argv[argv.index("--gsm8k") + 1] == str(tmp_path / "gsm8k_responses.csv")
-    assert argv[argv.index("--port") + 1] == "8111"
 
 
 def test_operators_edit_schedules_and_graders_in_admin(swept: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ from evaluation.models import Proposal, SweepKind, SweepRun, SweepSample, SweepS
 from evaluation.workload import WorkloadItem
 from tests import factories
 from tests.evaluation.conftest import (
-    GSM8K_PATH,
     Worker,
     eval_registry_create,
     wait_for,
@@ -64,7 +63,7 @@ def test_scheduled_sweep_on_a_worker_proposes_and_approval_goes_live(
 @pytest.fixture
 def slow_fleet(reasoning_items: Sequence[WorkloadItem]) -> Iterator[RunningFleet]:
     """Simulated latencies at 1/10: a 400-request sweep takes several seconds."""
-    with fleet_start(latency_scale=0.1, gsm8k_path=GSM8K_PATH) as running:
+    with fleet_start(latency_scale=0.1) as running:
         yield running
 
 
