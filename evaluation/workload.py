@@ -701,13 +701,31 @@ _SQL = (
 )
 
 
+_SQL_FILTERS = (
+    ("plan", ("free", "pro", "team", "enterprise"), "on the {v} plan"),
+    ("o.channel", ("web", "mobile", "partner", "retail"), "for {v} orders"),
+    ("o.channel", ("web", "mobile", "partner", "retail"), "for {v} orders"),
+    ("channel", ("web", "mobile", "partner", "retail"), "for {v} orders"),
+)
+
+
 def _sql(rng: random.Random, difficulty: int) -> _Parts:
-    question, good, bad = _SQL[rng.randrange(len(_SQL))]
-    fill = {"k": rng.choice((3, 5, 6, 10, 12, 20, 30, 90)), "y": rng.choice((2024, 2025, 2026))}
+    which = rng.randrange(len(_SQL))
+    question, good, bad = _SQL[which]
+    fill = {
+        "k": rng.choice((3, 5, 6, 7, 10, 12, 14, 20, 25, 30, 60, 90)),
+        "y": rng.choice((2023, 2024, 2025, 2026)),
+    }
     question, good, bad = (s.format(**fill) for s in (question, good, bad))
+    column, values, phrase = _SQL_FILTERS[which]
+    if rng.random() < 0.8:
+        value = rng.choice(values)
+        question += " " + phrase.format(v=value)
+        good = good.replace(" GROUP BY", f" AND {column} = '{value}' GROUP BY", 1)
     schema = (
-        "Tables: events(user_id, region, event_at), customers(id, name, is_test), "
-        "orders(id, customer_id, product_id, amount, refunded, created_at), products(id, category)."
+        "Tables: events(user_id, region, plan, event_at), customers(id, name, is_test), "
+        "orders(id, customer_id, product_id, amount, channel, refunded, created_at), "
+        "products(id, category)."
     )
     if difficulty >= 2:
         question += ", as one query"
@@ -863,15 +881,26 @@ def workload_item(task_class: str, index: int, *, seed: int = DEFAULT_SEED) -> W
 def workload_items(
     task_class: str, *, seed: int = DEFAULT_SEED, size: int = ITEMS_PER_CLASS
 ) -> tuple[WorkloadItem, ...]:
-    """The first ``size`` items of a class (cached per process)."""
-    return tuple(workload_item(task_class, i, seed=seed) for i in range(size))
+    """The first ``size`` items of a class with distinct prompts (cached per process): an
+    item is skipped when an earlier one asked exactly the same, so a prompt names one item."""
+    items: list[WorkloadItem] = []
+    seen: set[str] = set()
+    index = 0
+    while len(items) < size and index < size * 20:
+        item = workload_item(task_class, index, seed=seed)
+        index += 1
+        key = normalise_prompt(item.prompt)
+        if key not in seen:
+            seen.add(key)
+            items.append(item)
+    return tuple(items)
 
 
 @lru_cache(maxsize=8)
 def workload_index(
     *, seed: int = DEFAULT_SEED, size: int = ITEMS_PER_CLASS
 ) -> Mapping[str, WorkloadItem]:
-    """Every class's items keyed by :func:`normalise_prompt` of the prompt (first one wins)."""
+    """Every class's items keyed by :func:`normalise_prompt` of the prompt."""
     index: dict[str, WorkloadItem] = {}
     for task_class in TASK_CLASSES:
         for item in workload_items(task_class, seed=seed, size=size):

@@ -128,7 +128,12 @@ def test_personal_data_is_never_sent_to_a_cloud_candidate(
         prompts=[f"Call me on +44 20 7946 09{i:02d}: what is 3 + {i}?" for i in range(5)],
         pii_types=["phone"],
     )
-    before = eval_fleet.state.stats()["total_requests"]
+
+    def answered() -> int:  # completions served (transient 429/500 retries not counted)
+        models = eval_fleet.state.stats()["models"]
+        return sum(m["ok"] for m in models.values())  # type: ignore[attr-defined]
+
+    before = answered()
 
     run = run_sweep(task_class=reg["practice"])
 
@@ -136,7 +141,7 @@ def test_personal_data_is_never_sent_to_a_cloud_candidate(
     assert replayed == {d.id for d in clean}
     assert not replayed & {d.id for d in personal + pii}
     assert run.samples_skipped == 10
-    assert eval_fleet.state.stats()["total_requests"] - before == 2 * len(clean)  # type: ignore[operator]
+    assert answered() - before == 2 * len(clean)
 
 
 def test_expired_prompts_are_not_replayed_and_samples_are_purged(
