@@ -41,6 +41,14 @@ logger = logging.getLogger(__name__)
 
 DEMO_SWEEP_KEY = "demo:tier_downgrade:first-week"
 DEMO_SWEEP_SAMPLE_SIZE = 200  # per class and candidate
+# The classes routed above tier 1 in the demo table, the quick numeric one first so that its
+# proposal shows within seconds; the judge-graded ones (four calls a sample) follow.
+DEMO_SWEEP_CLASSES = (
+    "multi-step-reasoning",
+    "sql-generation",
+    "customer-reply-draft",
+    "long-report-synthesis",
+)
 PROPOSAL_READY = "Proposal ready:"
 DEMO_SWEEP_DELAY_S = 30  # when queued: give `make run` time to start the fleet
 
@@ -164,7 +172,11 @@ def demo_sweep_start(*, run_now: bool | None = None) -> SweepRun | None:
     run, created = services.sweep_run_create(
         kind=SweepKind.TIER_DOWNGRADE,
         key=DEMO_SWEEP_KEY,
-        params={"sample_size": DEMO_SWEEP_SAMPLE_SIZE, "reason": "demo: first weekly sweep"},
+        params={
+            "sample_size": DEMO_SWEEP_SAMPLE_SIZE,
+            "classes": list(DEMO_SWEEP_CLASSES),
+            "reason": "demo: first weekly sweep",
+        },
         enqueue=False,
     )
     if run.status == SweepStatus.FAILED:

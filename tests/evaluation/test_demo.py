@@ -17,7 +17,7 @@ from controlplane.models import TaskClass
 from evaluation import services
 from evaluation.demo import DEMO_SWEEP_KEY, demo_evaluation_load, proposals_announce
 from evaluation.fleet import RunningFleet
-from evaluation.models import GraderConfig, Proposal, SweepRun
+from evaluation.models import GraderConfig, Proposal, SweepRun, SweepSample
 from telemetry.demo_traffic import demo_traffic_load
 from telemetry.models import DecisionRecord
 from tests import factories
@@ -64,7 +64,9 @@ def test_first_sweep_proposes_where_the_cheaper_tier_passes_and_nowhere_else(
 
     run = SweepRun.objects.get(key=DEMO_SWEEP_KEY)
     classes = run.summary["classes"]
-    assert set(FAIL) | {PASSES} <= set(classes)
+    assert set(classes) == set(FAIL) | {PASSES}
+    first = SweepSample.objects.filter(run=run).order_by("pk").first()
+    assert first is not None and first.task_class == PASSES  # replayed first: quick to show
 
     proposal = Proposal.objects.get()  # exactly one: the class whose cheaper tier passes
     assert proposal.task_class.slug == PASSES
