@@ -2,9 +2,10 @@
 
 1. A fresh database ``switchyard_bench_sweep`` on the server in DATABASE_URL (migrated;
    dropped again afterwards).
-2. The replay fleet in its own process (GSM8K answers, latency scale 0.01).
+2. The replay fleet in its own process (the generated workload, latency scale 0.01).
 3. A registry of three fleet models and one task class routed to the tier-3 model, with
-   10,000 recent decisions whose prompts are stored (GSM8K questions with references).
+   10,000 recent decisions whose prompts are stored: the generated multi-step-reasoning
+   word problems (``evaluation.workload``) with their references in metadata.
 4. One tier-downgrade sweep over all 10,000 (candidate and current primary: 20,000 model
    calls over HTTP, graded, stored), timed end to end in-process.
 
@@ -50,7 +51,7 @@ def database(base_url: str, *, create: bool) -> str:
     return urlunsplit(urlsplit(base_url)._replace(path=f"/{DB_NAME}"))
 
 
-def fleet_process(gsm8k: Path) -> tuple[subprocess.Popen[str], str]:
+def fleet_process() -> tuple[subprocess.Popen[str], str]:
     command = [
         sys.executable,
         "-m",
@@ -60,8 +61,6 @@ def fleet_process(gsm8k: Path) -> tuple[subprocess.Popen[str], str]:
         "--latency-scale",
         str(LATENCY_SCALE),
     ]
-    if gsm8k.exists():
-        command += ["--gsm8k", str(gsm8k)]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -84,7 +83,6 @@ def main() -> int:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
     from django.utils import timezone
@@ -92,13 +90,12 @@ def main() -> int:
     from controlplane import services as registry
     from evaluation import services
     from evaluation.client import http_client_close
-    from evaluation.fleet import gsm8k_load
     from evaluation.models import GraderConfig, Proposal, SweepKind, SweepSample
+    from evaluation.workload import workload_items
     from telemetry.ids import uuid7, uuid7_time
     from telemetry.models import DecisionRecord
 
-    gsm8k = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
-    fleet, fleet_url = fleet_process(gsm8k)
+    fleet, fleet_url = fleet_process()
     try:
         call_command("migrate", "--noinput", verbosity=0)
         since = timezone.now() - timedelta(days=365)
@@ -135,17 +132,14 @@ def main() -> int:
         registry.route_set(version=version, task_class=task_class, primary=models["gpt-4o"])
         registry.routing_version_activate(version=version)
 
-        rows = list(gsm8k_load(gsm8k).values()) if gsm8k.exists() else []
+        items = workload_items("multi-step-reasoning")
         now = timezone.now()
         decisions = []
         for i in range(SAMPLES):
             ident = uuid7(int((now - timedelta(minutes=5)).timestamp() * 1000) - i * 50)
             created = uuid7_time(ident)
-            if rows:
-                row = rows[i % len(rows)]
-                prompt, reference = row.prompt, row.reference_answer
-            else:
-                prompt, reference = f"What is {i} + {i * 3}?", str(i * 4)
+            item = items[i % len(items)]
+            prompt, reference = item.prompt, item.reference
             decisions.append(
                 DecisionRecord(
                     id=ident,
@@ -200,7 +194,7 @@ def main() -> int:
             "success_rate": outcome.get("success_rate"),
             "interval": outcome.get("interval"),
             "proposal_created": Proposal.objects.filter(sweep_run=run).exists(),
-            "gsm8k_prompts": bool(rows),
+            "workload": f"generated multi-step-reasoning ({len(items)} distinct prompts)",
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -27,6 +27,7 @@ from controlplane.models import (
     RoutingTableVersion,
     TaskClass,
 )
+from evaluation.workload import INVOICE_SCHEMA
 
 CREDENTIALS_PATH = VAR_DIR / "demo-credentials.json"
 
@@ -229,15 +230,8 @@ USERS = [
     ("Admin", "admin", "switchyard-admin"),
 ]
 
-FIELD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["invoice_number", "total", "currency"],
-    "properties": {
-        "invoice_number": {"type": "string"},
-        "total": {"type": "number"},
-        "currency": {"type": "string", "minLength": 3, "maxLength": 3},
-    },
-}
+# The generated workload's invoices are extracted against this schema.
+FIELD_SCHEMA: dict[str, Any] = INVOICE_SCHEMA
 
 
 def _routes_apply(version: RoutingTableVersion, table: dict[str, tuple[str, list[str]]]) -> None:

@@ -206,12 +206,10 @@ SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS = min(
 )
 
 # --- Evaluation (sweeps, proposals, model calls)
-from pathlib import Path  # noqa: E402 (settings are appended per feature)
 
-# RouteLLM recorded answers, read in place (the replay fleet's --gsm8k file lives here).
-SWITCHYARD_ROUTELLM_DIR = Path(
-    env_str("SWITCHYARD_ROUTELLM_DIR", str(BASE_DIR.parent / "shared" / "data" / "routellm"))
-)
+# Optional: a directory of RouteLLM-format recordings (gsm8k_responses.csv) that the replay
+# fleet replays besides the generated workload. Empty (the default): none.
+SWITCHYARD_ROUTELLM_DIR = env_str("SWITCHYARD_ROUTELLM_DIR", "")
 # Model-call timeouts in seconds: per tier, overridden per model slug ("slug=secs,…").
 SWITCHYARD_TIER_TIMEOUTS = {1: 15.0, 2: 30.0, 3: 60.0}
 SWITCHYARD_MODEL_TIMEOUTS = {

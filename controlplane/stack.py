@@ -345,6 +345,30 @@ def _terminate(processes: Sequence[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+class _Announcements:
+    """New ``Proposal ready: URL`` lines of the demo loader's log (written since ``start``)."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = path
+        self.offset = start
+        self.partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        return [
+            text
+            for raw in lines
+            if (text := raw.decode("utf-8", "replace").strip()).startswith("Proposal ready:")
+        ]
+
+
 def local_http_env() -> dict[str, str]:
     """The environment of a local demo over plain http (production settings otherwise)."""
     env = dict(os.environ)
@@ -412,7 +436,8 @@ def run() -> int:
                 str(VAR_DIR / "celerybeat-schedule"),
             ],
         }
-        # The replay fleet serves the demo models over real HTTP (with recorded GSM8K answers).
+        # The replay fleet serves the demo models over real HTTP: it answers the generated
+        # workload (and RouteLLM recordings when SWITCHYARD_ROUTELLM_DIR names a directory).
         commands["fleet"] = [
             _python(),
             str(BASE_DIR / "manage.py"),
@@ -436,8 +461,15 @@ def run() -> int:
                 )
             )
         demo_log = open(log_dir / "demo.log", "ab")  # noqa: SIM115 (lives as long as the child)
+        demo_log_start = demo_log.tell()
         demo = subprocess.Popen(
-            [_python(), str(BASE_DIR / "manage.py"), "demo_load"],
+            [
+                _python(),
+                str(BASE_DIR / "manage.py"),
+                "demo_load",
+                "--base-url",
+                f"http://127.0.0.1:{port}",
+            ],
             env=env,
             stdout=demo_log,
             stderr=subprocess.STDOUT,
@@ -460,13 +492,19 @@ def run() -> int:
             f"  {credentials['api_key']['secret']}",
             f"API docs: http://127.0.0.1:{port}/api/docs/   logs: {log_dir}",
             "Demo traffic (30 days, 200k decisions) is loading in the background on first "
-            f"start (about a minute; progress in {log_dir / 'demo.log'}).",
+            f"start (about a minute; progress in {log_dir / 'demo.log'}); the first sweep "
+            "follows and its proposal's address is printed here.",
             "Press Ctrl-C to stop everything.",
         ]
         print("\n".join(lines), flush=True)
         demo_reported = False
+        announced = _Announcements(log_dir / "demo.log", demo_log_start)
         while not stopping:
+            for line in announced.new_lines():
+                _say(line)
             if not demo_reported and demo.poll() is not None:
+                for line in announced.new_lines():
+                    _say(line)
                 demo_reported = True
                 outcome = "ready" if demo.returncode == 0 else f"failed ({demo.returncode})"
                 _say(f"demo data {outcome}; see {log_dir / 'demo.log'}")

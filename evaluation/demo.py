@@ -1,31 +1,55 @@
 """Demo evaluation data: graders, the judge prompt, sweep schedules and a real first sweep.
 
 ``demo_evaluation_load()`` is idempotent. Call it after the demo registry and the demo
-traffic exist: the tier-downgrade sweep it starts replays the demo's stored
-multi-step-reasoning prompts (GSM8K) on the tier-2 models through the replay fleet, graded
-against the current tier-3 primary's answers, and proposes the cheapest tier-2 model whose
-95 % lower bound reaches the class's quality target.
+traffic exist: the first weekly tier-downgrade sweep replays, for every class routed above
+tier 1, the most recent stored prompts (the generated workload, ``evaluation.workload``) on
+the models one tier down through the replay fleet, grades them against the recorded
+reference answers, and proposes the cheapest model whose 95 % lower bound reaches the
+class's quality target. With the fleet's skill profiles, multi-step-reasoning moves from
+gpt-4o to mistral-small-hosted (gpt-4o-mini is tried first and falls short), while
+sql-generation, long-report-synthesis and customer-reply-draft stay where they are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from django.db import transaction
+from django.db.models.signals import post_save
+from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from controlplane.models import DataPolicy, ModelEndpoint, TaskClass
 from evaluation import services
 from evaluation.graders import DEFAULT_JUDGE_TEMPLATE
-from evaluation.models import GraderConfig, JudgePrompt, SweepKind, SweepRun, SweepStatus
+from evaluation.models import (
+    GraderConfig,
+    JudgePrompt,
+    Proposal,
+    SweepKind,
+    SweepRun,
+    SweepStatus,
+)
+from evaluation.workload import SQL_READ_ONLY_PATTERN
 
 logger = logging.getLogger(__name__)
 
-DEMO_SWEEP_KEY = "demo:tier_downgrade:multi-step-reasoning"
-DEMO_SWEEP_CLASS = "multi-step-reasoning"
+DEMO_SWEEP_KEY = "demo:tier_downgrade:first-week"
+DEMO_SWEEP_SAMPLE_SIZE = 200  # per class and candidate
+# The classes routed above tier 1 in the demo table, the quick numeric one first so that its
+# proposal shows within seconds; the judge-graded ones (four calls a sample) follow.
+DEMO_SWEEP_CLASSES = (
+    "multi-step-reasoning",
+    "sql-generation",
+    "customer-reply-draft",
+    "long-report-synthesis",
+)
+PROPOSAL_READY = "Proposal ready:"
 DEMO_SWEEP_DELAY_S = 30  # when queued: give `make run` time to start the fleet
 
 # name → (task, crontab "m h dom mon dow" or None, interval seconds or None, kwargs)
@@ -61,11 +85,14 @@ SCHEDULES: list[tuple[str, str, str | None, int | None, dict[str, Any]]] = [
     ),
 ]
 
-# task class → (grader kind, params); prose classes go to the LLM judge.
+# task class → (grader kind, params); the other classes (prose) go to the LLM judge.
 GRADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "multi-step-reasoning": ("numeric", {}),
     "field-extraction": ("json_schema", {}),
     "intent-detection": ("normalised", {}),
+    "ticket-triage": ("exact", {}),
+    "short-summary": ("similarity", {"threshold": 0.5}),
+    "sql-generation": ("regex", {"pattern": SQL_READ_ONLY_PATTERN, "full": True}),
 }
 JUDGE_MODEL, LOCAL_JUDGE_MODEL = "gpt-4o", "qwen2.5-7b-local"
 
@@ -136,17 +163,20 @@ def fleet_reachable() -> bool:
 
 
 def demo_sweep_start(*, run_now: bool | None = None) -> SweepRun | None:
-    """The demo's first tier-downgrade sweep: run now when the fleet answers, else queued."""
-    task_class = TaskClass.objects.filter(slug=DEMO_SWEEP_CLASS).first()
-    if task_class is None:
+    """The demo's first tier-downgrade sweep (every class): run now when the fleet answers,
+    else queued for the worker."""
+    if not TaskClass.objects.exists():
         return None
     if run_now is None:
         run_now = fleet_reachable()
     run, created = services.sweep_run_create(
         kind=SweepKind.TIER_DOWNGRADE,
         key=DEMO_SWEEP_KEY,
-        task_class=task_class,
-        params={"sample_size": 400, "reason": "demo"},
+        params={
+            "sample_size": DEMO_SWEEP_SAMPLE_SIZE,
+            "classes": list(DEMO_SWEEP_CLASSES),
+            "reason": "demo: first weekly sweep",
+        },
         enqueue=False,
     )
     if run.status == SweepStatus.FAILED:
@@ -156,6 +186,23 @@ def demo_sweep_start(*, run_now: bool | None = None) -> SweepRun | None:
     elif created:
         services.sweep_run_enqueue(run=run, countdown=DEMO_SWEEP_DELAY_S)
     return run
+
+
+@contextmanager
+def proposals_announce(base_url: str, say: Callable[[str], object]) -> Iterator[None]:
+    """While active, say ``Proposal ready: <url>`` as each new proposal is committed (the
+    launcher echoes these lines from the demo log)."""
+
+    def announce(sender: type[Proposal], instance: Proposal, created: bool, **_: Any) -> None:
+        if created:
+            url = base_url.rstrip("/") + reverse("proposal-detail", args=[instance.public_id])
+            transaction.on_commit(lambda: say(f"{PROPOSAL_READY} {url} ({instance.title})"))
+
+    post_save.connect(announce, sender=Proposal, weak=False)
+    try:
+        yield
+    finally:
+        post_save.disconnect(announce, sender=Proposal)
 
 
 def demo_evaluation_load(*, run_now: bool | None = None) -> dict[str, Any]:

@@ -15,14 +15,16 @@ holds three incidents a manager should spot on the dashboards:
    (the router then downgrades) and the burn-down projects exhaustion;
 3. the quality of ``short-summary`` on the local model drifts down over the last 8 days.
 
-Multi-step-reasoning requests carry real GSM8K prompts (``SWITCHYARD_ROUTELLM_DIR``), and
-their success follows the recorded correctness of the weak/strong models, so evaluation
-sweeps find real samples. Prompts are stored only while the task class keeps them.
+Every request carries a prompt of the project's generated workload (``evaluation.workload``)
+and, while its prompt is stored, the item's reference answer in
+``metadata["reference_answer"]``, so evaluation sweeps replay and grade real samples. The
+first attempt of a multi-step-reasoning request succeeds exactly when the replay fleet's
+skill profile says that model answers that item correctly. Prompts are stored only while
+the task class keeps them.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import math
@@ -32,10 +34,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -46,6 +46,8 @@ from controlplane.models import (
     RoutingTableVersion,
     TaskClass,
 )
+from evaluation.fleet.skills import SKILLS, verdict
+from evaluation.workload import WorkloadItem, workload_items
 from routing.engine import (
     Decision,
     DecisionRequest,
@@ -73,7 +75,8 @@ BATCH = 3000
 
 @dataclass(frozen=True, slots=True)
 class ClassProfile:
-    """How one task class's requests look: size, difficulty and prompt."""
+    """How one task class's requests look: size, success by tier, prompt template id
+    (the prompts themselves come from the generated workload)."""
 
     input_tokens: int
     output_tokens: int
@@ -82,7 +85,6 @@ class ClassProfile:
     success_by_tier: tuple[float, float, float] = (0.96, 0.975, 0.985)
     quality_by_tier: tuple[float, float, float] = (0.86, 0.9, 0.93)
     template: str = ""
-    prompts: tuple[str, ...] = ()
 
 
 PROFILES: dict[str, ClassProfile] = {
@@ -90,54 +92,34 @@ PROFILES: dict[str, ClassProfile] = {
         900,
         24,
         template="triage-v3",
-        prompts=(
-            "Printer on floor 3 shows error 0x{n:04X} again.",
-            "Cannot log in to the VPN since this morning (ticket {n}).",
-            "Invoice {n} was charged twice, please refund.",
-        ),
     ),
     "intent-detection": ClassProfile(
         300,
         8,
         template="intent-v2",
-        prompts=(
-            "I want to change my delivery address for order {n}.",
-            "Do you ship to Norway? Order {n}",
-            "Cancel my subscription please ({n}).",
-        ),
     ),
     "field-extraction": ClassProfile(
         6000,
         400,
         success_by_tier=(0.95, 0.97, 0.985),
         template="invoice-fields-v5",
-        prompts=(
-            "INVOICE #{n} — Total due: 1,240.00 EUR — Acme GmbH, Berlin",
-            "Contract C-{n}: term 24 months, fee 3,400 USD per month.",
-        ),
     ),
     "short-summary": ClassProfile(
         1400,
         140,
         template="summary-v1",
-        prompts=(
-            "Summarise the thread about the Q{q} onboarding delays (case {n}).",
-            "Summarise the meeting notes of incident review {n}.",
-        ),
     ),
     "policy-check": ClassProfile(
         2500,
         80,
         success_by_tier=(0.965, 0.975, 0.985),
         template="policy-v4",
-        prompts=("Check this draft against the communication policy: 'We guarantee {n}%…'",),
     ),
     "pii-redaction": ClassProfile(
         2200,
         1500,
         success_by_tier=(0.97, 0.98, 0.99),
         template="redact-v2",
-        prompts=("Redact: customer record {n} with name, address and phone.",),
     ),
     "sql-generation": ClassProfile(
         4000,
@@ -145,10 +127,6 @@ PROFILES: dict[str, ClassProfile] = {
         success_by_tier=(0.78, 0.915, 0.965),
         quality_by_tier=(0.7, 0.84, 0.9),
         template="sql-v7",
-        prompts=(
-            "Monthly active users by region for the last {q} quarters (request {n}).",
-            "Top 10 customers by revenue growth, excluding test accounts ({n}).",
-        ),
     ),
     "long-report-synthesis": ClassProfile(
         16000,
@@ -157,7 +135,6 @@ PROFILES: dict[str, ClassProfile] = {
         success_by_tier=(0.6, 0.8, 0.95),
         quality_by_tier=(0.55, 0.72, 0.9),
         template="report-v2",
-        prompts=("Synthesise the quarterly churn report from the retrieved analyses ({n}).",),
     ),
     "multi-step-reasoning": ClassProfile(
         220,
@@ -171,10 +148,6 @@ PROFILES: dict[str, ClassProfile] = {
         450,
         success_by_tier=(0.9, 0.95, 0.975),
         template="reply-v6",
-        prompts=(
-            "Draft a reply to a customer asking about refund {n}.",
-            "Draft a reply apologising for the outage on order {n}.",
-        ),
     ),
 }
 
@@ -222,6 +195,8 @@ _CLASSES = {
 PROCESSES = 2  # this machine has two cores
 OUTAGE_MODEL = "llama-3.1-8b-local"
 DRIFT_CLASS, DRIFT_MODEL = "short-summary", "llama-3.1-8b-local"
+# Requests of this class succeed (first attempt) as the replay fleet answers them.
+FLEET_GRADED_CLASS = "multi-step-reasoning"
 
 
 def hour_weight(when: datetime) -> float:
@@ -236,29 +211,12 @@ def hour_weight(when: datetime) -> float:
     return daily * weekly
 
 
-def _gsm8k_prompts() -> list[tuple[str, bool, bool]]:
-    """(prompt, weak model correct, strong model correct) from the RouteLLM GSM8K file."""
-    path = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return [
-            (
-                row["prompt"],
-                row["mistralai/Mixtral-8x7B-Instruct-v0.1"] == "True",
-                row["gpt-4-1106-preview"] == "True",
-            )
-            for row in csv.DictReader(handle)
-        ]
-
-
 @dataclass(slots=True)
 class _Context:
     rng: random.Random
     now: datetime
     apps: dict[str, tuple[int, str]]  # slug → (id, team slug)
     retention: dict[str, int]
-    gsm8k: list[tuple[str, bool, bool]]
     outage: tuple[datetime, datetime]
     drift_start: datetime
 
@@ -325,14 +283,12 @@ def _request_for(
     classes, weights = _CLASSES[app]
     task_class = rng.choices(classes, cum_weights=weights)[0]
     profile = PROFILES[task_class]
-    extra: dict[str, Any] = {"profile": profile}
-    if task_class == "multi-step-reasoning" and ctx.gsm8k:
-        prompt, weak_ok, strong_ok = ctx.gsm8k[rng.randrange(len(ctx.gsm8k))]
-        extra.update(prompt=prompt, weak_ok=weak_ok, strong_ok=strong_ok)
-        tokens = max(40, len(prompt) // 4 + 60)
-    else:
-        template = rng.choice(profile.prompts) if profile.prompts else "Request {n}"
-        extra["prompt"] = template.format(n=rng.randrange(10_000, 99_999), q=rng.randint(1, 4))
+    items = workload_items(task_class)
+    item = items[rng.randrange(len(items))]
+    extra: dict[str, Any] = {"profile": profile, "prompt": item.prompt, "item": item}
+    if task_class == FLEET_GRADED_CLASS:
+        tokens = max(40, len(item.prompt) // 4 + 60)
+    else:  # the prompt stands for the request; documents and context make up the size
         tokens = max(20, int(rng.lognormvariate(math.log(profile.input_tokens), 0.35)))
     classification = "internal"
     if app == "support-desk" and rng.random() < 0.03:
@@ -355,10 +311,12 @@ def _attempt_ok(
     rng = ctx.rng
     if model == OUTAGE_MODEL and ctx.outage[0] <= at < ctx.outage[1]:
         return rng.random() < 0.08
-    if "weak_ok" in extra and not extra.get("retried"):
-        # GSM8K, first attempt: the recorded correctness of the weak / strong model.
+    item: WorkloadItem = extra["item"]
+    if task_class == FLEET_GRADED_CLASS and not extra.get("retried") and model in SKILLS:
+        # First attempt: what the replay fleet's skill profile says this model does on it.
         extra["retried"] = True
-        return bool(extra["strong_ok"] if tier == 3 else extra["weak_ok"])
+        outcome = verdict(model, SKILLS[model], task_class, item.difficulty, item.id)
+        return outcome == "correct"
     p = extra["profile"].success_by_tier[tier - 1]
     if task_class == DRIFT_CLASS and model == DRIFT_MODEL and at >= ctx.drift_start:
         days = (at - ctx.drift_start).total_seconds() / 86400
@@ -500,7 +458,11 @@ def _batch(
             prompt_template_version="1",
             retrieval_query=retrieval_query,
             retrieval_document_ids=documents,
-            metadata={"source": DEMO_MARKER},
+            metadata=(
+                {"source": DEMO_MARKER, "reference_answer": extra["item"].reference}
+                if keep
+                else {"source": DEMO_MARKER}
+            ),
             end_user=f"user-{rng.randrange(1, 2500)}",
             decision_us=int(decision_us),
         )
@@ -628,10 +590,11 @@ def demo_traffic_load(
         now=now,
         apps=apps,
         retention=dict(TaskClass.objects.values_list("slug", "prompt_retention_days")),
-        gsm8k=_gsm8k_prompts(),
         outage=(outage_day, outage_day + timedelta(hours=3)),
         drift_start=now - timedelta(days=8),
     )
+    for task_class in PROFILES:  # generated once here; forked loader processes inherit them
+        workload_items(task_class)
     partitions_ensure(start.date() - timedelta(days=1), now.date() + timedelta(days=1))
     versions = _versions()
     stamps = _timestamps(rng, start, now, decisions)

@@ -8,7 +8,10 @@ Plain Python (standard library only, no Django)::
     with fleet_start(latency_scale=0.0) as fleet:
         httpx.post(f"{fleet.url}/v1/chat/completions", json={...})
 
-CLI: ``python -m evaluation.fleet --host 127.0.0.1 --port 8100 [--gsm8k PATH]``.
+It answers the project's generated workload (:mod:`evaluation.workload`) with per-model skill
+profiles (:mod:`evaluation.fleet.skills`) and, optionally, replays RouteLLM recordings.
+
+CLI: ``python -m evaluation.fleet --host 127.0.0.1 --port 8100 [--data ROUTELLM_DIR]``.
 """
 
 from .answers import (
@@ -21,23 +24,30 @@ from .answers import (
     fleet_model_from_dict,
     gsm8k_load,
     normalise_prompt,
+    routellm_gsm8k_path,
     sample_latency_ms,
 )
 from .server import FleetServer, FleetState, RunningFleet, fleet_start
+from .skills import SKILLS, ModelSkill, skill_for, verdict
 
 __all__ = [
     "DEFAULT_FLEET",
+    "SKILLS",
     "Answer",
     "AnswerEngine",
     "FleetModel",
     "FleetServer",
     "FleetState",
     "Gsm8kRow",
+    "ModelSkill",
     "RunningFleet",
     "estimate_tokens",
     "fleet_model_from_dict",
     "fleet_start",
     "gsm8k_load",
     "normalise_prompt",
+    "routellm_gsm8k_path",
     "sample_latency_ms",
+    "skill_for",
+    "verdict",
 ]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .answers import DEFAULT_FLEET, FleetModel, fleet_model_from_dict
+from .answers import DEFAULT_FLEET, FleetModel, fleet_model_from_dict, routellm_gsm8k_path
 from .server import fleet_start
 
 
@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8100, help="port, 0 = any free (default 8100)")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a RouteLLM-format recordings directory; its gsm8k_responses.csv is replayed",
+    )
     parser.add_argument("--gsm8k", metavar="PATH", help="RouteLLM GSM8K responses CSV to replay")
     parser.add_argument(
         "--latency-scale",
@@ -61,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         models = load_config(args.config) if args.config else list(DEFAULT_FLEET)
+        gsm8k = args.gsm8k or (routellm_gsm8k_path(args.data) if args.data else None)
         fleet = fleet_start(
             host=args.host,
             port=args.port,
             models=models,
-            gsm8k_path=args.gsm8k,
+            gsm8k_path=gsm8k,
             latency_scale=args.latency_scale,
             access_log=args.access_log,
         )
@@ -81,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     print(f"fleet listening on {fleet.url}", flush=True)
+    recorded = f", {len(fleet.server.engine.gsm8k)} recorded GSM8K prompts" if gsm8k else ""
+    print(
+        f"answering {len(fleet.server.engine.workload)} generated workload items{recorded}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while not stop.wait(0.5):
             pass

@@ -5,13 +5,19 @@ Everything here is pure and deterministic: the answer (and the simulated latency
 through ``blake2b`` (never Python's salted ``hash()``), so runs are reproducible across
 processes and machines.
 
-Two answer sources exist:
+Three answer sources exist, tried in this order:
 
-* **GSM8K replay** — when the last user message equals (after whitespace normalisation) a prompt
-  of the RouteLLM GSM8K response file, the recorded Mixtral-8x7B text (``role="weak"``) or
-  GPT-4 text (``role="strong"``) is returned verbatim. Models without a role pick one of the two
+* **GSM8K replay** (optional: ``--data DIR``, a RouteLLM-format directory) — when the last
+  user message equals (after whitespace normalisation) a prompt of its GSM8K response file,
+  the recorded Mixtral-8x7B text (``role="weak"``) or GPT-4 text (``role="strong"``) is
+  returned verbatim. Models without a role pick one of the two
   recorded texts deterministically so that their expected GSM8K accuracy tracks their
   ``quality`` (see :meth:`AnswerEngine.strong_pick_probability`).
+* **The generated workload** (:mod:`evaluation.workload`) — a prompt of the project's own
+  workload is answered from the item's correct, wrong or invalid answers as the model's skill
+  profile (:mod:`evaluation.fleet.skills`) decides for that ``(model, item)``. A judge prompt
+  quoting such a request is judged against what the item knows is right, with the judge
+  model's own reliability.
 * **Generic prompts** — a synthetic but plausible answer. With probability ``quality`` the
   answer is "correct" (arithmetic evaluated properly, the prompt's reference option chosen,
   valid JSON in JSON mode); otherwise it is wrong or, in JSON mode, malformed JSON.
@@ -20,7 +26,6 @@ Two answer sources exist:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -31,11 +36,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from evaluation.workload import WorkloadItem, normalise_prompt, workload_index
+
+from .skills import ModelSkill, skill_for, verdict
+from .stable import stable_int, stable_unit
+
 __all__ = [
     "DEFAULT_FLEET",
     "FLEET_PROVIDER_ALIASES",
     "GSM8K_STRONG_COLUMN",
     "GSM8K_WEAK_COLUMN",
+    "ROUTELLM_GSM8K_FILE",
     "Answer",
     "AnswerEngine",
     "FleetModel",
@@ -46,6 +57,7 @@ __all__ = [
     "gsm8k_load",
     "mentions_json",
     "normalise_prompt",
+    "routellm_gsm8k_path",
     "sample_latency_ms",
     "stable_int",
     "stable_unit",
@@ -188,28 +200,8 @@ def fleet_model_from_dict(data: Mapping[str, object]) -> FleetModel:
 
 
 # --------------------------------------------------------------------------------------------
-# Stable hashing helpers
+# Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def stable_int(*parts: str) -> int:
-    """A 64-bit integer derived from ``parts`` with blake2b (stable across processes)."""
-    h = hashlib.blake2b(digest_size=8, person=b"swyd-fleet")
-    for part in parts:
-        encoded = part.encode("utf-8", "surrogatepass")
-        h.update(len(encoded).to_bytes(8, "big"))
-        h.update(encoded)
-    return int.from_bytes(h.digest(), "big")
-
-
-def stable_unit(*parts: str) -> float:
-    """A float uniformly distributed in ``[0, 1)`` derived from ``parts``."""
-    return (stable_int(*parts) >> 11) / float(1 << 53)
-
-
-def normalise_prompt(text: str) -> str:
-    """Collapse all whitespace runs to single spaces and strip the ends."""
-    return " ".join(text.split())
 
 
 def estimate_tokens(text: str) -> int:
@@ -252,6 +244,21 @@ def _parse_bool(value: str, *, where: str) -> bool:
     raise ValueError(f"{where}: expected True/False, got {value!r}")
 
 
+ROUTELLM_GSM8K_FILE = "gsm8k_responses.csv"
+
+
+def routellm_gsm8k_path(directory: str | os.PathLike[str]) -> str:
+    """The GSM8K recording of a RouteLLM-layout directory (``<dir>/gsm8k_responses.csv``)."""
+    path = os.path.join(os.fspath(directory), ROUTELLM_GSM8K_FILE)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{os.fspath(directory)}: not a directory")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{os.fspath(directory)}: no {ROUTELLM_GSM8K_FILE} (expected the RouteLLM layout)"
+        )
+    return path
+
+
 def gsm8k_load(path: str | os.PathLike[str]) -> dict[str, Gsm8kRow]:
     """Load the RouteLLM GSM8K response CSV, keyed by :func:`normalise_prompt` of the prompt.
 
@@ -285,7 +292,16 @@ def gsm8k_load(path: str | os.PathLike[str]) -> dict[str, Gsm8kRow]:
 # Answer generation
 # --------------------------------------------------------------------------------------------
 
-AnswerSource = Literal["gsm8k-weak", "gsm8k-strong", "generic", "json"]
+AnswerSource = Literal[
+    "gsm8k-weak",
+    "gsm8k-strong",
+    "generic",
+    "json",
+    "workload-correct",
+    "workload-wrong",
+    "workload-invalid",
+    "workload-judge",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +344,7 @@ _JUDGE_RE = re.compile(
     r"(?:.*<reference>(?P<reference>.*?)</reference>)?.*\?\s*$",
     re.I | re.S,
 )
+_REQUEST_RE = re.compile(r"<request>(.*?)</request>", re.S)
 _EVASIVE_PHRASES = (
     "That is a broad question",
     "It depends on many factors",
@@ -384,8 +401,15 @@ class _Generic:
 class AnswerEngine:
     """Produces deterministic answers for ``(model, prompt)`` pairs."""
 
-    def __init__(self, gsm8k: Mapping[str, Gsm8kRow] | None = None) -> None:
+    def __init__(
+        self,
+        gsm8k: Mapping[str, Gsm8kRow] | None = None,
+        workload: Mapping[str, WorkloadItem] | None = None,
+    ) -> None:
         self.gsm8k: Mapping[str, Gsm8kRow] = gsm8k or {}
+        self.workload: Mapping[str, WorkloadItem] = (
+            workload_index() if workload is None else workload
+        )
         n = len(self.gsm8k)
         if n:
             self.weak_rate = sum(r.weak_correct for r in self.gsm8k.values()) / n
@@ -435,6 +459,12 @@ class AnswerEngine:
             if use_strong:
                 return Answer(row.strong_response, "gsm8k-strong", row.strong_correct)
             return Answer(row.weak_response, "gsm8k-weak", row.weak_correct)
+        item = self.workload.get(key)
+        if item is not None:
+            return self.workload_answer(model, item)
+        judged = self._workload_judge(model, key)
+        if judged is not None:
+            return judged
 
         rng = random.Random(stable_int("generic", model.slug, key))
         correct = stable_unit("correct", model.slug, key) < model.quality
@@ -442,6 +472,45 @@ class AnswerEngine:
             return self._json_answer(model, key, rng, json_schema)
         generic = self._generic(model, key, rng, correct)
         return Answer(generic.text, "generic", generic.correct)
+
+    # -- the generated workload -------------------------------------------------------------
+
+    def workload_item(self, prompt: str) -> WorkloadItem | None:
+        return self.workload.get(normalise_prompt(prompt))
+
+    @staticmethod
+    def skill(model: FleetModel) -> ModelSkill:
+        return skill_for(model.slug, model.quality)
+
+    def workload_answer(self, model: FleetModel, item: WorkloadItem) -> Answer:
+        """The item's correct, wrong or invalid answer, as the model's profile decides."""
+        outcome = verdict(model.slug, self.skill(model), item.task_class, item.difficulty, item.id)
+        pool = {"correct": item.answers, "wrong": item.wrong, "invalid": item.invalid}[outcome]
+        text = pool[stable_int("pick", model.slug, item.id) % len(pool)]
+        source: AnswerSource = (
+            "workload-correct"
+            if outcome == "correct"
+            else "workload-wrong"
+            if outcome == "wrong"
+            else "workload-invalid"
+        )
+        return Answer(text, source, outcome == "correct")
+
+    def _workload_judge(self, model: FleetModel, prompt: str) -> Answer | None:
+        """A judge prompt quoting a workload request: the truth is what the item knows."""
+        match = _JUDGE_RE.match(prompt)
+        request = _REQUEST_RE.search(prompt)
+        if match is None or request is None:
+            return None
+        item = self.workload.get(normalise_prompt(request.group(1)))
+        if item is None:
+            return None
+        answer = match.group("answer").strip()
+        truth = item.is_correct(answer)
+        right = stable_unit("judge", model.slug, item.id, answer) < self.skill(model).judge
+        final = "Yes" if truth == right else "No"
+        reason = "Checked the answer against what the request asks for."
+        return Answer(f"{reason}\nAnswer: {final}", "workload-judge", right)
 
     # -- generic text -----------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+from evaluation.workload import DEFAULT_SEED, workload_index
+
 from .answers import (
     DEFAULT_FLEET,
     FLEET_PROVIDER_ALIASES,
@@ -44,9 +46,8 @@ from .answers import (
     mentions_json,
     normalise_prompt,
     sample_latency_ms,
-    stable_int,
-    stable_unit,
 )
+from .stable import stable_int, stable_unit
 
 __all__ = [
     "FleetServer",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_STALL_S = 20.0
 _MAX_TRACKED_ATTEMPTS = 200_000
 _MODELS_CREATED = 1_700_000_000  # fixed "created" timestamp for /v1/models entries
 
@@ -158,18 +160,25 @@ class FleetState:
             "configured_fail_rate": runtime.model.fail_rate,
         }
 
-    def admit(self, slug: str, prompt_key: str) -> tuple[bool, float, int]:
-        """Return ``(down, fail_rate, attempt)`` for a new request to ``slug``."""
+    def admit(
+        self, slug: str, prompt_key: str, *, base_rate: float = 0.0
+    ) -> tuple[bool, float, int]:
+        """Return ``(down, fail_rate, attempt)`` for a new request to ``slug``.
+
+        ``base_rate`` is the model's own transient error rate for this request (its skill
+        profile on workload items); an admin-set fail rate above it takes precedence.
+        """
         with self._lock:
             runtime = self._runtime[slug]
             attempt = 0
-            if runtime.fail_rate > 0.0 and not runtime.down:
+            rate = max(runtime.fail_rate, base_rate)
+            if rate > 0.0 and not runtime.down:
                 digest = stable_int("attempt", slug, prompt_key)
                 attempt = self._attempts.pop(digest, 0)
                 self._attempts[digest] = attempt + 1
                 if len(self._attempts) > _MAX_TRACKED_ATTEMPTS:
                     self._attempts.popitem(last=False)
-            return runtime.down, runtime.fail_rate, attempt
+            return runtime.down, rate, attempt
 
     def record(self, slug: str | None, status: int) -> None:
         with self._lock:
@@ -216,9 +225,12 @@ class FleetServer(ThreadingHTTPServer):
         engine: AnswerEngine,
         latency_scale: float = 1.0,
         access_log: bool = False,
+        stall_s: float | None = None,
     ) -> None:
         if latency_scale < 0:
             raise ValueError("latency_scale must be >= 0")
+        if stall_s is not None and stall_s < 0:
+            raise ValueError("stall_s must be >= 0")
         slugs = [m.slug for m in models]
         duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
         if duplicates:
@@ -230,6 +242,9 @@ class FleetServer(ThreadingHTTPServer):
         self.engine = engine
         self.state = FleetState(models)
         self.latency_scale = latency_scale
+        # A stalled request (a workload item the model's profile times out on) answers this
+        # late: past the tier-1 client timeout (15 s) at full scale, never at scale 0.
+        self.stall_s = DEFAULT_STALL_S * latency_scale if stall_s is None else stall_s
         self.access_log = access_log
         super().__init__(address, FleetRequestHandler)
 
@@ -397,6 +412,7 @@ class FleetRequestHandler(BaseHTTPRequestHandler):
                     "status": "ok",
                     "models": len(fleet.state.slugs),
                     "gsm8k_rows": len(fleet.engine.gsm8k),
+                    "workload_items": len(fleet.engine.workload),
                     "latency_scale": fleet.latency_scale,
                 },
             )
@@ -474,7 +490,11 @@ class FleetRequestHandler(BaseHTTPRequestHandler):
 
         model = request.model
         prompt_key = normalise_prompt(request.prompt)
-        down, fail_rate, attempt = fleet.state.admit(model.slug, prompt_key)
+        item = fleet.engine.workload.get(prompt_key)
+        skill = fleet.engine.skill(model) if item is not None else None
+        down, fail_rate, attempt = fleet.state.admit(
+            model.slug, prompt_key, base_rate=skill.error_rate if skill else 0.0
+        )
         failure = _injected_failure(model.slug, prompt_key, down, fail_rate, attempt)
         if failure is not None:
             fleet.state.record(model.slug, failure.status)
@@ -484,6 +504,14 @@ class FleetRequestHandler(BaseHTTPRequestHandler):
             model, request.prompt, json_mode=request.json_mode, json_schema=request.json_schema
         )
         latency_ms = sample_latency_ms(model, request.prompt) * fleet.latency_scale
+        stalled = (
+            item is not None
+            and skill is not None
+            and fleet.stall_s > 0
+            and stable_unit("stall", model.slug, item.id) < skill.timeout_rate
+        )
+        if stalled:
+            latency_ms = max(latency_ms, fleet.stall_s * 1000.0)
         if latency_ms > 0:
             time.sleep(latency_ms / 1000.0)
         payload = _completion_payload(request, answer, latency_ms)
@@ -716,15 +744,22 @@ def fleet_start(
     latency_scale: float = 1.0,
     *,
     access_log: bool = False,
+    stall_s: float | None = None,
+    workload_seed: int = DEFAULT_SEED,
 ) -> RunningFleet:
-    """Start a fleet in a daemon background thread and return once it accepts connections."""
+    """Start a fleet in a daemon background thread and return once it accepts connections.
+
+    The fleet answers the project's generated workload (``workload_seed``) and, with
+    ``gsm8k_path``, replays a RouteLLM GSM8K recording too.
+    """
     gsm8k = gsm8k_load(gsm8k_path) if gsm8k_path is not None else None
     server = FleetServer(
         (host, port),
         list(models),
-        engine=AnswerEngine(gsm8k),
+        engine=AnswerEngine(gsm8k, workload_index(seed=workload_seed)),
         latency_scale=latency_scale,
         access_log=access_log,
+        stall_s=stall_s,
     )
     thread = threading.Thread(
         target=server.serve_forever,

@@ -443,6 +443,8 @@ def _tier_downgrade(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
        model involved is local) on each candidate and on the current primary; grade both.
     3. Propose the cheapest candidate whose 95 % Wilson lower bound of the success rate
        reaches the class's quality target; stop evaluating once one qualifies.
+
+    ``params["classes"]`` (optional) limits the run to those classes, replayed in that order.
     """
     version = _active()
     params = run.params or {}
@@ -453,6 +455,12 @@ def _tier_downgrade(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
     routes = selectors.active_routes(version)
     if run.task_class_id:
         routes = [r for r in routes if r.task_class_id == run.task_class_id]
+    if params.get("classes"):  # these classes only, in this order
+        order = {slug: i for i, slug in enumerate(params["classes"])}
+        routes = sorted(
+            (r for r in routes if r.task_class.slug in order),
+            key=lambda r: order[r.task_class.slug],
+        )
     plans: list[list[ClassReplay]] = []
     summary: dict[str, Any] = {"based_on_version": version.number, "classes": {}}
     skipped_total = 0

@@ -1,4 +1,9 @@
-"""Evaluation fixtures: the replay fleet over HTTP, a fleet-backed registry, decisions."""
+"""Evaluation fixtures: the replay fleet over HTTP, a fleet-backed registry, decisions.
+
+Requests come from the project's generated workload (``evaluation.workload``); nothing is
+read from outside the repository. A RouteLLM-format recording, where a test needs one, is a
+small synthetic directory written by :func:`routellm_dir_write`.
+"""
 
 from __future__ import annotations
 
@@ -14,40 +19,87 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
-from evaluation.fleet import RunningFleet, fleet_start, gsm8k_load
+from evaluation.fleet import RunningFleet, fleet_start
 from evaluation.models import GraderConfig
+from evaluation.workload import WorkloadItem, workload_items
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionOutcome, DecisionRecord
 from tests import factories
 from tests.browser import roles_ensure
 
-GSM8K_PATH = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REASONING = "multi-step-reasoning"
 
 
 @pytest.fixture(scope="session")
-def gsm8k_rows() -> list[Any]:
-    if not GSM8K_PATH.exists():
-        pytest.skip(f"GSM8K response file not present at {GSM8K_PATH}")
-    return list(gsm8k_load(GSM8K_PATH).values())
+def reasoning_items() -> tuple[WorkloadItem, ...]:
+    """Generated arithmetic word problems with numeric references (mixed difficulty)."""
+    return workload_items(REASONING)
 
 
 @pytest.fixture(scope="session")
-def gsm8k_fleet(gsm8k_rows: list[Any]) -> Iterator[RunningFleet]:
-    with fleet_start(latency_scale=0.0, gsm8k_path=GSM8K_PATH) as running:
+def eval_fleet() -> Iterator[RunningFleet]:
+    with fleet_start(latency_scale=0.0) as running:
         yield running
 
 
-def eval_registry_create(fleet_url: str) -> dict[str, Any]:
-    """Three fleet models (tier 1 local, tier 2 and 3 cloud) and two GSM8K task classes.
+ROUTELLM_COLUMNS = (
+    "prompt",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "gpt-4-1106-preview",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1_response",
+    "gpt-4-1106-preview_response",
+    "reference_answer",
+)
 
-    * ``math-practice`` (target 0.75) routed to the tier-3 model: the tier-2 model answers
-      about 82 % right, so a downgrade is good enough.
-    * ``math-strict`` (target 0.95) routed to the tier-2 model: the tier-1 (weak) model
-      answers about 65 % right, so no downgrade may be proposed.
+
+def routellm_dir_write(directory: Path, rows: int = 12) -> list[dict[str, str]]:
+    """A tiny synthetic recording in the RouteLLM layout: ``gsm8k_responses.csv`` (quoted
+    multi-line answers, weak right on even rows, strong on all but every fourth) and one
+    ``mmlu/mmlu_<domain>.csv``. Returns the GSM8K rows written."""
+    import csv
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(rows):
+        a, b = 3 + i, 7 + 2 * i
+        weak_ok, strong_ok = i % 2 == 0, i % 4 != 3
+        weak = a + b if weak_ok else a + b + 1
+        strong = a + b if strong_ok else a * b
+        written.append(
+            {
+                ROUTELLM_COLUMNS[0]: f"Tom has {a} red and  {b} blue marbles. How many in all?",
+                ROUTELLM_COLUMNS[1]: str(weak_ok),
+                ROUTELLM_COLUMNS[2]: str(strong_ok),
+                ROUTELLM_COLUMNS[3]: f" He has {a} + {b} marbles.\n#### {weak}\n",
+                ROUTELLM_COLUMNS[4]: f"Adding them:\n{a} + {b} = {strong}.",
+                ROUTELLM_COLUMNS[5]: str(a + b),
+            }
+        )
+    with (directory / "gsm8k_responses.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ROUTELLM_COLUMNS)
+        writer.writeheader()
+        writer.writerows(written)
+    (directory / "mmlu").mkdir(exist_ok=True)
+    (directory / "mmlu" / "mmlu_astronomy.csv").write_text(
+        "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
+        '"Which planet is largest?\nA. Mars\nB. Jupiter",False,True\n',
+        encoding="utf-8",
+    )
+    return written
+
+
+def eval_registry_create(fleet_url: str) -> dict[str, Any]:
+    """Three fleet models (tier 1 local, tier 2 and 3 cloud) and two reasoning classes fed
+    with the generated word problems (skill profiles: llama ≈ 0.70, mistral ≈ 0.95,
+    gpt-4o ≈ 0.97 correct on the difficulty mix).
+
+    * ``math-practice`` (target 0.75) routed to the tier-3 model: the tier-2 model is good
+      enough, so a downgrade is proposed.
+    * ``math-strict`` (target 0.95) routed to the tier-2 model: the tier-1 model falls far
+      short, so no downgrade may be proposed.
     """
     roles_ensure()
     base_url = f"{fleet_url}/v1"
@@ -102,8 +154,8 @@ def eval_registry_create(fleet_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def eval_registry(db: Any, gsm8k_fleet: RunningFleet) -> dict[str, Any]:
-    return eval_registry_create(gsm8k_fleet.url)
+def eval_registry(db: Any, eval_fleet: RunningFleet) -> dict[str, Any]:
+    return eval_registry_create(eval_fleet.url)
 
 
 def decisions_create(
@@ -185,15 +237,24 @@ def decisions_create(
     return rows
 
 
-def gsm8k_decisions(
-    rows: list[Any], *, task_class: str, model: Any, count: int, offset: int = 0, **extra: Any
+def workload_decisions(
+    items: Sequence[WorkloadItem],
+    *,
+    task_class: str,
+    model: Any,
+    count: int,
+    offset: int = 0,
+    with_reference: bool = True,
+    **extra: Any,
 ) -> list[DecisionRecord]:
-    chosen = rows[offset : offset + count]
+    """Decisions whose stored prompts are generated items (references in metadata)."""
+    chosen = items[offset : offset + count]
+    assert len(chosen) == count, "not enough generated items"
     return decisions_create(
         task_class=task_class,
         model=model,
-        prompts=[r.prompt for r in chosen],
-        references=[r.reference_answer for r in chosen],
+        prompts=[item.prompt for item in chosen],
+        references=[item.reference for item in chosen] if with_reference else None,
         **extra,
     )
 

@@ -22,18 +22,18 @@ def target(url: str, slug: str = "gpt-4o", **extra: Any) -> ModelTarget:
     return ModelTarget(slug=slug, base_url=f"{url}/v1", provider_model=slug, **extra)
 
 
-def test_ok_reads_content_and_usage(gsm8k_fleet: RunningFleet) -> None:
-    result = chat_complete(target(gsm8k_fleet.url), MESSAGES)
+def test_ok_reads_content_and_usage(eval_fleet: RunningFleet) -> None:
+    result = chat_complete(target(eval_fleet.url), MESSAGES)
     assert result.status == "ok" and result.http_status == 200
     assert "5" in result.content
     assert result.input_tokens > 0 and result.output_tokens > 0
     assert result.attempts == 1 and result.finish_reason == "stop"
 
 
-def test_provider_model_alias_is_answered(gsm8k_fleet: RunningFleet) -> None:
+def test_provider_model_alias_is_answered(eval_fleet: RunningFleet) -> None:
     alias = ModelTarget(
         slug="llama-3.1-8b-local",
-        base_url=f"{gsm8k_fleet.url}/v1",
+        base_url=f"{eval_fleet.url}/v1",
         provider_model="meta-llama/Llama-3.1-8B-Instruct",
     )
     assert chat_complete(alias, MESSAGES).status == "ok"

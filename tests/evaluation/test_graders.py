@@ -115,9 +115,9 @@ def test_judge_verdict_parsing() -> None:
     assert judge_verdict("no idea", 0.5).passed is None
 
 
-def test_llm_judge_calls_the_judge_model_through_the_fleet(gsm8k_fleet: RunningFleet) -> None:
+def test_llm_judge_calls_the_judge_model_through_the_fleet(eval_fleet: RunningFleet) -> None:
     """The fleet's judge models grade the quoted answer (and are right ~88 % of the time)."""
-    judge = ModelTarget(slug="gpt-4o", base_url=f"{gsm8k_fleet.url}/v1", provider_model="gpt-4o")
+    judge = ModelTarget(slug="gpt-4o", base_url=f"{eval_fleet.url}/v1", provider_model="gpt-4o")
     grader = grader_build(GraderSpec(kind="llm_judge", judge=judge))
     right = [
         grader.grade(prompt=f"What is {i} + {i}?", answer=f"Answer: {2 * i}", reference=str(2 * i))

@@ -1,7 +1,8 @@
-"""Sweeps executed in-process against the replay fleet over HTTP (GSM8K recorded answers)."""
+"""Sweeps executed in-process against the replay fleet over HTTP (generated workload)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,8 +22,9 @@ from evaluation.models import (
     SweepStatus,
 )
 from evaluation.services import sweeps as sweep_services
+from evaluation.workload import INVOICE_SCHEMA, WorkloadItem, workload_items
 from tests import factories
-from tests.evaluation.conftest import decisions_create, gsm8k_decisions, roles_ensure
+from tests.evaluation.conftest import decisions_create, roles_ensure, workload_decisions
 
 
 def run_sweep(kind: str = SweepKind.TIER_DOWNGRADE, **fields: Any) -> SweepRun:
@@ -34,12 +36,12 @@ def run_sweep(kind: str = SweepKind.TIER_DOWNGRADE, **fields: Any) -> SweepRun:
 
 
 def test_downgrade_proposed_only_where_the_lower_tier_is_good_enough(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any]
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]
 ) -> None:
     reg = eval_registry
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=200)
-    gsm8k_decisions(
-        gsm8k_rows, task_class="math-strict", model=reg["mistral"], count=200, offset=200
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=200)
+    workload_decisions(
+        reasoning_items, task_class="math-strict", model=reg["mistral"], count=200, offset=200
     )
 
     run = run_sweep(params={"sample_size": 200})
@@ -55,10 +57,11 @@ def test_downgrade_proposed_only_where_the_lower_tier_is_good_enough(
     evidence = proposal.evidence
     assert evidence["sample_size"] == 200
     assert evidence["graded_against"] == ["reference"]
-    assert evidence["interval_low"] >= 0.75 > evidence["interval_low"] - 0.1
-    assert 0.75 <= evidence["success_rate"] <= 0.9
+    assert 0.75 <= evidence["interval_low"] < evidence["success_rate"] < evidence["interval_high"]
+    assert 0.9 <= evidence["success_rate"] <= 0.99  # mistral on the difficulty mix: ≈ 0.95
     assert evidence["primary_success_rate"] > evidence["success_rate"]
     assert evidence["quality_delta"] < 0
+    assert evidence["latency_p50_ms"]["candidate"] is not None
     assert evidence["savings_monthly_usd"] > 0
     assert evidence["volume_30d"]["requests"] == 200
     assert len(evidence["example_sample_ids"]) == 6
@@ -66,16 +69,16 @@ def test_downgrade_proposed_only_where_the_lower_tier_is_good_enough(
     strict = run.summary["classes"]["math-strict"]
     assert strict["outcome"] == "below target"
     assert strict["candidate"] == "llama-3.1-8b-local"
-    assert 0.55 <= strict["success_rate"] <= 0.75  # the weak model: about 65 %
+    assert 0.55 <= strict["success_rate"] <= 0.8  # the tier-1 model: about 70 %
     assert strict["interval"][1] < 0.95
 
 
 def test_weak_model_is_not_proposed_at_a_95_percent_target(
-    db: Any, gsm8k_fleet: RunningFleet, gsm8k_rows: list[Any]
+    db: Any, eval_fleet: RunningFleet, reasoning_items: Sequence[WorkloadItem]
 ) -> None:
-    """Recorded GSM8K: weak (Mixtral) right ~65 %, strong (GPT-4) ~85 %; target 95 %."""
+    """Skill profiles: llama right ≈ 70 %, gpt-4o ≈ 97 % on the word problems; target 95 %."""
     roles_ensure()
-    url = f"{gsm8k_fleet.url}/v1"
+    url = f"{eval_fleet.url}/v1"
     factories.model_create(
         slug="llama-3.1-8b-local", provider_model="llama-3.1-8b-local", base_url=url, tier=1
     )
@@ -87,23 +90,32 @@ def test_weak_model_is_not_proposed_at_a_95_percent_target(
     )
     GraderConfig.objects.create(task_class=math, kind="numeric")
     factories.routing_table_create({math: (strong, [])})
-    gsm8k_decisions(gsm8k_rows, task_class="math", model=strong, count=300)
+    workload_decisions(reasoning_items, task_class="math", model=strong, count=300)
 
     run = run_sweep()
 
     assert not Proposal.objects.exists()
     outcome = run.summary["classes"]["math"]
-    assert outcome["success_rate"] == pytest.approx(0.65, abs=0.06)
+    assert outcome["success_rate"] == pytest.approx(0.70, abs=0.07)
     samples = SweepSample.objects.filter(run=run)
     primary_rate = samples.filter(primary_success=True).count() / samples.count()
-    assert primary_rate == pytest.approx(0.87, abs=0.05)
+    assert primary_rate == pytest.approx(0.97, abs=0.03)
+    # Harder items fail more often: the grader sees the difficulty the generator put in.
+    by_prompt = {item.prompt: item.difficulty for item in reasoning_items[:300]}
+    rates = {}
+    for level in (1, 3):
+        graded = [s for s in samples if by_prompt[s.prompt] == level]
+        rates[level] = sum(bool(s.candidate_success) for s in graded) / len(graded)
+    assert rates[1] > rates[3] + 0.2
 
 
 def test_personal_data_is_never_sent_to_a_cloud_candidate(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any], gsm8k_fleet: RunningFleet
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem], eval_fleet: RunningFleet
 ) -> None:
     reg = eval_registry
-    clean = gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=40)
+    clean = workload_decisions(
+        reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=40
+    )
     personal = decisions_create(
         task_class="math-practice",
         model=reg["gpt4o"],
@@ -116,7 +128,12 @@ def test_personal_data_is_never_sent_to_a_cloud_candidate(
         prompts=[f"Call me on +44 20 7946 09{i:02d}: what is 3 + {i}?" for i in range(5)],
         pii_types=["phone"],
     )
-    before = gsm8k_fleet.state.stats()["total_requests"]
+
+    def answered() -> int:  # completions served (transient 429/500 retries not counted)
+        models = eval_fleet.state.stats()["models"]
+        return sum(m["ok"] for m in models.values())  # type: ignore[attr-defined]
+
+    before = answered()
 
     run = run_sweep(task_class=reg["practice"])
 
@@ -124,16 +141,18 @@ def test_personal_data_is_never_sent_to_a_cloud_candidate(
     assert replayed == {d.id for d in clean}
     assert not replayed & {d.id for d in personal + pii}
     assert run.samples_skipped == 10
-    assert gsm8k_fleet.state.stats()["total_requests"] - before == 2 * len(clean)  # type: ignore[operator]
+    assert answered() - before == 2 * len(clean)
 
 
 def test_expired_prompts_are_not_replayed_and_samples_are_purged(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any]
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]
 ) -> None:
     reg = eval_registry
-    kept = gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=30)
-    gsm8k_decisions(
-        gsm8k_rows,
+    kept = workload_decisions(
+        reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=30
+    )
+    workload_decisions(
+        reasoning_items,
         task_class="math-practice",
         model=reg["gpt4o"],
         count=10,
@@ -161,11 +180,11 @@ def test_a_run_is_claimed_once(eval_registry: dict[str, Any]) -> None:
 
 def test_crashed_run_is_reaped_and_resumes_without_duplicates(
     eval_registry: dict[str, Any],
-    gsm8k_rows: list[Any],
+    reasoning_items: Sequence[WorkloadItem],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reg = eval_registry
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=200)
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=200)
     monkeypatch.setattr("django.conf.settings.SWITCHYARD_SWEEP_CONCURRENCY", 4)  # 64 per batch
     real_heartbeat = sweep_services.sweep_heartbeat
     beats = {"n": 0}
@@ -235,10 +254,10 @@ def test_escalation_monitor_proposes_upgrades_and_schedules_downgrade_trials(
 
 
 def test_shadow_sweep_samples_at_the_configured_rate(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any]
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]
 ) -> None:
     reg = eval_registry
-    gsm8k_decisions(gsm8k_rows, task_class="math-strict", model=reg["mistral"], count=400)
+    workload_decisions(reasoning_items, task_class="math-strict", model=reg["mistral"], count=400)
     config = ShadowConfig.objects.create(
         task_class=reg["strict"], candidate_model=reg["llama"], sample_rate=Decimal("0.25")
     )
@@ -253,12 +272,12 @@ def test_shadow_sweep_samples_at_the_configured_rate(
 
 
 def test_shadow_sweep_of_a_prompt_template_measures_without_proposing(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any]
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]
 ) -> None:
     from evaluation.models import PromptTemplate
 
     reg = eval_registry
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=60)
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=60)
     template = PromptTemplate.objects.create(
         slug="math", version="2", system_prompt="Show your work, end with '#### N'."
     )
@@ -276,14 +295,14 @@ def test_shadow_sweep_of_a_prompt_template_measures_without_proposing(
 
 
 def test_a_model_url_changed_to_a_metadata_address_is_refused_during_a_sweep(
-    eval_registry: dict[str, Any], gsm8k_rows: list[Any], gsm8k_fleet: RunningFleet
+    eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem], eval_fleet: RunningFleet
 ) -> None:
     """Registration validates URLs; a row changed behind the services' back is still refused
     when the sweep calls it."""
     from controlplane.models import ModelEndpoint
 
     reg = eval_registry
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=40)
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=40)
     ModelEndpoint.objects.filter(pk=reg["mistral"].pk).update(
         base_url="http://169.254.169.254/latest/v1"
     )
@@ -299,35 +318,41 @@ def test_schema_classes_are_graded_for_valid_structured_output(
     eval_registry: dict[str, Any],
 ) -> None:
     """A class with an output schema asks for JSON-schema output and grades both models
-    without a reference (the fleet's JSON is valid about as often as the model's quality)."""
+    without a reference: generated invoices, where malformed or incomplete JSON fails and a
+    well-formed answer with a wrong value passes (schema validity is all this grader sees)."""
     from controlplane import services as registry
 
     reg = eval_registry
-    schema = {
-        "type": "object",
-        "required": ["invoice_number", "total"],
-        "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
-    }
     invoices = factories.task_class_create(
         slug="invoices",
-        output_schema=schema,
-        quality_target=Decimal("0.6"),
+        output_schema=INVOICE_SCHEMA,
+        quality_target=Decimal("0.85"),
         prompt_retention_days=7,
     )
     version = registry.routing_version_draft_create()
     registry.route_set(version=version, task_class=invoices, primary=reg["gpt4o"])
     registry.routing_version_activate(version=version)
-    decisions_create(
-        task_class="invoices",
-        model=reg["gpt4o"],
-        prompts=[f"INVOICE #{i} — Total due: {i * 7}.00 EUR — Acme GmbH" for i in range(150)],
+    items = workload_items("field-extraction")[:150]
+    workload_decisions(
+        items, task_class="invoices", model=reg["gpt4o"], count=150, with_reference=False
     )
 
     run = run_sweep(task_class=invoices)
 
     outcome = run.summary["classes"]["invoices"]
     assert outcome["candidate"] == "mistral-small-hosted"
-    assert outcome["success_rate"] == pytest.approx(0.80, abs=0.08)
+    assert outcome["success_rate"] == pytest.approx(0.96, abs=0.04)
     proposal = Proposal.objects.get(task_class=invoices)
     assert proposal.evidence["graded_against"] == ["none"]  # schema validity needs no reference
-    assert proposal.evidence["primary_success_rate"] == pytest.approx(0.88, abs=0.08)
+    assert proposal.evidence["primary_success_rate"] == pytest.approx(0.98, abs=0.03)
+    samples = SweepSample.objects.filter(run=run)
+    failed = samples.filter(candidate_success=False)
+    assert failed.exists()
+    assert all(s.detail for s in failed)  # why: not JSON, a missing field, a wrong type
+    by_prompt = {item.prompt: item for item in items}
+    valid_but_wrong = [
+        s
+        for s in samples.filter(candidate_success=True)
+        if not by_prompt[s.prompt].is_correct(s.candidate_output or "")
+    ]
+    assert valid_but_wrong  # a weak grader: right shape, wrong total or vendor still passes

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.contrib.staticfiles import finders
-from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -16,14 +15,17 @@ from controlplane import services as registry
 from controlplane.models import RoutingTableVersion, VersionStatus
 from evaluation import services
 from evaluation.models import Proposal, SweepKind, SweepRun, SweepSample
+from evaluation.workload import WorkloadItem
 from tests import factories
-from tests.evaluation.conftest import gsm8k_decisions
+from tests.evaluation.conftest import workload_decisions
 
 
 @pytest.fixture
-def swept(eval_registry: dict[str, Any], gsm8k_rows: list[Any]) -> dict[str, Any]:
+def swept(eval_registry: dict[str, Any], reasoning_items: Sequence[WorkloadItem]) -> dict[str, Any]:
     """The registry after a tier-downgrade sweep that proposed math-practice → tier 2."""
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=eval_registry["gpt4o"], count=200)
+    workload_decisions(
+        reasoning_items, task_class="math-practice", model=eval_registry["gpt4o"], count=200
+    )
     run, _ = services.sweep_run_create(kind=SweepKind.TIER_DOWNGRADE, enqueue=False)
     services.sweep_run_execute(run_id=run.pk)
     return {**eval_registry, "proposal": Proposal.objects.get(), "run": run}
@@ -201,18 +203,6 @@ def test_samples_are_unique_per_run_request_and_candidate(swept: dict[str, Any])
     sample.pk = None
     with pytest.raises(Exception, match="one_sample_per_request"):
         sample.save()
-
-
-def test_run_fleet_command_replays_gsm8k_from_the_routellm_dir(
-    settings: Any, tmp_path: Any
-) -> None:
-    (tmp_path / "gsm8k_responses.csv").write_text("x")
-    settings.SWITCHYARD_ROUTELLM_DIR = tmp_path
-    with mock.patch("evaluation.management.commands.run_fleet.fleet_main", return_value=0) as main:
-        call_command("run_fleet", "--port", "8111", "--latency-scale", "0.5")
-    argv = main.call_args.args[0]
-    assert argv[argv.index("--gsm8k") + 1] == str(tmp_path / "gsm8k_responses.csv")
-    assert argv[argv.index("--port") + 1] == "8111"
 
 
 def test_operators_edit_schedules_and_graders_in_admin(swept: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,13 @@ from controlplane.models import RoutingTableVersion, VersionStatus
 from evaluation import services, tasks
 from evaluation.fleet import RunningFleet, fleet_start
 from evaluation.models import Proposal, SweepKind, SweepRun, SweepSample, SweepStatus
+from evaluation.workload import WorkloadItem
 from tests import factories
 from tests.evaluation.conftest import (
-    GSM8K_PATH,
     Worker,
     eval_registry_create,
-    gsm8k_decisions,
     wait_for,
+    workload_decisions,
 )
 
 pytestmark = pytest.mark.slow
@@ -27,14 +27,14 @@ pytestmark = pytest.mark.slow
 
 def test_scheduled_sweep_on_a_worker_proposes_and_approval_goes_live(
     transactional_db: Any,
-    gsm8k_fleet: RunningFleet,
-    gsm8k_rows: list[Any],
+    eval_fleet: RunningFleet,
+    reasoning_items: Sequence[WorkloadItem],
     celery_worker_process: Worker,
 ) -> None:
-    reg = eval_registry_create(gsm8k_fleet.url)
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=200)
-    gsm8k_decisions(
-        gsm8k_rows, task_class="math-strict", model=reg["mistral"], count=200, offset=200
+    reg = eval_registry_create(eval_fleet.url)
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=200)
+    workload_decisions(
+        reasoning_items, task_class="math-strict", model=reg["mistral"], count=200, offset=200
     )
 
     tasks.tier_downgrade_sweep.delay(sample_size=200)  # what Celery beat sends weekly
@@ -61,22 +61,22 @@ def test_scheduled_sweep_on_a_worker_proposes_and_approval_goes_live(
 
 
 @pytest.fixture
-def slow_fleet(gsm8k_rows: list[Any]) -> Iterator[RunningFleet]:
+def slow_fleet(reasoning_items: Sequence[WorkloadItem]) -> Iterator[RunningFleet]:
     """Simulated latencies at 1/10: a 400-request sweep takes several seconds."""
-    with fleet_start(latency_scale=0.1, gsm8k_path=GSM8K_PATH) as running:
+    with fleet_start(latency_scale=0.1) as running:
         yield running
 
 
 def test_killing_the_worker_mid_sweep_leaves_no_duplicate_and_the_run_resumes(
     transactional_db: Any,
     slow_fleet: RunningFleet,
-    gsm8k_rows: list[Any],
+    reasoning_items: Sequence[WorkloadItem],
     worker_env: dict[str, str],
     celery_queue: str,
     tmp_path: Path,
 ) -> None:
     reg = eval_registry_create(slow_fleet.url)
-    gsm8k_decisions(gsm8k_rows, task_class="math-practice", model=reg["gpt4o"], count=400)
+    workload_decisions(reasoning_items, task_class="math-practice", model=reg["gpt4o"], count=400)
     first = Worker(worker_env, tmp_path / "worker-1.log")
     first.start()
     try:

@@ -9,6 +9,8 @@ from django.core.management import call_command
 from django.db.models import Count
 
 from controlplane.models import BudgetSpend, RoutingTableVersion
+from evaluation.fleet import DEFAULT_FLEET, AnswerEngine
+from evaluation.workload import TASK_CLASSES, workload_items
 from telemetry.demo_traffic import demo_traffic_load
 from telemetry.models import DecisionOutcome, DecisionRecord, HourlyRollup
 
@@ -51,15 +53,52 @@ def test_decisions_follow_the_table_active_at_their_time(db: Any) -> None:
 
 
 def test_prompts_are_kept_only_within_retention(demo_world: dict[str, Any]) -> None:
-    gsm8k = DecisionRecord.objects.filter(task_class="multi-step-reasoning")
-    assert gsm8k.exclude(prompt=None).exists()
-    sample = gsm8k.exclude(prompt=None).first()
+    reasoning = DecisionRecord.objects.filter(task_class="multi-step-reasoning")
+    assert reasoning.exclude(prompt=None).exists()
+    sample = reasoning.exclude(prompt=None).first()
     assert sample is not None and sample.prompt_expires_at is not None
     assert sample.prompt_expires_at == sample.created_at + timedelta(days=30)
-    assert "?" in (sample.prompt or "") or len(sample.prompt or "") > 40  # a real word problem
-    assert (
-        not DecisionRecord.objects.filter(task_class="pii-redaction").exclude(prompt=None).exists()
-    )  # retention 0: never stored
+    # A generated word problem, stored with the number a grader compares with.
+    items = {i.prompt: i for i in workload_items("multi-step-reasoning")}
+    assert sample.prompt in items and sample.prompt.endswith("?")
+    assert sample.metadata["reference_answer"] == items[sample.prompt].reference
+    redactions = DecisionRecord.objects.filter(task_class="pii-redaction")
+    assert redactions.exists() and not redactions.exclude(prompt=None).exists()  # retention 0
+    assert not redactions.filter(metadata__has_key="reference_answer").exists()
+
+
+def test_every_class_draws_gradeable_prompts_from_the_generated_workload(
+    demo_world: dict[str, Any],
+) -> None:
+    for task_class in TASK_CLASSES:
+        stored = DecisionRecord.objects.filter(task_class=task_class).exclude(prompt=None)
+        known = {i.prompt: i.reference for i in workload_items(task_class)}
+        for record in stored[:40]:
+            assert known[record.prompt] == record.metadata["reference_answer"], task_class
+
+
+def test_reasoning_outcomes_follow_the_fleet_skill_profiles(demo_world: dict[str, Any]) -> None:
+    """The first attempt of a reasoning request succeeds exactly when the replay fleet
+    answers that item correctly as that model."""
+    engine = AnswerEngine()
+    fleet = {m.slug: m for m in DEFAULT_FLEET}
+    outcomes = DecisionOutcome.objects.filter(task_class="multi-step-reasoning")
+    records = {
+        r.id: r
+        for r in DecisionRecord.objects.filter(task_class="multi-step-reasoning").exclude(
+            prompt=None
+        )
+    }
+    checked = 0
+    for outcome in outcomes:
+        record = records.get(outcome.decision_id)
+        first = outcome.attempts[0] if outcome.attempts else None
+        if record is None or first is None or first["model"] == "llama-3.1-8b-local":
+            continue  # (the local model's outage overrides its skill)
+        expected = engine.answer(fleet[first["model"]], record.prompt or "").correct
+        assert (first["status"] == "ok") is expected
+        checked += 1
+    assert checked >= 30
 
 
 def test_the_outage_escalates_requests(db: Any) -> None:

@@ -16,10 +16,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
+            "--base-url",
+            default="",
+            help="where the web server answers; announces 'Proposal ready: URL' for new proposals",
+        )
+        parser.add_argument(
             "--registry-only",
             action="store_true",
             help="registry, users and keys only; no traffic, no sweeps",
         )
+
+    def _say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()  # the launcher echoes it from the log as soon as it is written
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
@@ -30,7 +39,7 @@ class Command(BaseCommand):
         )
         if options["registry_only"]:
             return
-        from evaluation.demo import demo_evaluation_load
+        from evaluation.demo import demo_evaluation_load, proposals_announce
         from telemetry.demo_traffic import demo_traffic_load
 
         traffic = demo_traffic_load()
@@ -41,7 +50,8 @@ class Command(BaseCommand):
                 f"demo traffic: {traffic['decisions']} decisions, {traffic['outcomes']} "
                 f"outcomes, {traffic['rollup_rows']} rollup rows in {traffic['total_s']} s"
             )
-        evaluation = demo_evaluation_load()
+        with proposals_announce(options["base_url"], self._say):
+            evaluation = demo_evaluation_load()
         self.stdout.write(
             f"evaluation: {evaluation['schedules']} schedules, {evaluation['graders']} graders, "
             f"demo sweep #{evaluation['demo_sweep']} {evaluation['demo_sweep_status']}"

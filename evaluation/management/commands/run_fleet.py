@@ -1,20 +1,17 @@
-"""``manage.py run_fleet``: the replay fleet, with the RouteLLM GSM8K answers when present."""
+"""``manage.py run_fleet``: the replay fleet, answering the generated workload.
+
+``--data DIR`` (default: the ``SWITCHYARD_ROUTELLM_DIR`` setting, empty unless set) also
+replays a directory of RouteLLM-format recordings (``DIR/gsm8k_responses.csv``).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from evaluation.fleet.__main__ import main as fleet_main
-
-
-def gsm8k_path() -> Path | None:
-    """The recorded GSM8K responses, read in place from SWITCHYARD_ROUTELLM_DIR."""
-    path = Path(settings.SWITCHYARD_ROUTELLM_DIR) / "gsm8k_responses.csv"
-    return path if path.exists() else None
 
 
 class Command(BaseCommand):
@@ -25,7 +22,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8100)
         parser.add_argument("--latency-scale", type=float, default=1.0)
         parser.add_argument("--config", help="JSON list of models replacing the default fleet")
-        parser.add_argument("--no-gsm8k", action="store_true", help="do not replay GSM8K")
+        parser.add_argument(
+            "--data",
+            metavar="DIR",
+            default=None,
+            help="RouteLLM-format recordings to replay as well (default: SWITCHYARD_ROUTELLM_DIR)",
+        )
         parser.add_argument("--access-log", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -41,11 +43,9 @@ class Command(BaseCommand):
             argv += ["--config", options["config"]]
         if options["access_log"]:
             argv.append("--access-log")
-        path = None if options["no_gsm8k"] else gsm8k_path()
-        if path is not None:
-            argv += ["--gsm8k", str(path)]
-        elif not options["no_gsm8k"]:
-            self.stderr.write("GSM8K responses not found; serving generic answers only.")
+        data = options["data"] if options["data"] is not None else settings.SWITCHYARD_ROUTELLM_DIR
+        if data:
+            argv += ["--data", str(data)]
         status = fleet_main(argv)
         if status:
             raise CommandError(f"the fleet exited with status {status}")
