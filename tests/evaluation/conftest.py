@@ -331,7 +331,7 @@ def worker_env(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -
     broker = os.environ.get("CELERY_BROKER_URL")
     database_url = os.environ.get("DATABASE_URL")
     if not broker or not database_url:
-        pytest.skip("needs DATABASE_URL and CELERY_BROKER_URL (run through controlplane.stack)")
+        pytest.fail("needs DATABASE_URL and CELERY_BROKER_URL (run through controlplane.stack)")
     base, _, query = database_url.partition("?")
     test_url = base.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
     if query:
