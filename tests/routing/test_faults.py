@@ -296,7 +296,12 @@ async def _send_all(
     """POST every body with at most ``concurrency`` in flight; ``while_waiting(in_flight)``
     is polled meanwhile (it returns True once it has done its part)."""
     headers = {"Authorization": f"Bearer {server.secret}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections expire on the client before gunicorn's keep-alive (5 s) closes them,
+    # so a reused connection is never one the server is closing (a transport error that
+    # says nothing about the recorder).
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
     gate = asyncio.Semaphore(concurrency)
     in_flight = 0
 

@@ -3,12 +3,14 @@ field never reaches a cloud model, and the class's retention applies to every fi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from django.test import Client
 
 from controlplane import services
+from routing.schemas import NO_CONTROL_CHARACTERS
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
 from telemetry.retention import decision_prompts_purge
@@ -44,6 +46,18 @@ def cloud_triage(registry: dict[str, Any], api_key: str, client: Client) -> dict
     return registry
 
 
+def _has_control_characters(value: Any) -> bool:
+    if isinstance(value, str):
+        return re.search(NO_CONTROL_CHARACTERS, value) is None
+    if isinstance(value, dict):
+        return any(
+            _has_control_characters(k) or _has_control_characters(v) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_control_characters(v) for v in value)
+    return False
+
+
 def test_no_disguised_positive_reaches_a_cloud_model(
     cloud_triage: dict[str, Any], api_key: str, client: Client
 ) -> None:
@@ -53,6 +67,10 @@ def test_no_disguised_positive_reaches_a_cloud_model(
     for row in positives:
         for body in request_bodies(row, "triage"):
             response = post(client, api_key, body)
+            if _has_control_characters(body):  # refused at the edge: nothing decided
+                assert response.status_code == 400, (body, response.content)
+                assert response.json()["error"]["code"] == "invalid"
+                continue
             assert response.status_code == 201, (body, response.content)
             decision = response.json()
             assert decision["model"]["locality"] == "local", body
