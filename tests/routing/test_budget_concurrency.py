@@ -10,13 +10,8 @@ reservation rows exactly.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from controlplane.stack import EmbeddedPostgres
+from tests.live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -42,12 +37,6 @@ CLIENTS = 16
 ROUNDS = 25
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
@@ -56,98 +45,39 @@ class Server:
     budget_id: int
 
 
+_BUDGET_SETUP = (
+    "from decimal import Decimal\n"
+    "from django.utils import timezone\n"
+    "from controlplane import services\n"
+    "from controlplane.models import BudgetSpend, Team\n"
+    "b = services.budget_create(name='demo-hard', scope='team',"
+    " team=Team.objects.get(slug='demo'), period='month',"
+    f" limit_usd=Decimal('{LIMIT}'), soft_limit_pct=Decimal('100'),"
+    " hard_action='block')\n"
+    "BudgetSpend.objects.create(budget=b, period_start=b.period_start(timezone.now()),"
+    f" spent_usd=Decimal('{SPENT}'))\n"
+    "print(b.pk)\n"
+)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    base = Path(tempfile.mkdtemp(prefix="switchyard-budgets-"))
-    pg_port, web_port = _free_port(), _free_port()
-    postgres = EmbeddedPostgres(port=pg_port, pgdata=base / "pgdata")
-    postgres.start()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": postgres.database_url,
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "DJANGO_DEBUG": "0",
-            "DJANGO_HTTPS": "0",
-            "SWITCHYARD_VAR_DIR": str(base / "var"),
-            "LOG_LEVEL": "WARNING",
-            "SWITCHYARD_RECORD_TIMEOUT_S": "10",
-        }
-    )
-    py = sys.executable
-    gunicorn: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        subprocess.run(
-            [py, "manage.py", "demo_load", "--registry-only"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    budget_ids: list[int] = []
+
+    def create_budget(env: dict[str, str]) -> None:  # before gunicorn loads its snapshot
         out = subprocess.run(
-            [py, "manage.py", "create_api_key", "budget-client"],
+            [sys.executable, "manage.py", "shell", "-c", _BUDGET_SETUP],
             cwd=ROOT,
             env=env,
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        setup = (
-            "from decimal import Decimal\n"
-            "from django.utils import timezone\n"
-            "from controlplane import services\n"
-            "from controlplane.models import BudgetSpend, Team\n"
-            "b = services.budget_create(name='demo-hard', scope='team',"
-            " team=Team.objects.get(slug='demo'), period='month',"
-            f" limit_usd=Decimal('{LIMIT}'), soft_limit_pct=Decimal('100'),"
-            " hard_action='block')\n"
-            "BudgetSpend.objects.create(budget=b, period_start=b.period_start(timezone.now()),"
-            f" spent_usd=Decimal('{SPENT}'))\n"
-            "print(b.pk)\n"
-        )
-        budget_id = subprocess.run(
-            [py, "manage.py", "shell", "-c", setup],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()[-1]
-        gunicorn = subprocess.Popen(
-            [
-                str(Path(py).parent / "gunicorn"),
-                "controlplane.wsgi:application",
-                "-c",
-                str(ROOT / "controlplane" / "gunicorn_conf.py"),
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--workers",
-                "2",
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{web_port}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "gunicorn did not become ready"
-            time.sleep(0.2)
-        yield Server(url, postgres.database_url, out.strip().splitlines()[-1], int(budget_id))
-    finally:
-        if gunicorn is not None:
-            os.killpg(gunicorn.pid, signal.SIGTERM)
-            gunicorn.wait(20)
-        postgres.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        budget_ids.append(int(out.split()[-1]))
+
+    env = {"SWITCHYARD_RECORD_TIMEOUT_S": "10"}
+    with live_server("budgets", env, create_budget) as started:
+        yield Server(started.url, started.db_url, started.secret, budget_ids[0])
 
 
 @dataclass

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,107 +25,29 @@ import psutil
 import psycopg
 import pytest
 
-from controlplane.stack import EmbeddedPostgres
 from tests import commit_faults
+from tests.live_server import LiveServer as Server
+from tests.live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    db_url: str
-    secret: str
-    postgres: EmbeddedPostgres
-    gunicorn: subprocess.Popen[bytes]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def worker_pids(self) -> list[int]:
-        return [c.pid for c in psutil.Process(self.gunicorn.pid).children()]
+def _install_faults(env: dict[str, str]) -> None:
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        commit_faults.install(conn)  # disarmed until a test arms it
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    # Not under pytest's own temp root: pytest resets that to mode 0700, which would lock
-    # out the PostgreSQL system user when another pytest session starts meanwhile.
-    base = Path(tempfile.mkdtemp(prefix="switchyard-faults-"))
-    pg_port, web_port = _free_port(), _free_port()
-    postgres = EmbeddedPostgres(port=pg_port, pgdata=base / "pgdata")
-    postgres.start()
-    db_url = postgres.database_url
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "DJANGO_DEBUG": "0",
-            "DJANGO_HTTPS": "0",
-            "SWITCHYARD_VAR_DIR": str(base / "var"),
-            "LOG_LEVEL": "WARNING",
-            "SWITCHYARD_RECORD_TIMEOUT_S": "20",
-            # Enough request threads per worker that over 100 decisions can wait for one
-            # group commit (the big-batch fault test).
-            "WEB_THREADS": "160",
-        }
-    )
-    py = sys.executable
-    subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        commit_faults.install(conn)  # disarmed until a test arms it
-    subprocess.run(
-        [py, "manage.py", "demo_load", "--registry-only"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    out = subprocess.run(
-        [py, "manage.py", "create_api_key", "fault-client"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    gunicorn = subprocess.Popen(
-        [
-            str(Path(py).parent / "gunicorn"),
-            "controlplane.wsgi:application",
-            "-c",
-            str(ROOT / "controlplane" / "gunicorn_conf.py"),
-            "--bind",
-            f"127.0.0.1:{web_port}",
-            "--workers",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{web_port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "gunicorn did not become ready"
-        time.sleep(0.2)
-    yield Server(url, db_url, out.strip().splitlines()[-1], postgres, gunicorn, env)
-    os.killpg(gunicorn.pid, signal.SIGTERM)
-    gunicorn.wait(20)
-    postgres.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    env = {
+        "SWITCHYARD_RECORD_TIMEOUT_S": "20",
+        # Enough request threads per worker that over 100 decisions can wait for one
+        # group commit (the big-batch fault test).
+        "WEB_THREADS": "160",
+    }
+    with live_server("faults", env, _install_faults) as started:
+        yield started
 
 
 @dataclass
