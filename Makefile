@@ -19,26 +19,26 @@ help:
 	@echo "make test   run the whole test suite against a real PostgreSQL"
 	@echo "make lint   ruff (lint + format check) and mypy"
 	@echo "make bench  run the benchmarks; results in bench/results/"
-	@echo "make upgrade  refresh requirements.lock to the newest allowed versions, then make test"
+	@echo "make upgrade  refresh requirements.txt to the newest allowed versions, then make test"
 
-# Installs come from requirements.lock: exact versions with hashes (uv pip compile --universal).
-$(VENV)/.installed: requirements.lock
+# Installs come from requirements.txt: exact versions with hashes (uv pip compile --universal).
+$(VENV)/.installed: requirements.txt
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "Switchyard needs Python 3.12 or newer (Django 6); none was found on PATH or in pyenv."; \
 	  echo "Install one, or point make at it: make run PYTHON=/path/to/python3.12"; exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.txt
 	@touch $@
 
 install: $(VENV)/.installed
 
 LOCK_CMD := $(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal \
-	--python-version 3.12 --generate-hashes --quiet -o requirements.lock
+	--python-version 3.12 --generate-hashes --quiet -o requirements.txt
 
 # Newest versions pyproject.toml allows, written to the lock, installed exactly, then tested.
 upgrade: install
 	$(LOCK_CMD) --upgrade
-	$(VENV)/bin/uv pip sync --python $(PY) --require-hashes requirements.lock
+	$(VENV)/bin/uv pip sync --python $(PY) --require-hashes requirements.txt
 	@touch $(VENV)/.installed
 	$(MAKE) test
 
