@@ -370,9 +370,10 @@ class BudgetSpend(models.Model):
     """What a budget has spent in one period, and what in-flight decisions hold reserved.
 
     ``spent_usd`` grows with charged outcomes (atomic ``SET spent = spent + x``);
-    ``reserved_usd`` is the sum of this period's open ``BudgetReservation`` rows (see
-    telemetry/budgets.py): raised when a decision is admitted, lowered when its outcome
-    settles it or the reservation expires."""
+    ``reserved_usd`` is what this period's ``BudgetLease`` rows still hold (see
+    telemetry/budgets.py): raised when a lease is taken, lowered when its holder gives back
+    what it did not use, when an outcome settles a decision's hold, and when a lease
+    expires."""
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="spends")
     period_start = models.DateTimeField()
@@ -389,30 +390,44 @@ class BudgetSpend(models.Model):
         return f"{self.budget_id} {self.period_start:%Y-%m-%d}: {self.spent_usd}"
 
 
-class BudgetReservation(models.Model):
-    """A decision's worst-case cost held against one budget until its outcome arrives.
+class BudgetLease(models.Model):
+    """A slice of a budget's headroom held by one process's decision recorder.
 
-    Written in the same transaction as the decision (telemetry.budgets.reservations_admit);
-    deleted by the outcome (settled) or after SWITCHYARD_RESERVATION_TTL_S (expired). The
-    decision table is partitioned, so ``decision_id`` is a plain column, not a foreign key."""
+    Taken in one short transaction (``spent + reserved + amount <= limit`` for a hard limit,
+    then ``reserved += amount``); the recorder then admits decisions against it in memory
+    and writes, with each decision, the holds it carved out of it (``budget_holds``). So a
+    batch of decisions reserves without touching the budget rows, and ``reserved_usd`` of a
+    period is the sum over its leases of ``amount - unused - settled``:
 
-    decision_id = models.UUIDField()
-    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
+    - the holder *closes* a lease after ``SWITCHYARD_BUDGET_LEASE_S`` (or when it runs out)
+      and gives back what it did not admit (``unused_usd``);
+    - a decision's first outcome *settles* its hold (``settled_usd``), replacing it by the
+      real cost;
+    - at ``expires_at`` (closing time + ``SWITCHYARD_RESERVATION_TTL_S``) what is still held
+      is released and the lease deleted (telemetry.budgets.budget_leases_expire) - including
+      a crashed holder's unused part.
+    """
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="leases")
     period_start = models.DateTimeField()
     amount_usd = models.DecimalField(max_digits=16, decimal_places=8)
+    unused_usd = models.DecimalField(max_digits=16, decimal_places=8, null=True)
+    settled_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
+    holder = models.CharField(max_length=128)
     created_at = models.DateTimeField(default=timezone.now)
+    closes_at = models.DateTimeField()
     expires_at = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["decision_id", "budget"], name="one_reservation_per_decision_budget"
-            ),
-        ]
-        indexes = [models.Index(fields=["expires_at"], name="reservation_expiry")]
+        indexes = [models.Index(fields=["expires_at"], name="budget_lease_expiry")]
 
     def __str__(self) -> str:
-        return f"{self.decision_id} on {self.budget_id}: {self.amount_usd}"
+        return f"lease {self.pk} on {self.budget_id}: {self.amount_usd}"
+
+    @property
+    def held_usd(self) -> Decimal:
+        """What the lease still holds against its budget."""
+        return self.amount_usd - (self.unused_usd or Decimal(0)) - self.settled_usd
 
 
 class ApiScope(models.TextChoices):

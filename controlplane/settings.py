@@ -247,19 +247,24 @@ STATICFILES_FINDERS = [
 SWITCHYARD_BASELINE_MODEL = env_str("SWITCHYARD_BASELINE_MODEL", "gpt-4o")
 # Rollups of recent hours are recomputed this often (seconds) by Celery beat.
 SWITCHYARD_ROLLUP_REFRESH_S = env_int("SWITCHYARD_ROLLUP_REFRESH_S", 60)
-# Budgets: a decision reserves its worst-case cost against every budget that applies until
-# its outcome settles it; a reservation whose outcome has not arrived after this many
-# seconds is released (checked every SWITCHYARD_RESERVATION_EXPIRE_EVERY_S by Celery beat).
+# Budgets: a decision holds its worst-case cost against every budget that applies until its
+# outcome settles it; a hold whose outcome has not arrived after this many seconds is
+# released (checked every SWITCHYARD_RESERVATION_EXPIRE_EVERY_S by Celery beat).
 SWITCHYARD_RESERVATION_TTL_S = env_int("SWITCHYARD_RESERVATION_TTL_S", 900)
 SWITCHYARD_RESERVATION_EXPIRE_EVERY_S = env_int("SWITCHYARD_RESERVATION_EXPIRE_EVERY_S", 60)
+# Holds are carved out of leases each process takes from a budget's headroom: a lease admits
+# decisions for at most this many seconds, then gives back what it did not use; no lease
+# takes more than this share of what is left under the limit (telemetry/budgets.py).
+SWITCHYARD_BUDGET_LEASE_S = float(env_str("SWITCHYARD_BUDGET_LEASE_S", "2.0"))
+SWITCHYARD_BUDGET_LEASE_SHARE = float(env_str("SWITCHYARD_BUDGET_LEASE_SHARE", "0.125"))
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
     "telemetry-rollups-refresh": {
         "task": "telemetry.tasks.rollups_refresh_task",
         "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),
     },
-    "budget-reservations-expire": {
-        "task": "telemetry.tasks.reservations_expire_task",
+    "budget-leases-expire": {
+        "task": "telemetry.tasks.budget_leases_expire_task",
         "schedule": float(SWITCHYARD_RESERVATION_EXPIRE_EVERY_S),
     },
 }

@@ -140,6 +140,7 @@ def decision_row_build(
         "metadata": metadata or {},
         "path": decision_path(decision, response),
         "response": response,
+        "budget_holds": [],  # set by the recorder's admission hook (telemetry.budgets)
         "reservations": list(reservations),
         "request_sha256": request_sha256,
     }

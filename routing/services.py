@@ -11,9 +11,9 @@ body to send. Its steps, in order:
 4. Scan every free-text field for personal data (fail closed: a failing scan counts as
    personal) - ``routing.pii.request_scan``.
 5. Decide with the plain-Python engine on the in-memory snapshot.
-6. Record the decision durably (group commit) with its worst-case cost reserved against
+6. Record the decision durably (group commit) with its worst-case cost held against
    every budget that applies (telemetry/budgets.py), and only then answer. A budget the
-   reservation does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
+   hold does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
    budget, decide again with that budget exhausted (the request stays local).
 """
 
@@ -51,7 +51,7 @@ from routing.pii import request_free_text_stored, request_scan
 from routing.recording import decision_response, decision_row_build
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
-from telemetry.budgets import reservations_admit
+from telemetry.budgets import BudgetLeases
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionIdempotency, DecisionRecord
 from telemetry.recorder import (
@@ -66,8 +66,9 @@ from telemetry.recorder import (
 
 logger = logging.getLogger(__name__)
 
-# Budget reservations are admitted per batch inside the recorder's group commit.
-recorder.admit = reservations_admit
+# Worst cases are held against budgets out of this process's budget leases, per batch, by
+# the recorder's writer (telemetry/budgets.py).
+recorder.admission = BudgetLeases()
 
 
 def _estimate_tokens(text: str) -> int:

@@ -53,6 +53,9 @@ class DecisionRecord(models.Model):
     path = models.JSONField(default=dict)
     # The response body exactly as sent, replayed for a repeated request_id.
     response = models.JSONField(default=dict)
+    # What the decision holds against budgets until its outcome: [[lease id, "amount"], ...]
+    # (controlplane.BudgetLease; telemetry/budgets.py).
+    budget_holds = models.JSONField(default=list)
 
     class Meta:
         managed = True

@@ -8,10 +8,13 @@ and nothing waits; under heavy load one commit serves hundreds.
 
 1. ``recorder.record(row)`` enqueues the row (``RecordingBusy`` when the bounded queue is
    full) and waits up to its deadline.
-2. A small batch without idempotency keys or reservations is one autocommit INSERT. Any
-   other batch is one transaction: idempotency keys first (a live key already taken makes
-   the row a "duplicate", an expired one is taken over), then the admission hook (budget
-   reservations), then COPY, then COMMIT.
+2. Rows that carry budget reservations first pass the admission hook (telemetry.budgets:
+   holds carved in memory out of this process's budget leases, so usually no statement at
+   all); refused rows are answered at once. Then a small batch without idempotency keys is
+   one autocommit INSERT. Any other batch is one transaction: idempotency keys first (a
+   live key already taken makes the row a "duplicate", an expired one is taken over), then
+   COPY, then COMMIT. A row keeps its holds across attempts; a row certainly not stored
+   gives them back.
 3. Outcomes are decided only after COMMIT returns. A failure before or during COMMIT leaves
    every row of the attempt uncertain: the next attempt first reads which of their ids are
    stored (and which keys they own) and writes only the rest, so nothing acknowledged is
@@ -32,10 +35,10 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import orjson
 import psycopg
@@ -51,9 +54,9 @@ DECISION_COLUMNS = (
     "input_tokens", "context_tokens", "max_output_tokens", "latency_budget_ms", "max_cost_usd",
     "decision_us", "end_user", "prompt", "prompt_expires_at", "prompt_template_id",
     "prompt_template_version", "retrieval_query", "retrieval_document_ids", "metadata", "path",
-    "response",
+    "response", "budget_holds",
 )  # fmt: skip
-_JSON_COLUMNS = {"metadata", "path", "response"}
+_JSON_COLUMNS = {"metadata", "path", "response", "budget_holds"}
 _COPY_SQL = f"COPY telemetry_decision ({', '.join(DECISION_COLUMNS)}) FROM STDIN"
 _ROW_PLACEHOLDER = "(" + ", ".join(["%s"] * len(DECISION_COLUMNS)) + ")"
 _INSERT_SQL: dict[int, str] = {}
@@ -113,16 +116,36 @@ class DecisionRow(TypedDict):
     metadata: dict[str, Any]
     path: dict[str, Any]
     response: dict[str, Any]
-    # Not columns. Budget reservations the admission hook applies with the row's batch, and
-    # the sha256 of the canonical request body, stored with the idempotency key.
+    # What the admission hook held for the row against budgets, written with it.
+    budget_holds: list[list[Any]]
+    # Not columns. The worst cases the admission hook must hold before the row is written,
+    # and the sha256 of the canonical request body, stored with the idempotency key.
     reservations: list[Reservation]
     request_sha256: str
 
 
-# The admission hook: called inside the transaction that writes the rows, before they are
-# written, with the rows about to be written (only when one of them carries reservations).
-# Returns {row id: refusal detail} for the rows it refuses; those are not written.
-AdmitHook = Callable[[psycopg.Cursor[Any], list[DecisionRow]], dict[uuid.UUID, dict[str, Any]]]
+class Admission(Protocol):
+    """The admission hook (telemetry.budgets.BudgetLeases): holds budget for rows before
+    the writer writes them, outside any transaction, on the writer's connection."""
+
+    def admit(
+        self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        """Set the holds of rows carrying reservations and no holds yet; return {row id:
+        refusal detail} for the rows it refuses (those are not written)."""
+        ...
+
+    def give_back(self, rows: Iterable[DecisionRow]) -> None:
+        """Rows that are certainly not stored (rejected, or another row took their key)."""
+        ...
+
+    def tick(self, conn: psycopg.Connection[Any], *, close_all: bool = False) -> None:
+        """Housekeeping between batches and when idle (close leases past their time)."""
+        ...
+
+    def has_open(self) -> bool:
+        """Whether ``tick`` has anything to do later (the writer wakes up for it)."""
+        ...
 
 
 class RecordingFailed(Exception):
@@ -247,6 +270,10 @@ class _Retry(Exception):
     """The attempt found a row already stored under its id: re-check, then write the rest."""
 
 
+class _AdmissionFailed(Exception):
+    """The admission hook failed (not for a lost connection): its rows fail, unstored."""
+
+
 # Request fields behind the stored columns, to name the field at fault in a 400.
 _REQUEST_FIELDS = {
     "request_id": "request_id",
@@ -275,7 +302,7 @@ class DecisionRecorder:
         self.max_batch = max_batch or int(settings.SWITCHYARD_RECORD_MAX_BATCH)
         self.queue_max = queue_max or int(settings.SWITCHYARD_RECORD_QUEUE_MAX)
         self.hang_s = hang_s or float(settings.SWITCHYARD_RECORD_HANG_S)
-        self.admit: AdmitHook | None = None
+        self.admission: Admission | None = None
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._queued = 0
         self._lock = threading.Lock()
@@ -391,8 +418,17 @@ class _Writer:
     def _run(self) -> None:
         rec = self.recorder
         while not self.abandoned:
-            first = rec._queue.get()
+            admission = rec.admission
+            idle_s = None
+            if admission is not None and admission.has_open():
+                idle_s = float(settings.SWITCHYARD_BUDGET_LEASE_S)
+            try:
+                first = rec._queue.get(timeout=idle_s)
+            except queue.Empty:
+                self._tick()  # idle: close leases past their time
+                continue
             if first.row is None:  # close request
+                self._tick(close_all=True)
                 self._drop_connection()
                 first.done.set()
                 continue
@@ -416,7 +452,20 @@ class _Writer:
             finally:
                 self.busy_since = None
                 self.batch = []
+            if admission is not None and admission.has_open():
+                self._tick()
         self._drop_connection()
+
+    def _tick(self, *, close_all: bool = False) -> None:
+        admission = self.recorder.admission
+        if admission is None or not admission.has_open() or self.abandoned:
+            return
+        try:
+            admission.tick(self._connect(), close_all=close_all)
+        except psycopg.Error:
+            # What a lease did not give back stays held until it expires (fail closed).
+            logger.warning("recorder: closing budget leases failed", exc_info=True)
+            self._drop_connection()
 
     # -- releasing waiters -------------------------------------------------------------
 
@@ -427,6 +476,7 @@ class _Writer:
         with rec._lock:
             if self.abandoned:
                 return
+            unstored = []
             for item, result in results.items():
                 if item.done.is_set():
                     continue
@@ -434,7 +484,11 @@ class _Writer:
                 item.detail, item.field_name = result.detail, result.field_name
                 if result.outcome == STORED:
                     rec.rows += 1
+                elif result.outcome in (DUPLICATE, INVALID) and item.r["budget_holds"]:
+                    unstored.append(item.r)
                 item.done.set()
+        if unstored and rec.admission is not None:
+            rec.admission.give_back(unstored)
 
     # -- connection --------------------------------------------------------------------
 
@@ -475,12 +529,27 @@ class _Writer:
             self.busy_since = time.monotonic()
             try:
                 conn = self._connect()
+                batch = self._admit(conn, batch)
+                if not batch:
+                    return
                 results = self._write(conn, batch)
             except _Retry:
                 for item in batch:
                     item.uncertain = True
                 attempt += 1
                 continue
+            except _AdmissionFailed as exc:
+                logger.error("recorder: budget admission failed: %s", exc.__cause__)
+                self.busy_since = None
+                if self.conn is not None and self.conn.info.transaction_status not in (
+                    psycopg.pq.TransactionStatus.IDLE,
+                ):
+                    self._drop_connection()
+                failed = _Result(FAILED, "budget admission failed")
+                self._finish({p: failed for p in batch})
+                if self.recorder.admission is not None:
+                    self.recorder.admission.give_back([p.r for p in batch if not p.uncertain])
+                return
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError) as exc:
                 # The commit may or may not have happened: check before writing again.
                 for item in batch:
@@ -521,12 +590,34 @@ class _Writer:
             self._finish(results)
             return
 
+    def _admit(self, conn: psycopg.Connection[Any], batch: list[_Pending]) -> list[_Pending]:
+        """Hold budget for the rows that need it (the admission hook); release refused rows
+        at once and return the rest. A row keeps its holds across attempts."""
+        admission = self.recorder.admission
+        if admission is None:
+            return batch
+        todo = [p for p in batch if p.r["reservations"] and not p.r["budget_holds"]]
+        if not todo:
+            return batch
+        try:
+            refused = admission.admit(conn, [p.r for p in todo])
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection: retried like a write
+        except Exception as exc:
+            raise _AdmissionFailed from exc
+        if not refused:
+            return batch
+        self._finish(
+            {p: _Result(REFUSED, detail=refused[p.r["id"]]) for p in batch if p.r["id"] in refused}
+        )
+        return [p for p in batch if p.r["id"] not in refused]
+
     def _write(
         self, conn: psycopg.Connection[Any], batch: list[_Pending]
     ) -> dict[_Pending, _Result]:
         """One attempt. Returns each row's outcome; returns only once they are committed."""
         if len(batch) <= FAST_PATH_MAX_ROWS and not any(
-            p.uncertain or p.r["request_id"] or p.r["reservations"] for p in batch
+            p.uncertain or p.r["request_id"] for p in batch
         ):
             with conn.cursor() as cursor:
                 values: list[Any] = []
@@ -582,22 +673,10 @@ class _Writer:
                     # check above): key and row commit together, so the row is stored.
                     results[item] = _Result(STORED)
         to_write = [p for p in todo if p not in results]
-
-        refused: dict[uuid.UUID, dict[str, Any]] = {}
-        admit = self.recorder.admit
-        if admit is not None and any(p.r["reservations"] for p in to_write):
-            refused = admit(cursor, [p.r for p in to_write])
-            refused_keyed = [p.r for p in to_write if p.r["id"] in refused and p.r["request_id"]]
-            if refused_keyed:
-                _keys_release(cursor, refused_keyed)
-        rows = [p.r for p in to_write if p.r["id"] not in refused]
-        if rows:
-            decision_rows_copy(cursor, rows)
+        if to_write:
+            decision_rows_copy(cursor, [p.r for p in to_write])
         for item in to_write:
-            if item.r["id"] in refused:
-                results[item] = _Result(REFUSED, detail=refused[item.r["id"]])
-            else:
-                results[item] = _Result(STORED)
+            results[item] = _Result(STORED)
         return results
 
 
@@ -659,21 +738,6 @@ def _keys_take(
         )
         owners.update({(a, k): d for a, k, d in cursor.fetchall()})
     return owners, taken
-
-
-def _keys_release(cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]) -> None:
-    """Delete keys just taken by rows that will not be written (refused by the hook)."""
-    cursor.execute(
-        "DELETE FROM telemetry_decision_idempotency k "
-        "USING unnest(%s::bigint[], %s::text[], %s::uuid[]) AS u(application_id, request_id, id) "
-        "WHERE k.application_id = u.application_id AND k.request_id = u.request_id "
-        "AND k.decision_id = u.id",
-        [
-            [r["application_id"] for r in rows],
-            [r["request_id"] for r in rows],
-            [r["id"] for r in rows],
-        ],
-    )
 
 
 def idempotency_window() -> timedelta:

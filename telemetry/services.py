@@ -8,9 +8,10 @@ Charging is atomic, idempotent, and a charged attempt is immutable:
    ``OutcomeConflict`` (409); they keep their stored cost. Only attempts beyond them are
    priced and charged, so a repeated report charges nothing twice, and the stored cost
    always equals what the budgets were charged (dashboards and budgets agree).
-3. The decision's budget reservations are released and each budget that applies (global,
-   the team, the application, the task class) is charged, in one statement
-   (telemetry.budgets.reservations_settle): concurrent charges never lose an update.
+3. The first report settles the decision's budget holds (they leave ``reserved_usd``), and
+   each budget that applies (global, the team, the application, the task class) is charged,
+   in one statement (telemetry.budgets.budget_holds_settle): concurrent charges never lose
+   an update.
 Attempt models must be in the registry (the API answers 400 otherwise; see
 ``attempt_models_unknown``).
 """
@@ -31,7 +32,7 @@ from django.utils import timezone
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
 from routing.enums import AttemptStatus
 from routing.pricing import price_cost_usd, price_in_force, price_schedule
-from telemetry.budgets import Slot, reservations_settle
+from telemetry.budgets import Hold, Slot, budget_holds_settle, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord
 
 ATTEMPT_STATUSES = tuple(AttemptStatus)
@@ -180,7 +181,7 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
     decision = item.decision
     priced, total_cost = _attempts_priced(item, pricebook)
     with transaction.atomic():
-        outcome, _ = DecisionOutcome.objects.get_or_create(
+        outcome, first_report = DecisionOutcome.objects.get_or_create(
             decision_id=decision.id,
             decision_created_at=decision.created_at,
             defaults=_outcome_fields(item, priced, total_cost, priced[-1]),
@@ -216,9 +217,9 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
             decision_id=decision.id, decision_created_at=decision.created_at
         ).update(**{f: getattr(outcome, f) for f in _UPDATED_FIELDS})
         with connection.cursor() as cursor:
-            reservations_settle(
+            budget_holds_settle(
                 cursor,
-                decision_ids=[decision.id],
+                holds=holds_of(decision.budget_holds) if first_report else [],
                 charges=_charges(budgets_active(), decision, new_cost),
             )
     return outcome
@@ -299,7 +300,7 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
     Same cost and charging rules as ``outcome_report``:
     1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
        (an outcome already reported is kept as it is).
-    2. Only the rows actually inserted are charged (and their reservations released), once
+    2. Only the rows actually inserted are charged (and their holds settled), once
        per (budget, period) with their sum, in (budget, period) order so concurrent loaders
        cannot deadlock.
     """
@@ -334,9 +335,11 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
         )
         inserted = [row[0] for row in cursor.fetchall()]
         charges: dict[Slot, Decimal] = {}
+        holds: list[Hold] = []
         for decision_id in inserted:
             decision, total = costs[decision_id]
+            holds.extend(holds_of(decision.budget_holds))
             for slot, amount in _charges(budgets, decision, total).items():
                 charges[slot] = charges.get(slot, Decimal(0)) + amount
-        reservations_settle(cursor, decision_ids=inserted, charges=charges)
+        budget_holds_settle(cursor, holds=holds, charges=charges)
     return len(inserted)

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from telemetry.budgets import reservations_expire
+from telemetry.budgets import budget_leases_expire
 from telemetry.rollups import rollups_refresh
 
 
@@ -16,7 +16,8 @@ def rollups_refresh_task() -> dict[str, Any]:
     return rollups_refresh()
 
 
-@shared_task(name="telemetry.tasks.reservations_expire_task", ignore_result=True)
-def reservations_expire_task() -> int:
-    """Release budget reservations whose outcome never arrived (SWITCHYARD_RESERVATION_TTL_S)."""
-    return reservations_expire()
+@shared_task(name="telemetry.tasks.budget_leases_expire_task", ignore_result=True)
+def budget_leases_expire_task() -> int:
+    """Release what expired budget leases still hold: holds whose outcome never arrived
+    (SWITCHYARD_RESERVATION_TTL_S) and the unused part of a holder that died."""
+    return budget_leases_expire()

@@ -76,6 +76,11 @@ def _fresh_registry_caches() -> None:
     tests inside a rolled-back transaction never commit, so start each test afresh."""
     import telemetry.services
     from routing.snapshot import registry_cache
+    from telemetry.budgets import BudgetLeases
+    from telemetry.recorder import recorder
+
+    if isinstance(recorder.admission, BudgetLeases):
+        recorder.admission.reset()  # leases of a database flushed since
 
     telemetry.services._pricebook = None
     registry_cache.invalidate()

@@ -1,11 +1,12 @@
 """A hard limit holds under concurrency: real gunicorn (2 workers), real HTTP, real PostgreSQL.
 
 Many clients post decisions and report their outcomes against a nearly exhausted hard
-limit. Reservations are admitted per batch inside each worker's group commit
+limit. Each worker's recorder holds worst cases out of its own budget leases
 (telemetry/budgets.py); this checks, by sampling while the load runs and at the end, that
 spent + reserved never passes the limit by more than one request's worst case, that the
-limit was actually reached (429s), and that spent and reserved match the outcome and
-reservation rows exactly.
+limit was actually reached (429s), and that the books balance exactly: spent = opening +
+charged outcomes; reserved = what the leases hold = once the workers closed their leases,
+the holds of the decisions whose outcome never came.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TASK_CLASS = "multi-step-reasoning"  # routed to gpt-4o: 2.50 in / 10.00 out per
 INPUT_TOKENS = 2000
 CLIENTS = 16
 ROUNDS = 25
+LEASE_S = 0.5  # the workers' lease lifetime, short so the test sees them close
 
 
 @dataclass
@@ -75,7 +77,7 @@ def server() -> Iterator[Server]:
         ).stdout
         budget_ids.append(int(out.split()[-1]))
 
-    env = {"SWITCHYARD_RECORD_TIMEOUT_S": "10"}
+    env = {"SWITCHYARD_RECORD_TIMEOUT_S": "10", "SWITCHYARD_BUDGET_LEASE_S": str(LEASE_S)}
     with live_server("budgets", env, create_budget) as started:
         yield Server(started.url, started.db_url, started.secret, budget_ids[0])
 
@@ -165,15 +167,28 @@ def test_spent_plus_reserved_never_passes_a_hard_limit_by_more_than_one_worst_ca
     assert tally.statuses.get("decide 201", 0) > 20, tally.statuses
     assert tally.statuses.get("decide 429", 0) > 0, tally.statuses  # the limit was reached
     assert tally.statuses.get("outcome 200", 0) > 10, tally.statuses
+    time.sleep(LEASE_S + 1.5)  # idle workers close their leases, giving back what is unused
     with psycopg.connect(server.db_url) as conn:
         row = conn.execute(
-            "SELECT max(amount_usd), count(*), coalesce(sum(amount_usd), 0) "
-            "FROM controlplane_budgetreservation WHERE budget_id = %s",
+            "SELECT max((h->>1)::numeric), "
+            "       coalesce(sum((h->>1)::numeric) FILTER (WHERE o.decision_id IS NULL), 0) "
+            "FROM telemetry_decision d CROSS JOIN jsonb_array_elements(d.budget_holds) h "
+            "JOIN controlplane_budgetlease l ON l.id = (h->>0)::bigint AND l.budget_id = %s "
+            "LEFT JOIN telemetry_outcome o ON o.decision_id = d.id",
             [server.budget_id],
         ).fetchone()
         assert row is not None
-        worst, held, held_sum = Decimal(row[0] or 0), row[1], Decimal(row[2])
-        assert held > 0  # unreported decisions still hold their worst case
+        worst, unreported = Decimal(row[0] or 0), Decimal(row[1])
+        assert unreported > 0  # unreported decisions still hold their worst case
+        leases = conn.execute(
+            "SELECT coalesce(sum(amount_usd - coalesce(unused_usd, 0) - settled_usd), 0), "
+            "count(*) FILTER (WHERE unused_usd IS NULL) "
+            "FROM controlplane_budgetlease WHERE budget_id = %s",
+            [server.budget_id],
+        ).fetchone()
+        assert leases is not None
+        lease_held, still_open = Decimal(leases[0]), leases[1]
+        assert still_open == 0
         final = _committed(conn, server.budget_id)
         spend = conn.execute(
             "SELECT spent_usd, reserved_usd FROM controlplane_budgetspend WHERE budget_id = %s",
@@ -184,9 +199,9 @@ def test_spent_plus_reserved_never_passes_a_hard_limit_by_more_than_one_worst_ca
             "SELECT coalesce(sum(o.cost_usd), 0) FROM telemetry_outcome o WHERE o.team = 'demo'"
         ).fetchone()
         assert charged is not None
-    # The books balance: spent = opening + charged outcomes; reserved = open reservations.
+    # The books balance (module doc).
     assert Decimal(spend[0]) == SPENT + Decimal(charged[0])
-    assert Decimal(spend[1]) == held_sum
+    assert Decimal(spend[1]) == lease_held == unreported
     assert worst > 0
     assert samples and max(samples) <= LIMIT + worst, (max(samples), worst)
     assert final <= LIMIT + worst

@@ -18,15 +18,16 @@ from django.utils import timezone
 from controlplane import services
 from controlplane.models import (
     Budget,
-    BudgetReservation,
+    BudgetLease,
     BudgetSpend,
     Team,
 )
 from controlplane.roles import ROLE_NAMES
 from routing.pricing import next_price_change, price_in_force, price_schedule
 from routing.snapshot import registry_cache
-from telemetry.budgets import reservations_expire
+from telemetry.budgets import budget_leases_expire, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord, HourlyRollup
+from telemetry.recorder import recorder
 from telemetry.rollups import rollups_recompute
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,8 +87,16 @@ def budget(team: Team, *, spent: str, limit: str = "100", name: str = "", **fiel
 
 
 def spend(b: Budget) -> tuple[Decimal, Decimal]:
+    """(spent, reserved) once the recorder's budget leases gave back what they did not use."""
+    recorder.close()  # the writer closes its leases, then its connection
     row = BudgetSpend.objects.get(budget=b, period_start=b.period_start(timezone.now()))
     return row.spent_usd, row.reserved_usd
+
+
+def holds(decision_id: str) -> Decimal:
+    """What a decision holds against budgets (one budget applies in these tests)."""
+    stored = DecisionRecord.objects.get(id=decision_id).budget_holds
+    return sum((amount for _, amount in holds_of(stored)), Decimal(0))
 
 
 # --- teams --------------------------------------------------------------------------------
@@ -175,18 +184,23 @@ def test_reservations_hold_a_hard_limit_then_settle_and_expire(
     assert error["budget"]["name"] == b.name
     assert error["budget"]["reserved_usd"] >= float(3 * WORST)
     assert DecisionRecord.objects.count() == 4  # the small one fitted; the refused one is gone
-    small = BudgetReservation.objects.exclude(decision_id__in=ids).get()
+    small = DecisionRecord.objects.exclude(id__in=ids).get()
+    assert all(holds(i) == WORST for i in ids)
+    assert spend(b) == (Decimal("99.9975"), 3 * WORST + holds(str(small.id)))
 
-    # Settle: the reservation is replaced by the real cost.
+    # Settle: the hold is replaced by the real cost (once: a repeated report settles nothing).
+    assert report(client, api_key, ids[0], [attempt()]).status_code == 200
     assert report(client, api_key, ids[0], [attempt()]).status_code == 200
     cost = Decimal("0.005002")
-    assert spend(b) == (Decimal("99.9975") + cost, 2 * WORST + small.amount_usd)
-    assert not BudgetReservation.objects.filter(decision_id=ids[0]).exists()
+    assert spend(b) == (Decimal("99.9975") + cost, 2 * WORST + holds(str(small.id)))
+    lease_id = DecisionRecord.objects.get(id=ids[0]).budget_holds[0][0]
+    assert BudgetLease.objects.get(id=lease_id).settled_usd == WORST
 
-    # Expire: unsettled reservations are released after the TTL; a late outcome still pays.
-    assert reservations_expire(now=timezone.now()) == 0
-    later = timezone.now() + timedelta(seconds=901)
-    assert reservations_expire(now=later) == 3
+    # Expire: unsettled holds are released after the TTL; a late outcome still pays.
+    assert budget_leases_expire(now=timezone.now()) == 0
+    later = timezone.now() + timedelta(seconds=910)  # TTL (900 s) after the leases closed
+    assert budget_leases_expire(now=later) >= 1
+    assert not BudgetLease.objects.exists()
     assert spend(b) == (Decimal("99.9975") + cost, Decimal(0))
     assert report(client, api_key, ids[1], [attempt()]).status_code == 200
     assert spend(b) == (Decimal("99.9975") + 2 * cost, Decimal(0))
@@ -295,9 +309,8 @@ def test_a_price_taking_effect_later_is_picked_up_without_a_registry_change(
     registry_cache.snapshot()
     time.sleep(max(0.0, (change - timezone.now()).total_seconds()) + 0.1)
     after = post(client, api_key, body).json()["decision_id"]
-    amounts = {str(r.decision_id): r.amount_usd for r in BudgetReservation.objects.all()}
-    assert amounts[before] == WORST
-    assert amounts[after] == Decimal("0.008128")  # 8 000 * 1.00 + 64 * 2.00 per Mtok
+    assert holds(before) == WORST
+    assert holds(after) == Decimal("0.008128")  # 8 000 * 1.00 + 64 * 2.00 per Mtok
     # Outcomes are charged at the price in force at decision time, whenever reported.
     assert report(client, api_key, before, [attempt()]).status_code == 200
     assert report(client, api_key, after, [attempt()]).status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -67,6 +67,7 @@ def make_row(
         "metadata": {},
         "path": {},
         "response": {"decision_id": str(decision_id)},
+        "budget_holds": [],
         "reservations": reservations or [],
         "request_sha256": "",
     }
@@ -122,19 +123,28 @@ class WriterGate:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.results: dict[uuid.UUID, Any] = {}
-        recorder.admit = self._hook
+        recorder.admission = self
         self.thread = threading.Thread(
             target=_record_into, args=(recorder, self.row, self.results, 10)
         )
 
-    def _hook(
-        self, cursor: psycopg.Cursor[Any], rows: list[DecisionRow]
+    def admit(
+        self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]
     ) -> dict[uuid.UUID, dict[str, Any]]:
         if any(r["id"] == self.row["id"] for r in rows):
             self.entered.set()
             assert self.release.wait(10)
             return {self.row["id"]: {"gate": True}}
         return {}
+
+    def give_back(self, rows: Iterable[DecisionRow]) -> None:
+        pass
+
+    def tick(self, conn: psycopg.Connection[Any], *, close_all: bool = False) -> None:
+        pass
+
+    def has_open(self) -> bool:
+        return False
 
     def close(self) -> None:
         self.thread.start()
@@ -162,24 +172,51 @@ class WriterGate:
         return results
 
 
+AdmitFn = Callable[[psycopg.Connection[Any], list[DecisionRow]], dict[uuid.UUID, Any]]
+
+
+class FnAdmission:
+    """A test admission hook around ``fn(conn, rows) -> refusals``: admitted rows get one
+    hold per reservation (lease 0); rows given back are noted."""
+
+    def __init__(self, fn: AdmitFn) -> None:
+        self.fn = fn
+        self.given_back: list[uuid.UUID] = []
+
+    def admit(
+        self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        refused = self.fn(conn, list(rows))
+        for r in rows:
+            if r["id"] not in refused:
+                r["budget_holds"] = [[0, str(res["amount_usd"])] for res in r["reservations"]]
+        return refused
+
+    def give_back(self, rows: Iterable[DecisionRow]) -> None:
+        self.given_back.extend(r["id"] for r in rows)
+
+    def tick(self, conn: psycopg.Connection[Any], *, close_all: bool = False) -> None:
+        pass
+
+    def has_open(self) -> bool:
+        return False
+
+
 class LimitHook:
-    """A test admission hook: refuses rows whose reservation exceeds ``limit`` and notes the
-    transaction it ran in and what it could see."""
+    """Refuses rows whose reservation exceeds ``limit`` and notes what it could see."""
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.calls: list[dict[str, Any]] = []
 
     def __call__(
-        self, cursor: psycopg.Cursor[Any], rows: list[DecisionRow]
+        self, conn: psycopg.Connection[Any], rows: list[DecisionRow]
     ) -> dict[uuid.UUID, dict[str, Any]]:
-        cursor.execute("SELECT txid_current()")
-        xid = cursor.fetchone()[0]  # type: ignore[index]
-        cursor.execute(
+        row = conn.execute(
             "SELECT count(*) FROM telemetry_decision WHERE id = ANY(%s)", [[r["id"] for r in rows]]
-        )
-        visible = cursor.fetchone()[0]  # type: ignore[index]
-        self.calls.append({"ids": [r["id"] for r in rows], "xid": xid, "visible": visible})
+        ).fetchone()
+        assert row is not None
+        self.calls.append({"ids": [r["id"] for r in rows], "visible": row[0]})
         return {
             r["id"]: {"budget_id": res["budget_id"], "amount_usd": res["amount_usd"]}
             for r in rows
@@ -188,11 +225,12 @@ class LimitHook:
         }
 
 
-def test_admission_hook_refuses_rows_inside_the_writing_transaction(
+def test_admission_holds_rows_before_they_are_written_and_refused_rows_are_not(
     rec: DecisionRecorder,
 ) -> None:
     hook = LimitHook(limit=1.0)
-    rec.admit = hook
+    admission = FnAdmission(hook)
+    rec.admission = admission
     ok = [make_row(reservations=[{"budget_id": 7, "amount_usd": 0.5}]) for _ in range(4)]
     plain = [make_row() for _ in range(3)]
     too_much = make_row(reservations=[{"budget_id": 7, "amount_usd": 2.5}])
@@ -211,26 +249,26 @@ def test_admission_hook_refuses_rows_inside_the_writing_transaction(
     assert stored == {r["id"] for r in ok + plain}
     # A refused keyed row leaves no idempotency key behind: a retry decides afresh.
     assert not DecisionIdempotency.objects.filter(request_id="hook-1").exists()
-
-    # The hook ran before the rows were written, in the transaction that wrote them.
+    # The hook ran before the rows were written; the holds are written with the rows.
     assert hook.calls and all(call["visible"] == 0 for call in hook.calls)
     seen = {i for call in hook.calls for i in call["ids"]}
     assert {r["id"] for r in ok} | {too_much["id"], too_much_keyed["id"]} <= seen
-    with psycopg.connect(**_params()) as conn:
-        xmins = dict(
-            conn.execute(
-                "SELECT id, xmin::text::bigint FROM telemetry_decision WHERE id = ANY(%s)",
-                [[r["id"] for r in ok]],
-            ).fetchall()
-        )
-    for row in ok:
-        call = next(c for c in hook.calls if row["id"] in c["ids"])
-        assert xmins[row["id"]] == call["xid"]
+    assert not {r["id"] for r in plain} & seen  # rows without reservations skip the hook
+    holds = dict(DecisionRecord.objects.values_list("id", "budget_holds"))
+    assert all(holds[r["id"]] == [[0, "0.5"]] for r in ok)
+    assert all(holds[r["id"]] == [] for r in plain)
+
+    # A row that loses its request_id to a stored decision gives its holds back.
+    first = make_row(request_id="dup-1", reservations=[{"budget_id": 7, "amount_usd": 0.5}])
+    assert rec.record(first) == "stored"
+    second = make_row(request_id="dup-1", reservations=[{"budget_id": 7, "amount_usd": 0.5}])
+    assert rec.record(second) == "duplicate"
+    assert admission.given_back == [second["id"]]
 
 
 def test_admission_hook_is_not_called_without_reservations(rec: DecisionRecorder) -> None:
     hook = LimitHook(limit=0.0)
-    rec.admit = hook
+    rec.admission = FnAdmission(hook)
     rows = [make_row() for _ in range(3)] + [make_row(request_id="no-res")]
     results = record_all(rec, rows)
     assert all(results[r["id"]] == "stored" for r in rows)
@@ -238,15 +276,16 @@ def test_admission_hook_is_not_called_without_reservations(rec: DecisionRecorder
 
 
 def test_admission_hook_database_error_fails_its_batch_only(rec: DecisionRecorder) -> None:
-    def broken(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
-        cursor.execute("SELECT 1 / 0")
+    def broken(conn: psycopg.Connection[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+        conn.execute("SELECT 1 / 0")
         return {}
 
-    rec.admit = broken
+    rec.admission = FnAdmission(broken)
     bad = make_row(reservations=[{"budget_id": 1, "amount_usd": 0.1}])
-    with pytest.raises(RecordingFailed):
+    with pytest.raises(RecordingFailed) as failed:
         rec.record(bad, timeout_s=2)
-    rec.admit = None
+    assert not isinstance(failed.value, RecordingInvalid)  # not the row's fault
+    rec.admission = None
     good = make_row()
     assert rec.record(good, timeout_s=5) == "stored"
     assert set(DecisionRecord.objects.values_list("id", flat=True)) == {good["id"]}
@@ -323,14 +362,14 @@ def test_a_hung_writer_is_replaced_and_never_acknowledges(rec: DecisionRecorder)
     rec.hang_s = 0.5
     calls: list[float] = []
 
-    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+    def hook(conn: psycopg.Connection[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
         calls.append(time.monotonic())
         if len(calls) == 1:
-            time.sleep(2.5)  # the first writer hangs here, its transaction open
+            time.sleep(2.5)  # the first writer hangs here
             return {}
         return {r["id"]: {"refused": "by the replacement writer"} for r in rows}
 
-    rec.admit = hook
+    rec.admission = FnAdmission(hook)
     hung = make_row(request_id="hung-1", reservations=[{"budget_id": 1, "amount_usd": 1.0}])
     started = time.monotonic()
     with pytest.raises(RecordingRefused) as refused:
@@ -352,13 +391,13 @@ def test_a_writer_hung_after_writing_is_replaced_and_rows_land_once(
     rec.hang_s = 0.5
     calls: list[int] = []
 
-    def hook(cursor: psycopg.Cursor[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
+    def hook(conn: psycopg.Connection[Any], rows: list[DecisionRow]) -> dict[uuid.UUID, Any]:
         calls.append(len(rows))
         if len(calls) == 1:
             time.sleep(2.0)
         return {}
 
-    rec.admit = hook
+    rec.admission = FnAdmission(hook)
     rows = [
         make_row(request_id=f"h-{i}", reservations=[{"budget_id": 1, "amount_usd": 0.1}])
         for i in range(5)
