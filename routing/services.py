@@ -30,8 +30,6 @@ from typing import Any
 import msgspec
 import orjson
 from django.conf import settings
-from django.db import DataError, InterfaceError, OperationalError, connection
-from django.utils import timezone
 
 from controlplane.authentication import bearer_secret
 from controlplane.errors import ApiError
@@ -48,19 +46,17 @@ from routing.engine import (
     estimated_cost_usd,
 )
 from routing.pii import request_free_text_stored, request_scan
-from routing.recording import decision_response, decision_row_build
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
 from telemetry.budgets import BudgetLeases
 from telemetry.ids import uuid7, uuid7_time
-from telemetry.models import DecisionIdempotency, DecisionRecord
+from telemetry.record import decision_response, decision_row_build, replay, stored_decision
 from telemetry.recorder import (
     RecordingBusy,
     RecordingFailed,
     RecordingInvalid,
     RecordingRefused,
     Reservation,
-    idempotency_window,
     recorder,
 )
 
@@ -195,59 +191,6 @@ def _request_sha256(data: DecisionInput) -> str:
     return hashlib.sha256(_canonical_encoder.encode(data)).hexdigest()
 
 
-def _stored_decision(application_id: int, request_id: str) -> tuple[str, dict[str, Any]] | None:
-    """(body hash, response) of the live decision under this idempotency key, if any.
-
-    A key older than the idempotency window is ignored (the new decision takes it over)."""
-    try:
-        return _stored_decision_read(application_id, request_id)
-    except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
-        raise ApiError(
-            400,
-            "invalid",
-            "request_id: contains a character that cannot be stored (e.g. NUL).",
-            {"request_id": ["contains a character that cannot be stored"]},
-        ) from exc
-    except (OperationalError, InterfaceError):
-        # The fast path skips Django's per-request connection checks: a thread's connection
-        # may have died with a database restart since its last use. Reopen it once.
-        if connection.in_atomic_block:
-            raise
-        connection.close()
-        return _stored_decision_read(application_id, request_id)
-
-
-def _stored_decision_read(
-    application_id: int, request_id: str
-) -> tuple[str, dict[str, Any]] | None:
-    cutoff = timezone.now() - idempotency_window()
-    entry = DecisionIdempotency.objects.filter(
-        application_id=application_id, request_id=request_id, created_at__gte=cutoff
-    ).first()
-    if entry is None:
-        return None
-    record = (
-        DecisionRecord.objects.filter(id=entry.decision_id, created_at=entry.created_at)
-        .only("response")
-        .first()
-    )
-    return (entry.body_sha256, record.response) if record is not None else None
-
-
-def _replay(stored: tuple[str, dict[str, Any]], request_sha256: str) -> tuple[int, dict[str, Any]]:
-    """The stored decision for a repeated request_id, if the body is the same one."""
-    stored_sha256, response = stored
-    if stored_sha256 and stored_sha256 != request_sha256:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "This request_id was already used with a different request body; use a new "
-            "request_id for a new request.",
-            {"request_id": ["already used with a different body"]},
-        )
-    return 200, response
-
-
 def decision_create(*, authorization: str, body: bytes) -> tuple[int, dict[str, Any]]:
     """Run the pipeline; ApiError carries any refusal (status, code, message)."""
     started = time.perf_counter_ns()
@@ -267,9 +210,9 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
     team = _effective_team(key, data.team)
     request_sha256 = _request_sha256(data) if data.request_id else ""
     if data.request_id:
-        stored = _stored_decision(key.application_id, data.request_id)
+        stored = stored_decision(key.application_id, data.request_id)
         if stored is not None:
-            return _replay(stored, request_sha256)
+            return replay(stored, request_sha256)
 
     snapshot = registry_cache.snapshot()
     prompt = data.prompt or ""
@@ -362,10 +305,10 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
     if outcome == "duplicate":
         # Another request with this request_id won (and has committed): answer with its
         # decision, or 409 if it carried another body.
-        stored = _stored_decision(key.application_id, data.request_id or "")
+        stored = stored_decision(key.application_id, data.request_id or "")
         if stored is None:  # the winner was refused, or its key expired meanwhile
             raise ApiError(503, "recording_unavailable", "Retry.")
-        return _replay(stored, request_sha256)
+        return replay(stored, request_sha256)
     model = decision.model
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)

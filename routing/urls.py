@@ -6,15 +6,5 @@ from routing import apis
 
 urlpatterns = [
     path("api/v1/decisions", apis.DecisionCreateApi.as_view(), name="api-decisions"),
-    path(
-        "api/v1/decisions/<str:decision_id>",
-        apis.DecisionDetailApi.as_view(),
-        name="api-decision-detail",
-    ),
-    path(
-        "api/v1/decisions/<str:decision_id>/outcome",
-        apis.DecisionOutcomeApi.as_view(),
-        name="api-decision-outcome",
-    ),
     path("metrics", apis.MetricsView.as_view(), name="metrics"),
 ]

@@ -56,11 +56,11 @@ from routing.engine import (
     decide,
     snapshot_build,
 )
-from routing.recording import decision_row_build
 from routing.snapshot import registry_snapshot_build, route_info
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionRecord
 from telemetry.partitions import partitions_ensure
+from telemetry.record import decision_row_build
 from telemetry.recorder import DecisionRow, decision_rows_copy
 from telemetry.rollups import rollups_rebuild
 from telemetry.services import AttemptInput, OutcomeInput, outcome_report_batch

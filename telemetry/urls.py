@@ -2,9 +2,19 @@ from __future__ import annotations
 
 from django.urls import URLPattern, URLResolver, path
 
-from telemetry import views
+from telemetry import apis, views
 
 urlpatterns: list[URLPattern | URLResolver] = [
+    path(
+        "api/v1/decisions/<str:decision_id>",
+        apis.DecisionDetailApi.as_view(),
+        name="api-decision-detail",
+    ),
+    path(
+        "api/v1/decisions/<str:decision_id>/outcome",
+        apis.DecisionOutcomeApi.as_view(),
+        name="api-decision-outcome",
+    ),
     path(
         "dashboards/task-classes/<slug:slug>/",
         views.task_class_page,

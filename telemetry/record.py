@@ -1,4 +1,15 @@
-"""Turn an engine decision into the API response and the stored decision row."""
+"""The decision record, in one place: what is stored for a decision and how it is read back.
+
+The telemetry app owns the decision record end to end:
+- this module turns an engine decision into the response it answers (and replays) and the
+  row it stores (``decision_response``, ``decision_row_build``), finds the decision stored
+  under an idempotency key (``stored_decision``, ``replay``) and reads a decision for a
+  caller (``decision_for_caller``);
+- telemetry.recorder writes rows durably (group commit, ack after COMMIT, budget holds);
+- telemetry.retention expires free text, idempotency keys and partitions;
+- telemetry.apis serves the read and outcome APIs; telemetry.services charges outcomes.
+The routing app decides (routing.engine, routing.services) and hands the record here.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +18,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from django.db import DataError, InterfaceError, OperationalError, connection
+from django.utils import timezone
+
+from controlplane.authentication import ApiPrincipal
+from controlplane.errors import ApiError
+from controlplane.roles import ADMIN, user_has_role
 from routing.engine import Decision, DecisionRequest
-from telemetry.recorder import DecisionRow, Reservation
+from telemetry.ids import is_uuid7, uuid7_time
+from telemetry.models import DecisionIdempotency, DecisionRecord
+from telemetry.recorder import DecisionRow, Reservation, idempotency_window
+
+# -- building: response and row -------------------------------------------------------------
 
 
 def decision_response(
@@ -144,3 +165,81 @@ def decision_row_build(
         "reservations": list(reservations),
         "request_sha256": request_sha256,
     }
+
+
+# -- idempotency: the decision stored under a request_id ----------------------------------
+
+
+def stored_decision(application_id: int, request_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(body hash, response) of the live decision under this idempotency key, if any.
+
+    A key older than the idempotency window is ignored (the new decision takes it over)."""
+    try:
+        return _stored_decision_read(application_id, request_id)
+    except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
+        raise ApiError(
+            400,
+            "invalid",
+            "request_id: contains a character that cannot be stored (e.g. NUL).",
+            {"request_id": ["contains a character that cannot be stored"]},
+        ) from exc
+    except (OperationalError, InterfaceError):
+        # The fast path skips Django's per-request connection checks: a thread's connection
+        # may have died with a database restart since its last use. Reopen it once.
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return _stored_decision_read(application_id, request_id)
+
+
+def _stored_decision_read(
+    application_id: int, request_id: str
+) -> tuple[str, dict[str, Any]] | None:
+    cutoff = timezone.now() - idempotency_window()
+    entry = DecisionIdempotency.objects.filter(
+        application_id=application_id, request_id=request_id, created_at__gte=cutoff
+    ).first()
+    if entry is None:
+        return None
+    record = (
+        DecisionRecord.objects.filter(id=entry.decision_id, created_at=entry.created_at)
+        .only("response")
+        .first()
+    )
+    return (entry.body_sha256, record.response) if record is not None else None
+
+
+def replay(stored: tuple[str, dict[str, Any]], request_sha256: str) -> tuple[int, dict[str, Any]]:
+    """The stored decision for a repeated request_id, if the body is the same one."""
+    stored_sha256, response = stored
+    if stored_sha256 and stored_sha256 != request_sha256:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "This request_id was already used with a different request body; use a new "
+            "request_id for a new request.",
+            {"request_id": ["already used with a different body"]},
+        )
+    return 200, response
+
+
+# -- reading a decision for a caller --------------------------------------------------------
+
+
+def decision_for_caller(user: Any, decision_id: str) -> DecisionRecord:
+    """The decision if the caller may see it; 404 otherwise (never reveal other apps' ids)."""
+    try:
+        value = uuid.UUID(decision_id)
+    except ValueError as exc:
+        raise ApiError(404, "not_found", "No such decision.") from exc
+    if not is_uuid7(value):
+        raise ApiError(404, "not_found", "No such decision.")
+    record = DecisionRecord.objects.filter(id=value, created_at=uuid7_time(value)).first()
+    if record is None:
+        raise ApiError(404, "not_found", "No such decision.")
+    if isinstance(user, ApiPrincipal):
+        if user.application.pk != record.application_id:
+            raise ApiError(404, "not_found", "No such decision.")
+    elif not (getattr(user, "is_staff", False) or user_has_role(user, ADMIN)):
+        raise ApiError(404, "not_found", "No such decision.")
+    return record
