@@ -141,6 +141,16 @@ def stored_count(url: str) -> int:
         return conn.execute("SELECT count(*) FROM telemetry_decision").fetchone()[0]
 
 
+def budget_holding(url: str) -> dict:
+    """How the budgets were held: decisions with holds, and the leases it took."""
+    with psycopg.connect(url) as conn:
+        held = conn.execute(
+            "SELECT count(*) FROM telemetry_decision WHERE budget_holds <> '[]'::jsonb"
+        ).fetchone()[0]
+        leases = conn.execute("SELECT count(*) FROM controlplane_budgetlease").fetchone()[0]
+    return {"decisions_with_holds": held, "budget_leases_taken": leases}
+
+
 def stored_ids(url: str, ids: list[str]) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -179,7 +189,7 @@ def main() -> int:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    # The load reports no outcomes, so every decision's worst case stays reserved for the
+    # The load reports no outcomes, so every decision's worst case stays held for the
     # reservation TTL: with the demo limits the run would measure 429s. Budgets keep applying
     # (every decision still reserves against each of them), with room for the whole run.
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -278,6 +288,7 @@ def main() -> int:
                 "stored_checked": len(ids),
             },
             "stored_during_saturation": after_sat - before,
+            "budgets": budget_holding(db_url),
             "workers": int(workers),
             "targets": {
                 "p50_ms": 3,
