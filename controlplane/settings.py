@@ -186,6 +186,9 @@ SWITCHYARD_PARTITIONS_AHEAD_DAYS = env_int("SWITCHYARD_PARTITIONS_AHEAD_DAYS", 1
 # budget spends and observed model statistics this often.
 SWITCHYARD_SNAPSHOT_CHECK_S = float(env_str("SWITCHYARD_SNAPSHOT_CHECK_S", "0.5"))
 SWITCHYARD_BUDGET_REFRESH_S = float(env_str("SWITCHYARD_BUDGET_REFRESH_S", "1.0"))
+# A cached API key is re-read from the database at least this often (seconds), even if no
+# registry change cleared the cache (routing/snapshot.py, "API keys").
+SWITCHYARD_KEY_CACHE_MAX_S = float(env_str("SWITCHYARD_KEY_CACHE_MAX_S", "60"))
 # Decision request limits (413 above them) and how long a request waits to be recorded.
 SWITCHYARD_MAX_PROMPT_CHARS = env_int("SWITCHYARD_MAX_PROMPT_CHARS", 200_000)
 SWITCHYARD_MAX_METADATA_BYTES = env_int("SWITCHYARD_MAX_METADATA_BYTES", 4096)

@@ -9,7 +9,8 @@ A background thread per process does the refreshing, so no request ever waits fo
 1. Every ``SWITCHYARD_SNAPSHOT_CHECK_S`` seconds, one query reads the registry generation
    (a sequence bumped after any registry change commits). If it moved, the whole snapshot
    is rebuilt: active routing table, models with every dated price, task classes, budgets,
-   and the API-key cache is cleared (so a revoked key stops working within that interval).
+   and the API-key cache is cleared (so a revoked key stops working within that interval:
+   see "API keys" below).
    Models carry the price in force now (routing.pricing.price_in_force); the cache knows
    when the next dated price takes effect and re-prices the snapshot at that instant (the
    first request after it does so before deciding), with no registry change.
@@ -18,6 +19,18 @@ A background thread per process does the refreshing, so no request ever waits fo
    snapshot rebuilt. (The snapshot's budget view is a pre-check; the exact check is the
    reservation admitted with the decision record, telemetry/budgets.py.)
 3. Otherwise a request reads the snapshot from memory: no query at all.
+
+API keys are cached per process by secret hash (``key_for_secret``). A lookup that misses
+reads the key from the database outside any lock, so a revocation can commit, and this
+process clear its cache, between that read and the insert; the stale row would then be
+cached until the *next* registry change. So every clear bumps a key epoch under
+``_keys_lock``, and a lookup inserts its row only if the epoch it noted before the read
+has not moved. Independently, no cached entry is trusted for longer than
+``SWITCHYARD_KEY_CACHE_MAX_S`` (it is re-read), which bounds a key's life in the cache even
+if a generation bump were lost (the bump runs after the revoking transaction commits).
+Guarantee: once a revocation has committed, every key lookup that starts after each
+process's next generation check (``SWITCHYARD_SNAPSHOT_CHECK_S``, plus one refresh) refuses
+the key, in every process; requests already past the key check are unaffected.
 """
 
 from __future__ import annotations
@@ -278,7 +291,11 @@ class RegistryCache:
         self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
         self._budgets_at = 0.0
-        self._keys: dict[str, KeyInfo | None] = {}
+        # Secret hash -> (key or None, time.monotonic() when read). Guarded by _keys_lock;
+        # _keys_epoch counts the clears (an insert is refused if one happened meanwhile).
+        self._keys: dict[str, tuple[KeyInfo | None, float]] = {}
+        self._keys_lock = threading.Lock()
+        self._keys_epoch = 0
         self._refresher: threading.Thread | None = None
         self._inputs: tuple[Any, ...] | None = None
         self._prices_until = float("inf")  # epoch seconds of the next dated price
@@ -333,7 +350,7 @@ class RegistryCache:
             reload_static = generation != self._generation or self._static is None
             if reload_static:
                 self._static = _static_load(now)
-                self._keys = {}
+                self._keys_clear()
                 self._generation = generation
             assert self._static is not None
             reprice = self._reprice_due(now)
@@ -381,13 +398,24 @@ class RegistryCache:
         assert self._static is not None
         return self._static.extras.get(task_class)
 
+    def _keys_clear(self) -> None:
+        with self._keys_lock:
+            self._keys = {}
+            self._keys_epoch += 1
+
     def key_for_secret(self, secret: str) -> KeyInfo | None:
-        """The usable key for a secret; cached until the registry generation moves."""
+        """The usable key for a secret; cached until the registry generation moves (or for
+        ``SWITCHYARD_KEY_CACHE_MAX_S`` at most)."""
         self._refresh()
         digest = ApiKey.hash_secret(secret)
-        if digest in self._keys:
-            info = self._keys[digest]
+        max_age = settings.SWITCHYARD_KEY_CACHE_MAX_S
+        with self._keys_lock:
+            cached = self._keys.get(digest)
+            epoch = self._keys_epoch
+        if cached is not None and time.monotonic() - cached[1] < max_age:
+            info = cached[0]
         else:
+            read_at = time.monotonic()
             key = (
                 ApiKey.objects.select_related("application", "application__team")
                 .prefetch_related("application__acts_for_teams")
@@ -411,9 +439,13 @@ class RegistryCache:
                     or (timezone.now() - key.last_used_at).total_seconds() > 60
                 ):
                     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
-            if len(self._keys) > 10_000:
-                self._keys.clear()  # bound memory against floods of random keys
-            self._keys[digest] = info
+            with self._keys_lock:
+                # Cache it only if no clear ran since before the read: the row may predate a
+                # revocation (or a change of the key's application) that the clear was for.
+                if self._keys_epoch == epoch:
+                    if len(self._keys) > 10_000:
+                        self._keys = {}  # bound memory against floods of random keys
+                    self._keys[digest] = (info, read_at)
         if info is not None and info.expires_at is not None and info.expires_at <= timezone.now():
             return None
         return info
