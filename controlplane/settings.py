@@ -252,8 +252,16 @@ SWITCHYARD_ROLLUP_REFRESH_S = env_int("SWITCHYARD_ROLLUP_REFRESH_S", 60)
 # seconds is released (checked every SWITCHYARD_RESERVATION_EXPIRE_EVERY_S by Celery beat).
 SWITCHYARD_RESERVATION_TTL_S = env_int("SWITCHYARD_RESERVATION_TTL_S", 900)
 SWITCHYARD_RESERVATION_EXPIRE_EVERY_S = env_int("SWITCHYARD_RESERVATION_EXPIRE_EVERY_S", 60)
+# Confidence (routing/confidence.py): graded success counts of this many recent days,
+# recomputed this often (seconds) by Celery beat.
+SWITCHYARD_CONFIDENCE_WINDOW_DAYS = env_int("SWITCHYARD_CONFIDENCE_WINDOW_DAYS", 14)
+SWITCHYARD_CONFIDENCE_REFRESH_S = env_int("SWITCHYARD_CONFIDENCE_REFRESH_S", 300)
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "evaluation-graded-counts-refresh": {
+        "task": "evaluation.tasks.graded_counts_refresh_task",
+        "schedule": float(SWITCHYARD_CONFIDENCE_REFRESH_S),
+    },
     "telemetry-rollups-refresh": {
         "task": "telemetry.tasks.rollups_refresh_task",
         "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),

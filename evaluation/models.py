@@ -382,3 +382,33 @@ class Proposal(models.Model):
     @property
     def is_manual(self) -> bool:
         return self.sweep_run_id is None and self.created_by_id is not None
+
+
+class GradedCount(models.Model):
+    """Graded trials of one model on one task class over the recent window: what each
+    decision's ``confidence`` is estimated from (``routing.confidence``). Recomputed whole
+    by ``evaluation.services.calibration.graded_counts_refresh`` (Celery beat), never
+    incremented; the decision API reads it with the snapshot, off the request path."""
+
+    task_class = models.CharField(max_length=64)
+    model = models.CharField(max_length=64)
+    successes = models.PositiveIntegerField(default=0)
+    trials = models.PositiveIntegerField(default=0)
+    live_trials = models.PositiveIntegerField(default=0, help_text="Graded live outcomes")
+    sweep_trials = models.PositiveIntegerField(default=0, help_text="Graded sweep samples")
+    window_start = models.DateTimeField()
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["task_class", "model"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_class", "model"], name="one_graded_count_per_pair"
+            ),
+            models.CheckConstraint(
+                condition=Q(successes__lte=models.F("trials")), name="graded_successes_le_trials"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class} {self.model}: {self.successes}/{self.trials}"

@@ -25,6 +25,7 @@ from evaluation.client import ModelTarget, model_timeout_s
 from evaluation.graders import GraderSpec, grader_default_spec
 from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
+    GradedCount,
     GraderConfig,
     Proposal,
     ProposalStatus,
@@ -32,6 +33,7 @@ from evaluation.models import (
     SweepSample,
 )
 from evaluation.replay import PromptShape
+from routing.confidence import SuccessCount
 from telemetry.models import DecisionOutcome, DecisionRecord
 
 PERSONAL_CLASSIFICATIONS = ("personal", "confidential")
@@ -335,3 +337,13 @@ def sweep_schedule_list() -> QuerySet[PeriodicTask]:
 def proposal_waiting_count() -> int:
     """Proposals that wait for a Reviewer's decision (the landing page points to them)."""
     return Proposal.objects.filter(status=ProposalStatus.PROPOSED).count()
+
+
+def graded_counts() -> dict[tuple[str, str], SuccessCount]:
+    """Graded success counts keyed (model, task class) (see routing.confidence)."""
+    return {
+        (model, task_class): SuccessCount(successes=s, trials=n)
+        for task_class, model, s, n in GradedCount.objects.values_list(
+            "task_class", "model", "successes", "trials"
+        )
+    }

@@ -52,3 +52,11 @@ def sweep_reap_stale() -> int:
 @shared_task
 def sweep_samples_purge() -> int:
     return services.sweep_samples_purge()
+
+
+@shared_task(name="evaluation.tasks.graded_counts_refresh_task", ignore_result=True)
+def graded_counts_refresh_task() -> int:
+    """Recompute the graded success counts behind decisions' confidence."""
+    from evaluation.services.calibration import graded_counts_refresh
+
+    return graded_counts_refresh()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from routing import enums
+from routing.confidence import PRIOR_BY_TIER
 
 __all__ = [
     "BUDGET_SCOPE_VALUES",
@@ -61,8 +62,8 @@ BUDGET_PERIOD_VALUES: Final = enums.values(enums.BudgetPeriod)
 HARD_ACTION_VALUES: Final = enums.values(enums.HardAction)
 DATA_CLASSIFICATION_VALUES: Final = enums.values(enums.DataClassification)
 
-DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = {1: 0.7, 2: 0.8, 3: 0.9}
-FALLBACK_CONFIDENCE_FACTOR: Final = 0.9
+# Confidence when the snapshot has no estimate for (model, task class): the tier's prior.
+DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = PRIOR_BY_TIER
 
 _NO_TIER_LIMIT: Final = 1 << 30
 _SCOPE_LABEL: Final[Mapping[str, str]] = {
@@ -232,7 +233,7 @@ class _Plan:
     high_risk: bool
     policy_local: bool
     base_budgets: tuple[_BudgetEntry, ...]  # global + this task class, in snapshot order
-    quality: Mapping[str, float]  # observed success rate by model slug
+    quality: Mapping[str, float]  # calibrated success probability by model slug
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,8 +697,9 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        route model that would have served the request without it (it "changed the
        choice"), else ``fallback`` (the primary failed for an ordinary reason: status,
        route condition, context, latency, cost).  Later accepted candidates become the
-       fallbacks, with the route's escalation triggers.  Confidence is the observed
-       quality of (model, task class) or a per-tier default, times 0.9 for ``fallback``.
+       fallbacks, with the route's escalation triggers.  Confidence is the calibrated
+       probability that the chosen model succeeds on the request: the snapshot's estimate
+       for (model, task class) (routing/confidence.py), or the tier's prior without one.
     7. ``handoff_required`` for high-risk task classes; ``max_output_tokens`` is the
        selected model's output cap (min of task class default and model maximum).
     """
@@ -902,9 +904,6 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
     confidence = plan.quality.get(slug)
     if confidence is None:
         confidence = DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7)
-    if strategy == "fallback":
-        confidence *= FALLBACK_CONFIDENCE_FACTOR
-        confidence = round(confidence, 4)
     if confidence > 1.0:
         confidence = 1.0
     elif confidence < 0.0:

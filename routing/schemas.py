@@ -72,10 +72,28 @@ class OutcomeReport(msgspec.Struct, forbid_unknown_fields=True):
 
     attempts: Annotated[list[AttemptReport], msgspec.Meta(min_length=1, max_length=20)]
     final_status: AttemptStatus
-    quality_score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    quality_score: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=1,
+                description="Grade of the answer; at least 0.5 counts the routed model's "
+                "attempt as a success in the confidence estimate (see decision.confidence)",
+            ),
+        ]
+        | None
+    ) = None
     user_feedback: Annotated[Text, msgspec.Meta(max_length=32)] = ""
     # Grader or schema-check results: values are scalars, or one level of lists/objects.
-    validation: dict[Text, Scalar | list[Scalar] | dict[Text, Scalar]] = {}
+    # A boolean ``valid`` or ``schema_valid`` grades the outcome (routing/confidence.py).
+    validation: Annotated[
+        dict[Text, Scalar | list[Scalar] | dict[Text, Scalar]],
+        msgspec.Meta(
+            description="Grader or schema-check results; a boolean `valid` or `schema_valid` "
+            "grades the routed model's attempt for the confidence estimate"
+        ),
+    ] = {}
     retrieval_document_ids: DocumentIds = []
 
 

@@ -110,10 +110,26 @@ class BudgetStateSerializer(serializers.Serializer[Any]):
     action = serializers.CharField()
 
 
+CONFIDENCE_HELP = (
+    "The calibrated probability (0–1) that the chosen model succeeds on this request. "
+    "Estimated from the model's graded outcomes on this task class over the last "
+    "SWITCHYARD_CONFIDENCE_WINDOW_DAYS days (outcomes reported with a quality_score or a "
+    "boolean validation.valid / validation.schema_valid, and graded sweep samples), shrunk "
+    "towards the class's rate on the model's tier (tier prior 0.7 / 0.8 / 0.9) when there is "
+    "little data. An outcome counts as a success when the routed model's first attempt "
+    "ended ok, its quality_score is at least 0.5 and no validation verdict is false. "
+    "Calibration (reliability curve, Brier score) is measured on the calibration page."
+)
+
+
 class DecisionOutputSerializer(serializers.Serializer[Any]):
     decision_id = serializers.UUIDField()
     model = ModelRefSerializer()
-    confidence = serializers.FloatField()
+    confidence = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text=CONFIDENCE_HELP,
+    )
     strategy = serializers.CharField()
     reason = serializers.CharField()
     fallbacks = FallbackSerializer(many=True)
