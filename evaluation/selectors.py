@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,8 @@ from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
     GradedCount,
     GraderConfig,
+    LearnedRouter,
+    LearnedRouterStatus,
     Proposal,
     ProposalStatus,
     SweepRun,
@@ -34,7 +37,10 @@ from evaluation.models import (
 )
 from evaluation.replay import PromptShape
 from routing.confidence import SuccessCount
+from routing.learned import LearnedRouterInfo, learned_router_from_data
 from telemetry.models import DecisionOutcome, DecisionRecord
+
+logger = logging.getLogger(__name__)
 
 PERSONAL_CLASSIFICATIONS = ("personal", "confidential")
 REFERENCE_KEYS = ("reference_answer", "reference")
@@ -347,3 +353,27 @@ def graded_counts() -> dict[tuple[str, str], SuccessCount]:
             "task_class", "model", "successes", "trials"
         )
     }
+
+
+def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
+    """The engine's router from stored data (ValueError if malformed)."""
+    return learned_router_from_data(
+        task_class=router.task_class.slug,
+        version=router.version,
+        hashing=router.hashing,
+        threshold=router.threshold,
+        coefficients=router.coefficients,
+    )
+
+
+def learned_routers_active() -> dict[str, LearnedRouterInfo]:
+    """Active learned routers by task class slug; malformed ones are logged and skipped."""
+    out = {}
+    for router in LearnedRouter.objects.filter(status=LearnedRouterStatus.ACTIVE).select_related(
+        "task_class"
+    ):
+        try:
+            out[router.task_class.slug] = learned_router_info(router)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("learned router %s is malformed; skipped", router.pk, exc_info=True)
+    return out

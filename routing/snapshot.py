@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +57,7 @@ from routing.engine import (
     TaskClassInfo,
     snapshot_build,
 )
+from routing.learned import LearnedRouterInfo
 from routing.pricing import next_price_change, price_in_force, price_schedule
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class _Static:
     extras: dict[str, TaskClassExtras]
     schedules: dict[str, list[ModelPrice]]  # every dated price per model slug, oldest first
     prices_until: datetime | None  # when the next dated price takes effect
+    learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # active, by class
 
 
 def _models_priced(
@@ -189,6 +191,7 @@ def _static_load(now: datetime) -> _Static:
         Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
     )
     models, schedules = _models_load()
+    learned = _learned_load()
     static = _Static(
         version=active.number if active else 0,
         models=models,
@@ -198,8 +201,20 @@ def _static_load(now: datetime) -> _Static:
         extras=extras,
         schedules=schedules,
         prices_until=None,
+        learned=learned,
     )
     return _static_repriced(static, now)
+
+
+def _learned_load() -> dict[str, LearnedRouterInfo]:
+    """The active learned router of each class (used where the route's strategy is
+    ``learned``). A router whose stored parameters do not check out is skipped (logged):
+    its class is routed by its rule."""
+    try:
+        from evaluation.selectors import learned_routers_active
+    except ImportError:
+        return {}
+    return learned_routers_active()
 
 
 def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetState, ...]:
@@ -291,6 +306,7 @@ def _snapshot_from(
         routes=static.routes,
         budgets=budgets,
         quality=quality,
+        learned=static.learned,
     )
 
 
