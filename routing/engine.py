@@ -717,6 +717,9 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        for (model, task class) (routing/confidence.py), or the tier's prior without one.
     7. ``handoff_required`` for high-risk task classes; ``max_output_tokens`` is the
        selected model's output cap (min of task class default and model maximum).
+
+    A route with strategy ``learned`` and an active learned router, with no local-only or
+    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead.
     """
     index = snapshot.index
     if index is None:

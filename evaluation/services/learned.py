@@ -8,10 +8,10 @@ For one task class (``learned_router_train``):
 2. Features: ``routing.learned.request_features`` (hashed n-grams, template, metadata,
    lengths) — the very function the engine calls at decision time.
 3. Per model of the class's route with enough examples of both outcomes, an L2-penalised
-   logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the requests
-   (split by a stable hash of the decision id); the other 20 % give the held-out metrics
-   (Brier score beside the base-rate predictor's, log loss, AUC, calibration error) and the
-   share of requests each model would get at the threshold.
+   logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the prompts
+   (split by a stable hash of the prompt text: a prompt is never on both sides); the other
+   20 % give the held-out metrics (Brier score beside the base-rate predictor's, log loss,
+   AUC, calibration error) and the share of requests each model would get at the threshold.
 4. Stored as a new *candidate* version of ``evaluation.LearnedRouter``: coefficients as JSON
    floats, hashing settings, threshold, window, sample sizes, metrics. Nothing serves until
    a Reviewer approves its proposal (``learned_router_propose``), which switches the route's
@@ -20,6 +20,7 @@ For one task class (``learned_router_train``):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import zlib
@@ -61,7 +62,7 @@ HELDOUT_SHARE = 5  # one request in five is held out
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    key: str  # the request (decision id): splits train / held-out by request
+    key: str  # the prompt: splits train / held-out by prompt (a prompt is never in both)
     model: str
     features: dict[int, float]
     success: bool
@@ -88,6 +89,11 @@ WHERE s.task_class = %(task_class)s AND s.created_at >= %(since)s AND s.created_
 """
 
 
+def _json(value: Any) -> Any:
+    """jsonb from a raw cursor: Django's connection hands it over as text."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def training_examples(
     task_class: str, *, since: datetime, until: datetime, spec: HashingSpec
 ) -> list[Example]:
@@ -96,33 +102,33 @@ def training_examples(
     with connection.cursor() as cursor:
         params: dict[str, Any] = {"task_class": task_class, "since": since, "until": until}
         cursor.execute(_LIVE_SQL, params)
-        for ident, model, attempts, quality, validation, prompt, tpl, tpl_v, meta in cursor:
+        for _, model, attempts, quality, validation, prompt, tpl, tpl_v, meta in cursor:
             ok = graded_success(
                 routed_model=model,
-                attempts=attempts or [],
+                attempts=_json(attempts) or [],
                 quality_score=quality,
-                validation=validation,
+                validation=_json(validation),
             )
             if ok is None:
                 continue
             features = request_features(
-                spec, prompt, template=template_key(tpl, tpl_v), metadata=meta
+                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
             )
-            out.append(Example(str(ident), model, features, ok))
+            out.append(Example(prompt, model, features, ok))
         cursor.execute(_SWEEP_SQL, params)
-        for ident, prompt, cand, cand_ok, primary, primary_ok, tpl, tpl_v, meta in cursor:
+        for _, prompt, cand, cand_ok, primary, primary_ok, tpl, tpl_v, meta in cursor:
             features = request_features(
-                spec, prompt, template=template_key(tpl, tpl_v), metadata=meta
+                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
             )
             if cand_ok is not None:
-                out.append(Example(str(ident), cand, features, bool(cand_ok)))
+                out.append(Example(prompt, cand, features, bool(cand_ok)))
             if primary and primary_ok is not None:
-                out.append(Example(str(ident), primary, features, bool(primary_ok)))
+                out.append(Example(prompt, primary, features, bool(primary_ok)))
     return out
 
 
 def is_heldout(key: str) -> bool:
-    return zlib.crc32(key.encode()) % HELDOUT_SHARE == 0
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % HELDOUT_SHARE == 0
 
 
 # --------------------------------------------------------------------------------------------
