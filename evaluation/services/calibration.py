@@ -16,28 +16,18 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from evaluation.models import GradedCount
-from routing.confidence import QUALITY_PASS, VALIDATION_KEYS
+from evaluation.selectors import GRADED_OUTCOME_SQL, ROUTED_SUCCESS_SQL
+from routing.confidence import QUALITY_PASS
 
-# routing.confidence.graded_success, in SQL: graded = the first attempt was the routed
-# model, and a quality score or a boolean validation verdict is present.
-_VERDICTS = " OR ".join(f"jsonb_typeof(o.validation->'{k}') = 'boolean'" for k in VALIDATION_KEYS)
-_INVALID = " OR ".join(
-    f"coalesce(o.validation->'{k}' = 'false'::jsonb, false)" for k in VALIDATION_KEYS
-)
 _LIVE_SQL = f"""
 SELECT o.task_class, o.routed_model,
        count(*) AS trials,
-       count(*) FILTER (
-           WHERE o.attempts->0->>'status' = 'ok'
-             AND (o.quality_score IS NULL OR o.quality_score >= %(pass)s)
-             AND NOT ({_INVALID})
-       ) AS successes
+       count(*) FILTER (WHERE {ROUTED_SUCCESS_SQL}) AS successes
 FROM telemetry_outcome o
 WHERE o.decision_created_at >= %(since)s AND o.decision_created_at < %(until)s
-  AND o.attempts->0->>'model' = o.routed_model
-  AND (o.quality_score IS NOT NULL OR {_VERDICTS})
+  AND {GRADED_OUTCOME_SQL}
 GROUP BY 1, 2
-"""  # noqa: S608 (keys are constants)
+"""  # noqa: S608 (constant fragments)
 
 _SWEEP_SQL = """
 SELECT task_class, model, count(*), count(*) FILTER (WHERE success)

@@ -34,6 +34,7 @@ from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionRecord
 from telemetry.services import OutcomeInput, outcome_report_batch
 from tests import factories
+from tests.browser import roles_ensure
 
 CLASS = "multi-step-reasoning"
 # Our three tiers answer as these fleet models do (easy / medium / hard accuracy):
@@ -190,6 +191,7 @@ def test_the_router_predicts_difficulty(trained: dict[str, Any]) -> None:
 def test_proposal_approval_turns_on_learned_routing_for_live_decisions(
     trained: dict[str, Any], client: Client
 ) -> None:
+    roles_ensure()  # a transactional test: an earlier flush may have removed the role groups
     router = trained["router"]
     proposal = learned_router_propose(router)
     assert proposal is not None and proposal.change == ProposalChange.LEARNED
