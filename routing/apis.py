@@ -17,8 +17,15 @@ from controlplane.errors import ApiError
 from controlplane.permissions import scope_required
 from controlplane.roles import ADMIN, user_has_role
 from routing import metrics
-from routing.schemas import DecisionInput, OutcomeReport, outcome_report_decode
+from routing.schemas import (
+    CascadeInput,
+    DecisionInput,
+    OutcomeReport,
+    cascade_input_decode,
+    outcome_report_decode,
+)
 from routing.serializers import (
+    CascadeOutputSerializer,
     DecisionDetailOutput,
     DecisionOutputSerializer,
     ErrorSerializer,
@@ -174,6 +181,29 @@ class DecisionOutcomeApi(APIView):
         except OutcomeConflict as exc:
             raise ApiError(409, "conflict", str(exc), {"attempts": [str(exc)]}) from exc
         return Response(OutcomeOutputSerializer.from_outcome(outcome))
+
+
+class DecisionCascadeApi(APIView):
+    """POST /api/v1/decisions/{id}/cascade — accept the cheap attempt or escalate?"""
+
+    permission_classes = [scope_required("decide")]
+
+    @extend_schema(
+        request=request_body(CascadeInput),
+        responses={
+            200: CascadeOutputSerializer,
+            404: ErrorSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Too many cascade checks"),
+            **_ERRORS,
+        },
+        tags=["decisions"],
+    )
+    def post(self, request: Request, decision_id: str) -> Response:
+        from evaluation.services.cascade import cascade_check
+
+        attempt = cascade_input_decode(request._request.body)
+        record = _decision_for(request, decision_id)
+        return Response(cascade_check(record=record, attempt=attempt))
 
 
 class MetricsView(APIView):

@@ -201,6 +201,10 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
     context_tokens = serializers.IntegerField()
     candidates = CandidateSerializer(many=True)
     local_only = serializers.BooleanField()
+    cascade = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Cascade checks of attempts (POST …/cascade), oldest first",
+    )
     prompt_stored = serializers.BooleanField()
     prompt_template = PromptTemplateSerializer()
     retrieval = RetrievalSerializer()
@@ -222,6 +226,7 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
             "context_tokens": record.context_tokens,
             "candidates": path.get("candidates", []),
             "local_only": bool(path.get("local_only")),
+            "cascade": path.get("cascade", []),
             "prompt_stored": record.prompt is not None,
             "prompt_template": {
                 "id": record.prompt_template_id,
@@ -234,3 +239,23 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
             "metadata": record.metadata,
             "outcome": OutcomeOutputSerializer.from_outcome(outcome) if outcome else None,
         }
+
+
+class CascadeOutputSerializer(serializers.Serializer[Any]):
+    decision_id = serializers.UUIDField()
+    model = serializers.CharField(help_text="The model whose attempt was judged")
+    action = serializers.ChoiceField(choices=["accept", "escalate"])
+    p_success = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Probability that the attempt is a success: the decision's confidence moved "
+        "by the answer's evidence (routing/cascade.py)",
+    )
+    threshold = serializers.FloatField(
+        help_text="Escalate below this (the route's confidence_below trigger, else 0.5)"
+    )
+    escalate_to = serializers.CharField(
+        allow_null=True, help_text="The next model of the decision's fallbacks"
+    )
+    reasons = serializers.ListField(child=serializers.CharField())
+    features = serializers.DictField(child=serializers.FloatField())

@@ -16,5 +16,10 @@ urlpatterns = [
         apis.DecisionOutcomeApi.as_view(),
         name="api-decision-outcome",
     ),
+    path(
+        "api/v1/decisions/<str:decision_id>/cascade",
+        apis.DecisionCascadeApi.as_view(),
+        name="api-decision-cascade",
+    ),
     path("metrics", apis.MetricsView.as_view(), name="metrics"),
 ]
