@@ -149,8 +149,10 @@ def test_sweep_samples_count_and_old_outcomes_do_not(registry: dict[str, Any]) -
     local = counts[("small-local", "triage")]
     assert local.live_trials == 30 and local.sweep_trials == 3
     assert local.trials == 33
-    # Replaced whole: a second refresh does not double anything.
-    graded_counts_refresh()
+    # Replaced whole: a second refresh (here the beat task's) does not double anything.
+    from evaluation.tasks import graded_counts_refresh_task
+
+    assert graded_counts_refresh_task() == 2
     assert GradedCount.objects.get(model="mid-cloud").trials == 3
 
 
