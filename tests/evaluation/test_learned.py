@@ -35,6 +35,7 @@ from telemetry.models import DecisionRecord
 from telemetry.services import OutcomeInput, outcome_report_batch
 from tests import factories
 from tests.browser import roles_ensure
+from tests.conftest import client_for
 
 CLASS = "multi-step-reasoning"
 # Our three tiers answer as these fleet models do (easy / medium / hard accuracy):
@@ -198,6 +199,10 @@ def test_proposal_approval_turns_on_learned_routing_for_live_decisions(
     assert proposal.evidence["learned_router_id"] == router.pk
     assert proposal.evidence["metrics"]["small-local"]["brier"] is not None
     assert learned_router_propose(router) is None  # one open proposal per class
+    page = client_for("Viewer").get(f"/proposals/{proposal.public_id}/")
+    assert page.status_code == 200
+    assert b'data-testid="learned-router"' in page.content and b"threshold 0.80" in page.content
+    assert b"small-local (held out)" in page.content
     # Not serving before approval.
     registry_cache.invalidate()
     _, secret = registry_services.api_key_create(application=trained["app"], scopes=["decide"])
