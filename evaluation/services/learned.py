@@ -372,11 +372,24 @@ def learned_router_activate(router: LearnedRouter) -> None:
     router.save(update_fields=["status", "activated_at"])
 
 
+def _routed_by_learned() -> set[str]:
+    active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+    if active is None:
+        return set()
+    return set(
+        Route.objects.filter(version=active, strategy="learned").values_list(
+            "task_class__slug", flat=True
+        )
+    )
+
+
 def learned_routers_train_all(*, propose: bool = True) -> list[LearnedRouter]:
-    """Train every active class with enough graded data (Celery beat); propose a candidate
-    whose held-out Brier score beats the base rate for every model it learned, where the
-    class has no open proposal."""
+    """Train every active class with enough graded data (Celery beat). Where the route is
+    not learned yet and no proposal is open, propose a candidate whose held-out Brier score
+    beats the base rate for every model it learned. (Retrained versions of a learned class
+    are kept for inspection; ``train_routers --propose`` proposes one.)"""
     trained = []
+    learned_already = _routed_by_learned()
     for task_class in TaskClass.objects.filter(is_active=True).order_by("slug"):
         router = learned_router_train(task_class)
         if router is None:
@@ -386,6 +399,6 @@ def learned_routers_train_all(*, propose: bool = True) -> list[LearnedRouter]:
         good = bool(per_model) and all(
             m.get("brier") is not None and m["brier"] < m["brier_base"] for m in per_model
         )
-        if propose and good:
+        if propose and good and task_class.slug not in learned_already:
             learned_router_propose(router)
     return trained

@@ -20,7 +20,13 @@ from controlplane import services as registry_services
 from controlplane.models import Application, Route, RoutingTableVersion, Team, VersionStatus
 from evaluation import services
 from evaluation.fleet.skills import SKILLS, verdict
-from evaluation.models import LearnedRouter, LearnedRouterStatus, ProposalChange, ProposalStatus
+from evaluation.models import (
+    LearnedRouter,
+    LearnedRouterStatus,
+    Proposal,
+    ProposalChange,
+    ProposalStatus,
+)
 from evaluation.selectors import learned_router_info
 from evaluation.services.learned import (
     learned_router_propose,
@@ -263,6 +269,11 @@ def test_proposal_approval_turns_on_learned_routing_for_live_decisions(
     assert (router.status, stricter.status) == ("retired", "active")
     with pytest.raises(ValidationError):
         learned_router_rethreshold(stricter, threshold=1.5)
+    # The daily retraining keeps new versions for inspection but does not propose again
+    # for a class that is already routed by its learned router.
+    again = learned_routers_train_all(propose=True)
+    assert [r.version for r in again] == [3]
+    assert not Proposal.objects.filter(status=ProposalStatus.PROPOSED).exists()
 
 
 def test_not_enough_data_trains_nothing(world: dict[str, Any]) -> None:
