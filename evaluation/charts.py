@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,7 +122,7 @@ def reliability_figure(
         traces.append(
             {
                 "type": "scatter",
-                "mode": "lines+markers",
+                "mode": "lines+markers" if i == 0 else "markers",
                 "name": name,
                 "x": [round(p, 4) for p, _, _ in points],
                 "y": [round(o, 4) for _, o, _ in points],
@@ -135,14 +136,17 @@ def reliability_figure(
                 "<extra>%{fullData.name}</extra>",
             }
         )
+    # Zoom to where the decisions are (confidence is mostly high), diagonal kept.
+    lowest = min(min(p, o) for _, points in series for p, o, _ in points)
+    low = max(0.0, math.floor(lowest * 10) / 10 - 0.05)
     return {
         "data": traces,
         "layout": {
             **_LAYOUT,
             "height": 360,
             "title": {"text": "Reliability: observed success against confidence"},
-            "xaxis": {"title": {"text": "confidence (predicted success)"}, "range": [0, 1.02]},
-            "yaxis": {"title": {"text": "observed success rate"}, "range": [0, 1.02]},
+            "xaxis": {"title": {"text": "confidence (predicted success)"}, "range": [low, 1.02]},
+            "yaxis": {"title": {"text": "observed success rate"}, "range": [low, 1.02]},
             "legend": {"orientation": "h", "y": -0.2},
         },
     }
