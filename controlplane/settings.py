@@ -260,8 +260,23 @@ SWITCHYARD_RESERVATION_EXPIRE_EVERY_S = env_int("SWITCHYARD_RESERVATION_EXPIRE_E
 # takes more than this share of what is left under the limit (telemetry/budgets.py).
 SWITCHYARD_BUDGET_LEASE_S = float(env_str("SWITCHYARD_BUDGET_LEASE_S", "2.0"))
 SWITCHYARD_BUDGET_LEASE_SHARE = float(env_str("SWITCHYARD_BUDGET_LEASE_SHARE", "0.125"))
+# Confidence (routing/confidence.py): graded success counts of this many recent days,
+# recomputed this often (seconds) by Celery beat.
+SWITCHYARD_CONFIDENCE_WINDOW_DAYS = env_int("SWITCHYARD_CONFIDENCE_WINDOW_DAYS", 14)
+SWITCHYARD_CONFIDENCE_REFRESH_S = env_int("SWITCHYARD_CONFIDENCE_REFRESH_S", 300)
+# Learned routers: trained on this many recent days of graded decisions, this often.
+SWITCHYARD_LEARNED_WINDOW_DAYS = env_int("SWITCHYARD_LEARNED_WINDOW_DAYS", 30)
+SWITCHYARD_LEARNED_TRAIN_EVERY_S = env_int("SWITCHYARD_LEARNED_TRAIN_EVERY_S", 86400)
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "evaluation-learned-routers-train": {
+        "task": "evaluation.tasks.learned_routers_train_task",
+        "schedule": float(SWITCHYARD_LEARNED_TRAIN_EVERY_S),
+    },
+    "evaluation-graded-counts-refresh": {
+        "task": "evaluation.tasks.graded_counts_refresh_task",
+        "schedule": float(SWITCHYARD_CONFIDENCE_REFRESH_S),
+    },
     "telemetry-rollups-refresh": {
         "task": "telemetry.tasks.rollups_refresh_task",
         "schedule": float(SWITCHYARD_ROLLUP_REFRESH_S),

@@ -9,8 +9,10 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from evaluation.models import (
+    GradedCount,
     GraderConfig,
     JudgePrompt,
+    LearnedRouter,
     PromptTemplate,
     Proposal,
     ShadowConfig,
@@ -67,6 +69,32 @@ class ProposalAdmin(admin.ModelAdmin[Proposal]):
 
     list_display = ["title", "change", "status", "based_on_version", "created_at"]
     list_filter = ["status", "change"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(LearnedRouter)
+class LearnedRouterAdmin(admin.ModelAdmin[LearnedRouter]):
+    """Read-only: routers are trained by the task/command and serve through proposals."""
+
+    list_display = ["task_class", "version", "status", "threshold", "window_end", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in LearnedRouter._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(GradedCount)
+class GradedCountAdmin(admin.ModelAdmin[GradedCount]):
+    list_display = ["task_class", "model", "successes", "trials", "live_trials", "sweep_trials"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

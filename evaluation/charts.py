@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,3 +92,61 @@ def escalation_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
     figure.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.0%}")
     figure.update_layout(**_LAYOUT, title="Escalation rate (95 % interval)")
     return _as_json(figure)
+
+
+def reliability_figure(
+    series: Sequence[tuple[str, Sequence[tuple[float, float, int]]]],
+) -> dict[str, Any] | None:
+    """Reliability curve: per series, the observed success rate against the mean predicted
+    probability of each confidence bin (marker size ~ decisions), with the diagonal a
+    perfectly calibrated predictor would follow. A plain figure structure (as the
+    dashboard charts, telemetry/figures.py), drawn by charts.js."""
+    if not any(points for _, points in series):
+        return None
+    palette = ("#2f6fde", "#2e9e5b", "#d9901a", "#c2413a", "#8e5bd6", "#1aa3a3")
+    traces: list[dict[str, Any]] = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "x": [0, 1],
+            "y": [0, 1],
+            "name": "perfectly calibrated",
+            "line": {"color": "#9aa5b1", "dash": "dash", "width": 1},
+            "hoverinfo": "skip",
+        }
+    ]
+    for i, (name, points) in enumerate(series):
+        if not points:
+            continue
+        largest = max(count for *_, count in points)
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers" if i == 0 else "markers",
+                "name": name,
+                "x": [round(p, 4) for p, _, _ in points],
+                "y": [round(o, 4) for _, o, _ in points],
+                "text": [f"{count} decisions" for *_, count in points],
+                "marker": {
+                    "size": [6 + 14 * (count / largest) ** 0.5 for *_, count in points],
+                    "color": palette[i % len(palette)],
+                },
+                "line": {"color": palette[i % len(palette)], "width": 1.5},
+                "hovertemplate": "confidence %{x:.2f} → observed %{y:.2f} (%{text})"
+                "<extra>%{fullData.name}</extra>",
+            }
+        )
+    # Zoom to where the decisions are (confidence is mostly high), diagonal kept.
+    lowest = min(min(p, o) for _, points in series for p, o, _ in points)
+    low = max(0.0, math.floor(lowest * 10) / 10 - 0.05)
+    return {
+        "data": traces,
+        "layout": {
+            **_LAYOUT,
+            "height": 360,
+            "title": {"text": "Reliability: observed success against confidence"},
+            "xaxis": {"title": {"text": "confidence (predicted success)"}, "range": [low, 1.02]},
+            "yaxis": {"title": {"text": "observed success rate"}, "range": [low, 1.02]},
+            "legend": {"orientation": "h", "y": -0.2},
+        },
+    }

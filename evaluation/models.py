@@ -287,6 +287,7 @@ class ProposalChange(models.TextChoices):
     DOWNGRADE = "downgrade", "move down a tier"
     UPGRADE = "upgrade", "move up a tier"
     SWITCH = "switch", "switch primary model"
+    LEARNED = "learned", "route by a learned router"
 
 
 class ProposalStatus(models.TextChoices):
@@ -382,3 +383,95 @@ class Proposal(models.Model):
     @property
     def is_manual(self) -> bool:
         return self.sweep_run_id is None and self.created_by_id is not None
+
+
+class GradedCount(models.Model):
+    """Graded trials of one model on one task class over the recent window: what each
+    decision's ``confidence`` is estimated from (``routing.confidence``). Recomputed whole
+    by ``evaluation.services.calibration.graded_counts_refresh`` (Celery beat), never
+    incremented; the decision API reads it with the snapshot, off the request path."""
+
+    task_class = models.CharField(max_length=64)
+    model = models.CharField(max_length=64)
+    successes = models.PositiveIntegerField(default=0)
+    trials = models.PositiveIntegerField(default=0)
+    live_trials = models.PositiveIntegerField(default=0, help_text="Graded live outcomes")
+    sweep_trials = models.PositiveIntegerField(default=0, help_text="Graded sweep samples")
+    window_start = models.DateTimeField()
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["task_class", "model"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_class", "model"], name="one_graded_count_per_pair"
+            ),
+            models.CheckConstraint(
+                condition=Q(successes__lte=models.F("trials")), name="graded_successes_le_trials"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class} {self.model}: {self.successes}/{self.trials}"
+
+
+class LearnedRouterStatus(models.TextChoices):
+    CANDIDATE = "candidate", "candidate"  # trained, not serving
+    ACTIVE = "active", "active"  # serving the class (when its route's strategy is learned)
+    RETIRED = "retired", "retired"
+
+
+class LearnedRouter(models.Model):
+    """One trained version of a task class's learned router, as inspectable data: per model
+    the logistic-regression coefficients (JSON floats, never a pickle), the feature-hashing
+    settings, the class threshold, the training window and sample sizes, and the held-out
+    metrics. ``routing.learned`` turns it into the engine's router; a version starts as a
+    candidate and serves only after a Reviewer approves its proposal (``Proposal`` with
+    change ``learned``)."""
+
+    task_class = models.ForeignKey(TaskClass, on_delete=models.CASCADE, related_name="+")
+    version = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=10, choices=LearnedRouterStatus.choices, default=LearnedRouterStatus.CANDIDATE
+    )
+    hashing = models.JSONField(help_text="routing.learned.HashingSpec.as_dict()")
+    # {model slug: {"intercept": float, "weights": [float, …], "tier": int}}
+    coefficients = models.JSONField()
+    threshold = models.FloatField(
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Route to the cheapest model whose predicted success is at least this",
+    )
+    l2 = models.FloatField(help_text="L2 penalty of the fit")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    # {model slug: {"train": n, "heldout": n, "successes": n}}
+    samples = models.JSONField(default=dict)
+    # {model slug: {"brier", "brier_base", "log_loss", "auc", "base_rate", "ece"}, plus
+    #  "routing": the share of held-out requests each model would get at the threshold}
+    metrics = models.JSONField(default=dict)
+    based_on = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The version whose coefficients this one reuses (a threshold change)",
+    )  # fmt: skip
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["task_class__slug", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_class", "version"], name="one_learned_router_version"
+            ),
+            models.UniqueConstraint(
+                fields=["task_class"],
+                condition=Q(status="active"),
+                name="one_active_learned_router_per_class",
+            ),
+            models.CheckConstraint(
+                condition=Q(threshold__gte=0) & Q(threshold__lte=1),
+                name="learned_router_threshold_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class_id} learned v{self.version} ({self.status})"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -25,14 +27,25 @@ from evaluation.client import ModelTarget, model_timeout_s
 from evaluation.graders import GraderSpec, grader_default_spec
 from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
+    GradedCount,
     GraderConfig,
+    LearnedRouter,
+    LearnedRouterStatus,
     Proposal,
     ProposalStatus,
     SweepRun,
     SweepSample,
 )
 from evaluation.replay import PromptShape
+from routing.confidence import (
+    QUALITY_PASS,
+    VALIDATION_KEYS,
+    SuccessCount,
+)
+from routing.learned import LearnedRouterInfo, learned_router_from_data
 from telemetry.models import DecisionOutcome, DecisionRecord
+
+logger = logging.getLogger(__name__)
 
 PERSONAL_CLASSIFICATIONS = ("personal", "confidential")
 REFERENCE_KEYS = ("reference_answer", "reference")
@@ -335,3 +348,132 @@ def sweep_schedule_list() -> QuerySet[PeriodicTask]:
 def proposal_waiting_count() -> int:
     """Proposals that wait for a Reviewer's decision (the landing page points to them)."""
     return Proposal.objects.filter(status=ProposalStatus.PROPOSED).count()
+
+
+def graded_counts() -> dict[tuple[str, str], SuccessCount]:
+    """Graded success counts keyed (model, task class) (see routing.confidence)."""
+    return {
+        (model, task_class): SuccessCount(successes=s, trials=n)
+        for task_class, model, s, n in GradedCount.objects.values_list(
+            "task_class", "model", "successes", "trials"
+        )
+    }
+
+
+def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
+    """The engine's router from stored data (ValueError if malformed)."""
+    return learned_router_from_data(
+        task_class=router.task_class.slug,
+        version=router.version,
+        hashing=router.hashing,
+        threshold=router.threshold,
+        coefficients=router.coefficients,
+    )
+
+
+def learned_routers_active() -> dict[str, LearnedRouterInfo]:
+    """Active learned routers by task class slug; malformed ones are logged and skipped."""
+    out = {}
+    for router in LearnedRouter.objects.filter(status=LearnedRouterStatus.ACTIVE).select_related(
+        "task_class"
+    ):
+        try:
+            out[router.task_class.slug] = learned_router_info(router)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("learned router %s is malformed; skipped", router.pk, exc_info=True)
+    return out
+
+
+# routing.confidence.graded_success, in SQL over telemetry_outcome ``o`` (a test holds the
+# two together). Graded: the first attempt was the routed model, and a quality score or a
+# boolean validation verdict is present. Success: that attempt ended ok, the score (if any)
+# is at least QUALITY_PASS (the %(pass)s parameter), and no verdict is false.
+_VERDICTS = " OR ".join(f"jsonb_typeof(o.validation->'{k}') = 'boolean'" for k in VALIDATION_KEYS)
+_INVALID = " OR ".join(
+    f"coalesce(o.validation->'{k}' = 'false'::jsonb, false)" for k in VALIDATION_KEYS
+)
+GRADED_OUTCOME_SQL = (
+    f"(o.attempts->0->>'model' = o.routed_model AND (o.quality_score IS NOT NULL OR {_VERDICTS}))"
+)
+ROUTED_SUCCESS_SQL = (
+    "(o.attempts->0->>'status' = 'ok'"
+    " AND (o.quality_score IS NULL OR o.quality_score >= %(pass)s)"
+    f" AND NOT ({_INVALID}))"
+)
+CALIBRATION_BINS = 10
+
+_CALIBRATION_SQL = f"""
+SELECT o.task_class,
+       least(floor(d.confidence * {CALIBRATION_BINS}), {CALIBRATION_BINS - 1})::int AS bin,
+       count(*),
+       sum(d.confidence),
+       count(*) FILTER (WHERE {ROUTED_SUCCESS_SQL}),
+       sum(power(d.confidence - CASE WHEN {ROUTED_SUCCESS_SQL} THEN 1 ELSE 0 END, 2))
+FROM telemetry_outcome o
+JOIN telemetry_decision d ON d.id = o.decision_id AND d.created_at = o.decision_created_at
+WHERE o.decision_created_at >= %(since)s AND d.created_at >= %(since)s
+  AND {GRADED_OUTCOME_SQL}
+GROUP BY 1, 2
+"""  # noqa: S608 (constant fragments)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    label: str  # a task class, or "all"
+    n: int
+    mean_confidence: float
+    observed_rate: float
+    brier: float
+    brier_base: float  # the base-rate predictor: always say the observed rate
+    ece: float
+    bins: list[tuple[float, float, int]]  # (mean confidence, observed rate, count)
+
+
+def _calibration_row(label: str, cells: list[tuple[int, int, float, int, float]]) -> CalibrationRow:
+    n = sum(c[1] for c in cells)
+    conf = sum(c[2] for c in cells)
+    wins = sum(c[3] for c in cells)
+    squared = sum(c[4] for c in cells)
+    rate = wins / n
+    bins: dict[int, list[float]] = {}
+    for b, count, c_sum, w, _ in cells:
+        acc = bins.setdefault(b, [0, 0.0, 0])
+        acc[0] += count
+        acc[1] += c_sum
+        acc[2] += w
+    points = [(acc[1] / acc[0], acc[2] / acc[0], int(acc[0])) for _, acc in sorted(bins.items())]
+    ece = sum(count * abs(p - o) for p, o, count in points) / n
+    return CalibrationRow(
+        label=label,
+        n=n,
+        mean_confidence=conf / n,
+        observed_rate=rate,
+        brier=squared / n,
+        brier_base=rate * (1 - rate),
+        ece=ece,
+        bins=points,
+    )
+
+
+def calibration_summary(*, days: int = 14, now: datetime | None = None) -> list[CalibrationRow]:
+    """How well decisions' ``confidence`` predicted their graded outcomes over the last
+    ``days``: overall first ("all"), then per task class. One aggregate query."""
+    since = (now or timezone.now()) - timedelta(days=days)
+    with connection.cursor() as cursor:
+        cursor.execute(_CALIBRATION_SQL, {"since": since, "pass": QUALITY_PASS})
+        rows = cursor.fetchall()
+    by_class: dict[str, list[tuple[int, int, float, int, float]]] = {}
+    for task_class, b, count, c_sum, wins, squared in rows:
+        by_class.setdefault(task_class, []).append(
+            (int(b), int(count), float(c_sum), int(wins), float(squared))
+        )
+    if not by_class:
+        return []
+    every = [cell for cells in by_class.values() for cell in cells]
+    return [_calibration_row("all", every)] + [
+        _calibration_row(slug, cells) for slug, cells in sorted(by_class.items())
+    ]
+
+
+def learned_router_list(limit: int = 50) -> list[LearnedRouter]:
+    return list(LearnedRouter.objects.select_related("task_class").order_by("-created_at")[:limit])

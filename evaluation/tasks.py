@@ -52,3 +52,21 @@ def sweep_reap_stale() -> int:
 @shared_task
 def sweep_samples_purge() -> int:
     return services.sweep_samples_purge()
+
+
+@shared_task(name="evaluation.tasks.graded_counts_refresh_task", ignore_result=True)
+def graded_counts_refresh_task() -> int:
+    """Recompute the graded success counts behind decisions' confidence."""
+    from evaluation.services.calibration import graded_counts_refresh
+
+    return graded_counts_refresh()
+
+
+@shared_task(name="evaluation.tasks.learned_routers_train_task", ignore_result=True)
+def learned_routers_train_task() -> list[int]:
+    """Train a candidate learned router per class with enough graded data; propose the good
+    ones (a Reviewer approves)."""
+    from evaluation.services.learned import learned_routers_train_all
+
+    with audit_actor(label="learned-router-training"):
+        return [r.pk for r in learned_routers_train_all()]

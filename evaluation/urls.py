@@ -10,6 +10,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("proposals/<uuid:public_id>/", views.proposal_detail, name="proposal-detail"),
     path("proposals/<uuid:public_id>/review", views.proposal_review, name="proposal-review"),
     path("sweeps/", views.sweep_list, name="sweeps"),
+    path("calibration/", views.calibration, name="calibration"),
     path("sweeps/start", views.sweep_start, name="sweep-start"),
     path("sweeps/<int:run_id>/resume", views.sweep_resume, name="sweep-resume"),
     path("api/v1/proposals", apis.ProposalListApi.as_view(), name="api-proposals"),

@@ -184,3 +184,45 @@ def sweep_resume(request: HttpRequest, run_id: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, "; ".join(exc.messages))
     return redirect("sweeps")
+
+
+CALIBRATION_DAYS = (1, 7, 14, 30)
+
+
+@require_GET
+@role_required(VIEWER)
+def calibration(request: HttpRequest) -> HttpResponse:
+    """How well decisions' confidence predicts graded outcomes, and the learned routers."""
+    try:
+        days = int(request.GET.get("days", "14"))
+    except ValueError:
+        days = 14
+    if days not in CALIBRATION_DAYS:
+        days = 14
+    rows = selectors.calibration_summary(days=days)
+    overall = rows[0] if rows else None
+    figure = charts.reliability_figure([(r.label, r.bins) for r in rows[:6]])
+    routers = selectors.learned_router_list()
+    router_rows = [
+        {
+            "router": r,
+            "models": [
+                {"slug": slug, **r.metrics.get(slug, {}), **r.samples.get(slug, {})}
+                for slug in sorted(r.coefficients)
+            ],
+            "share": r.metrics.get("routing", {}).get("share", {}),
+        }
+        for r in routers
+    ]
+    return render(
+        request,
+        "evaluation/calibration.html",
+        {
+            "rows": rows[1:],
+            "overall": overall,
+            "figure": figure,
+            "days": days,
+            "day_choices": CALIBRATION_DAYS,
+            "routers": router_rows,
+        },
+    )

@@ -9,17 +9,20 @@ import orjson
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.permissions import scope_required
 from routing import metrics
-from routing.schemas import DecisionInput
+from routing.schemas import CascadeInput, DecisionInput, cascade_input_decode
 from routing.serializers import (
+    CascadeOutputSerializer,
     DecisionOutputSerializer,
     ErrorSerializer,
     request_body,
 )
 from routing.services import decision_create
+from telemetry.record import decision_for_caller
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input; names the field"),
@@ -66,6 +69,29 @@ class DecisionCreateApi(APIView):
             body=request._request.body,  # raw bytes: decoded by msgspec, not DRF parsers
         )
         return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+
+
+class DecisionCascadeApi(APIView):
+    """POST /api/v1/decisions/{id}/cascade — accept the cheap attempt or escalate?"""
+
+    permission_classes = [scope_required("decide")]
+
+    @extend_schema(
+        request=request_body(CascadeInput),
+        responses={
+            200: CascadeOutputSerializer,
+            404: ErrorSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Too many cascade checks"),
+            **_ERRORS,
+        },
+        tags=["decisions"],
+    )
+    def post(self, request: Request, decision_id: str) -> Response:
+        from evaluation.services.cascade import cascade_check
+
+        attempt = cascade_input_decode(request._request.body)
+        record = decision_for_caller(request.user, decision_id)
+        return Response(cascade_check(record=record, attempt=attempt))
 
 
 class MetricsView(APIView):

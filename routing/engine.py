@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from routing import enums
+from routing.confidence import PRIOR_BY_TIER
+from routing.learned import LearnedRouterInfo, predict_success, request_features
 
 __all__ = [
     "BUDGET_SCOPE_VALUES",
@@ -47,7 +49,7 @@ __all__ = [
     "snapshot_build",
 ]
 
-Strategy = Literal["rule", "policy", "budget", "fallback"]
+Strategy = Literal["rule", "policy", "budget", "fallback", "learned"]
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
 TIER_VALUES: Final = enums.values(enums.Tier)
@@ -61,8 +63,8 @@ BUDGET_PERIOD_VALUES: Final = enums.values(enums.BudgetPeriod)
 HARD_ACTION_VALUES: Final = enums.values(enums.HardAction)
 DATA_CLASSIFICATION_VALUES: Final = enums.values(enums.DataClassification)
 
-DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = {1: 0.7, 2: 0.8, 3: 0.9}
-FALLBACK_CONFIDENCE_FACTOR: Final = 0.9
+# Confidence when the snapshot has no estimate for (model, task class): the tier's prior.
+DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = PRIOR_BY_TIER
 
 _NO_TIER_LIMIT: Final = 1 << 30
 _SCOPE_LABEL: Final[Mapping[str, str]] = {
@@ -232,7 +234,8 @@ class _Plan:
     high_risk: bool
     policy_local: bool
     base_budgets: tuple[_BudgetEntry, ...]  # global + this task class, in snapshot order
-    quality: Mapping[str, float]  # observed success rate by model slug
+    quality: Mapping[str, float]  # calibrated success probability by model slug
+    learned: LearnedRouterInfo | None = None  # when the route's strategy is "learned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,7 @@ class Snapshot:
     budgets: tuple[BudgetState, ...] = ()
     quality: dict[tuple[str, str], float] = field(default_factory=dict)
     index: SnapshotIndex | None = field(default=None, repr=False, compare=False)
+    learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # by task class
 
     @classmethod
     def build(
@@ -274,6 +278,7 @@ class Snapshot:
         routes: Mapping[str, RouteInfo] | Iterable[RouteInfo],
         budgets: Iterable[BudgetState] = (),
         quality: Mapping[tuple[str, str], float] | None = None,
+        learned: Mapping[str, LearnedRouterInfo] | None = None,
     ) -> Snapshot:
         """Same as :func:`snapshot_build`."""
         return snapshot_build(
@@ -283,6 +288,7 @@ class Snapshot:
             routes=routes,
             budgets=budgets,
             quality=quality,
+            learned=learned,
         )
 
 
@@ -303,6 +309,10 @@ class DecisionRequest:
     pii_detection_failed: bool = False
     team: str | None = None
     application: str | None = None
+    # What a learned router reads (routing/learned.py); unused by rule routes.
+    prompt: str | None = None
+    prompt_template: str = ""  # "<id>@<version>"
+    metadata: Mapping[str, object] | None = None
     # Budgets (ids) to treat as at their hard limit whatever the snapshot says: the
     # admission of reservations found them full (see routing/services.py).
     exhausted_budgets: frozenset[int] = frozenset()
@@ -474,6 +484,7 @@ def _build_index(
     routes: Mapping[str, RouteInfo],
     budgets: tuple[BudgetState, ...],
     quality: Mapping[tuple[str, str], float],
+    learned: Mapping[str, LearnedRouterInfo] | None = None,
 ) -> SnapshotIndex:
     entries = [_budget_entry(i, b) for i, b in enumerate(budgets)]
     global_budgets = tuple(e for e in entries if e.state.scope == "global")
@@ -529,6 +540,7 @@ def _build_index(
             policy_local=task.data_policy == "local_only",
             base_budgets=tuple(base),
             quality=quality_by_task.get(slug, {}),
+            learned=(learned or {}).get(slug) if route.strategy == "learned" else None,
         )
 
     active_ranked = tuple(
@@ -556,6 +568,7 @@ def snapshot_build(
     routes: Mapping[str, RouteInfo] | Iterable[RouteInfo],
     budgets: Iterable[BudgetState] = (),
     quality: Mapping[tuple[str, str], float] | None = None,
+    learned: Mapping[str, LearnedRouterInfo] | None = None,
 ) -> Snapshot:
     """Validate the inputs and build a :class:`Snapshot` with its precomputed index.
 
@@ -569,6 +582,7 @@ def snapshot_build(
     route_map = _keyed(routes, "task_class", "route")
     budget_tuple = tuple(budgets)
     quality_map = dict(quality) if quality else {}
+    learned_map = dict(learned) if learned else {}
     _validate(model_map, task_map, budget_tuple)
     return Snapshot(
         version=version,
@@ -577,7 +591,8 @@ def snapshot_build(
         routes=route_map,
         budgets=budget_tuple,
         quality=quality_map,
-        index=_build_index(model_map, task_map, route_map, budget_tuple, quality_map),
+        index=_build_index(model_map, task_map, route_map, budget_tuple, quality_map, learned_map),
+        learned=learned_map,
     )
 
 
@@ -590,6 +605,7 @@ def _index_of(snapshot: Snapshot) -> SnapshotIndex:
             snapshot.routes,
             snapshot.budgets,
             snapshot.quality,
+            snapshot.learned,
         )
     return index
 
@@ -696,10 +712,14 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        route model that would have served the request without it (it "changed the
        choice"), else ``fallback`` (the primary failed for an ordinary reason: status,
        route condition, context, latency, cost).  Later accepted candidates become the
-       fallbacks, with the route's escalation triggers.  Confidence is the observed
-       quality of (model, task class) or a per-tier default, times 0.9 for ``fallback``.
+       fallbacks, with the route's escalation triggers.  Confidence is the calibrated
+       probability that the chosen model succeeds on the request: the snapshot's estimate
+       for (model, task class) (routing/confidence.py), or the tier's prior without one.
     7. ``handoff_required`` for high-risk task classes; ``max_output_tokens`` is the
        selected model's output cap (min of task class default and model maximum).
+
+    A route with strategy ``learned`` and an active learned router, with no local-only or
+    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead.
     """
     index = snapshot.index
     if index is None:
@@ -855,6 +875,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
     # 6. Selection and strategy.
     if not accepted:
         raise NoEligibleModel(tuple(candidates), task_slug)
+    learned = plan.learned
+    if learned is not None and not local_reason and downgrade is None:
+        views = tuple([e.view for e in applicable])
+        return _decide_learned(
+            request, snapshot, plan, learned, accepted, candidates, actions, views, pii
+        )
     chosen = accepted[0]
     model = chosen.model
     assert model is not None  # accepted entries always carry a model
@@ -902,9 +928,6 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
     confidence = plan.quality.get(slug)
     if confidence is None:
         confidence = DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7)
-    if strategy == "fallback":
-        confidence *= FALLBACK_CONFIDENCE_FACTOR
-        confidence = round(confidence, 4)
     if confidence > 1.0:
         confidence = 1.0
     elif confidence < 0.0:
@@ -959,4 +982,97 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
         candidates=tuple(candidates),
         routing_table_version=snapshot.version,
         local_only=bool(local_reason),
+    )
+
+
+def _entry_cost(entry: _ChainEntry, input_tokens: int) -> float:
+    m = entry.model
+    return estimated_cost_usd(m, input_tokens, entry.cap) if m is not None else 0.0
+
+
+def _decide_learned(
+    request: DecisionRequest,
+    snapshot: Snapshot,
+    plan: _Plan,
+    learned: LearnedRouterInfo,
+    accepted: list[_ChainEntry],
+    candidates: list[Candidate],
+    actions: list[str],
+    budgets: tuple[BudgetView, ...],
+    pii: tuple[str, ...],
+) -> Decision:
+    """Learned routing (no policy or budget restriction in effect): among the route's
+    eligible models, the cheapest whose predicted success clears the class threshold;
+    when none does, the strongest (highest tier, then dearest). Fallbacks are the dearer
+    eligible models, cheapest first. Confidence is the chosen model's predicted success
+    (its calibrated class estimate when the router has no model for it)."""
+    features = request_features(
+        learned.spec,
+        request.prompt,
+        template=request.prompt_template,
+        metadata=request.metadata,
+    )
+    predicted = predict_success(learned, features)
+    tokens = request.input_tokens
+    ranked = sorted(accepted, key=lambda e: (_entry_cost(e, tokens), e.tier, e.slug))
+    threshold = learned.threshold
+    chosen: _ChainEntry | None = None
+    for entry in ranked:
+        p = predicted.get(entry.slug)
+        if p is not None and p >= threshold:
+            chosen = entry
+            break
+    cleared = chosen is not None
+    if chosen is None:
+        chosen = max(ranked, key=lambda e: (e.tier, _entry_cost(e, tokens)))
+    model = chosen.model
+    assert model is not None
+    slug = model.slug
+    p_chosen = predicted.get(slug)
+    if p_chosen is None:
+        p_chosen = plan.quality.get(slug, DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7))
+    cost = _entry_cost(chosen, tokens)
+    fallbacks = tuple(
+        e.fallback
+        for e in ranked
+        if e is not chosen and e.fallback is not None and _entry_cost(e, tokens) >= cost
+    )
+    by_slug = {e.slug: e for e in accepted}
+    path: list[Candidate] = []
+    for c in candidates:
+        if not c.accepted or c.model not in by_slug:
+            path.append(c)
+            continue
+        p = predicted.get(c.model)
+        shown = f"predicted success {p:.2f}" if p is not None else "no learned model"
+        if c.model == slug:
+            reason = f"selected ({shown}, threshold {threshold:.2f})"
+        else:
+            reason = f"eligible fallback ({shown})"
+        path.append(Candidate(c.model, c.tier, True, reason))
+    if cleared:
+        reason = (
+            f"Learned router v{learned.version} for {plan.task.slug}: {slug} is the cheapest"
+            f" eligible model predicted to succeed ({p_chosen:.2f} >= {threshold:.2f})."
+        )
+    else:
+        reason = (
+            f"Learned router v{learned.version} for {plan.task.slug}: no cheaper model"
+            f" predicted to clear {threshold:.2f}; routed to the strongest, {slug}."
+        )
+    confidence = min(1.0, max(0.0, float(p_chosen)))
+    return Decision(
+        model=model,
+        strategy="learned",
+        reason=reason,
+        confidence=confidence,
+        fallbacks=fallbacks,
+        max_output_tokens=chosen.cap,
+        handoff_required=plan.high_risk,
+        pii_types_found=pii,
+        policy_actions=tuple(actions),
+        budgets=budgets,
+        candidates=tuple(path),
+        routing_table_version=snapshot.version,
+        local_only=False,
     )

@@ -72,16 +72,49 @@ class OutcomeReport(msgspec.Struct, forbid_unknown_fields=True):
 
     attempts: Annotated[list[AttemptReport], msgspec.Meta(min_length=1, max_length=20)]
     final_status: AttemptStatus
-    quality_score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    quality_score: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=1,
+                description="Grade of the answer; at least 0.5 counts the routed model's "
+                "attempt as a success in the confidence estimate (see decision.confidence)",
+            ),
+        ]
+        | None
+    ) = None
     user_feedback: Annotated[Text, msgspec.Meta(max_length=32)] = ""
     # Grader or schema-check results: values are scalars, or one level of lists/objects.
-    validation: dict[Text, Scalar | list[Scalar] | dict[Text, Scalar]] = {}
+    # A boolean ``valid`` or ``schema_valid`` grades the outcome (routing/confidence.py).
+    validation: Annotated[
+        dict[Text, Scalar | list[Scalar] | dict[Text, Scalar]],
+        msgspec.Meta(
+            description="Grader or schema-check results; a boolean `valid` or `schema_valid` "
+            "grades the routed model's attempt for the confidence estimate"
+        ),
+    ] = {}
     retrieval_document_ids: DocumentIds = []
+
+
+class CascadeInput(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/v1/decisions/{id}/cascade — the cheap attempt to accept or escalate."""
+
+    output: Annotated[Text, msgspec.Meta(max_length=100_000)]
+    # The model that made the attempt; the decision's model when absent.
+    model: Slug | None = None
+    self_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    logprobs: Annotated[
+        list[Annotated[float, msgspec.Meta(ge=-1000, le=0)]], msgspec.Meta(max_length=10_000)
+    ] = []
+    schema_valid: bool | None = None
+    finish_reason: Annotated[Text, msgspec.Meta(max_length=32)] | None = None
 
 
 decision_input_decoder = msgspec.json.Decoder(DecisionInput)
 outcome_report_decoder = msgspec.json.Decoder(OutcomeReport)
-REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (DecisionInput, OutcomeReport)
+cascade_input_decoder = msgspec.json.Decoder(CascadeInput)
+REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (DecisionInput, OutcomeReport, CascadeInput)
 
 
 def _field(message: str) -> str:
@@ -152,4 +185,10 @@ def decision_input_decode(body: bytes) -> DecisionInput:
 def outcome_report_decode(body: bytes) -> OutcomeReport:
     """The outcome report, or ApiError 400 naming the first invalid field."""
     result: OutcomeReport = _decode(outcome_report_decoder, body)
+    return result
+
+
+def cascade_input_decode(body: bytes) -> CascadeInput:
+    """The cascade attempt, or ApiError 400 naming the first invalid field."""
+    result: CascadeInput = _decode(cascade_input_decoder, body)
     return result

@@ -110,10 +110,26 @@ class BudgetStateSerializer(serializers.Serializer[Any]):
     action = serializers.CharField()
 
 
+CONFIDENCE_HELP = (
+    "The calibrated probability (0–1) that the chosen model succeeds on this request. "
+    "Estimated from the model's graded outcomes on this task class over the last "
+    "SWITCHYARD_CONFIDENCE_WINDOW_DAYS days (outcomes reported with a quality_score or a "
+    "boolean validation.valid / validation.schema_valid, and graded sweep samples), shrunk "
+    "towards the class's rate on the model's tier (tier prior 0.7 / 0.8 / 0.9) when there is "
+    "little data. An outcome counts as a success when the routed model's first attempt "
+    "ended ok, its quality_score is at least 0.5 and no validation verdict is false. "
+    "Calibration (reliability curve, Brier score) is measured on the calibration page."
+)
+
+
 class DecisionOutputSerializer(serializers.Serializer[Any]):
     decision_id = serializers.UUIDField()
     model = ModelRefSerializer()
-    confidence = serializers.FloatField()
+    confidence = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text=CONFIDENCE_HELP,
+    )
     strategy = serializers.CharField()
     reason = serializers.CharField()
     fallbacks = FallbackSerializer(many=True)
@@ -185,6 +201,10 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
     context_tokens = serializers.IntegerField()
     candidates = CandidateSerializer(many=True)
     local_only = serializers.BooleanField()
+    cascade = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Cascade checks of attempts (POST …/cascade), oldest first",
+    )
     prompt_stored = serializers.BooleanField()
     prompt_template = PromptTemplateSerializer()
     retrieval = RetrievalSerializer()
@@ -206,6 +226,7 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
             "context_tokens": record.context_tokens,
             "candidates": path.get("candidates", []),
             "local_only": bool(path.get("local_only")),
+            "cascade": path.get("cascade", []),
             "prompt_stored": record.prompt is not None,
             "prompt_template": {
                 "id": record.prompt_template_id,
@@ -218,3 +239,23 @@ class DecisionDetailOutput(serializers.Serializer[Any]):
             "metadata": record.metadata,
             "outcome": OutcomeOutputSerializer.from_outcome(outcome) if outcome else None,
         }
+
+
+class CascadeOutputSerializer(serializers.Serializer[Any]):
+    decision_id = serializers.UUIDField()
+    model = serializers.CharField(help_text="The model whose attempt was judged")
+    action = serializers.ChoiceField(choices=["accept", "escalate"])
+    p_success = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Probability that the attempt is a success: the decision's confidence moved "
+        "by the answer's evidence (routing/cascade.py)",
+    )
+    threshold = serializers.FloatField(
+        help_text="Escalate below this (the route's confidence_below trigger, else 0.5)"
+    )
+    escalate_to = serializers.CharField(
+        allow_null=True, help_text="The next model of the decision's fallbacks"
+    )
+    reasons = serializers.ListField(child=serializers.CharField())
+    features = serializers.DictField(child=serializers.FloatField())

@@ -45,6 +45,7 @@ from routing.engine import (
     decide,
     estimated_cost_usd,
 )
+from routing.learned import learned_template
 from routing.pii import request_free_text_stored, request_scan
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
@@ -236,6 +237,9 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
             team=team,
             application=key.application,
             exhausted_budgets=exhausted,
+            prompt=prompt,
+            prompt_template=learned_template(data.prompt_template),
+            metadata=data.metadata,
         )
         decision = _decide(engine_request, snapshot)
         decision_id = uuid7()

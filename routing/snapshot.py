@@ -16,7 +16,8 @@ A background thread per process does the refreshing, so no request ever waits fo
    first request after it does so before deciding), with no registry change.
 2. Every ``SWITCHYARD_BUDGET_REFRESH_S`` seconds the budget spends and reservations of the
    current periods and the observed model statistics are re-read (small queries) and the
-   snapshot rebuilt. (The snapshot's budget view is a pre-check; the exact check is the
+   snapshot rebuilt; so are the graded success counts behind ``confidence``
+   (routing/confidence.py). (The snapshot's budget view is a pre-check; the exact check is the
    reservation admitted with the decision record, telemetry/budgets.py.)
 3. Otherwise a request reads the snapshot from memory: no query at all.
 
@@ -38,7 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +59,7 @@ from controlplane.models import (
     TaskClass,
     VersionStatus,
 )
+from routing.confidence import SuccessCount, success_probabilities
 from routing.engine import (
     BudgetState,
     EscalationTriggers,
@@ -68,6 +70,7 @@ from routing.engine import (
     TaskClassInfo,
     snapshot_build,
 )
+from routing.learned import LearnedRouterInfo
 from routing.pricing import next_price_change, price_in_force, price_schedule
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class _Static:
     extras: dict[str, TaskClassExtras]
     schedules: dict[str, list[ModelPrice]]  # every dated price per model slug, oldest first
     prices_until: datetime | None  # when the next dated price takes effect
+    learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # active, by class
 
 
 def _models_priced(
@@ -200,6 +204,7 @@ def _static_load(now: datetime) -> _Static:
         Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
     )
     models, schedules = _models_load()
+    learned = _learned_load()
     static = _Static(
         version=active.number if active else 0,
         models=models,
@@ -209,8 +214,20 @@ def _static_load(now: datetime) -> _Static:
         extras=extras,
         schedules=schedules,
         prices_until=None,
+        learned=learned,
     )
     return _static_repriced(static, now)
+
+
+def _learned_load() -> dict[str, LearnedRouterInfo]:
+    """The active learned router of each class (used where the route's strategy is
+    ``learned``). A router whose stored parameters do not check out is skipped (logged):
+    its class is routed by its rule."""
+    try:
+        from evaluation.selectors import learned_routers_active
+    except ImportError:
+        return {}
+    return learned_routers_active()
 
 
 def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetState, ...]:
@@ -240,23 +257,47 @@ def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetSt
     )
 
 
-def _model_stats() -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    """Observed p95 latency per model and success rate per (model, task class)."""
+def _graded_counts() -> dict[tuple[str, str], SuccessCount]:
+    try:
+        from evaluation.selectors import graded_counts
+    except ImportError:
+        return {}
+    return graded_counts()
+
+
+def _confidences(
+    static: _Static, counts: dict[tuple[str, str], SuccessCount]
+) -> dict[tuple[str, str], float]:
+    """Calibrated success probability per (model, task class) (routing/confidence.py)."""
+    tiers = {slug: m.tier for slug, m in static.models.items()}
+    return success_probabilities(counts, tiers, static.task_classes)
+
+
+def _model_stats(static: _Static) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Observed p95 latency per model (rollups) and the calibrated success probability
+    per (model, task class) (graded counts)."""
     try:
         from telemetry.selectors import model_stats_recent
     except ImportError:
-        return {}, {}
+        return {}, _confidences(static, _graded_counts())
     stats: dict[str, Any] = model_stats_recent()
     p95 = {m: float(v["p95_ms"]) for m, v in stats.get("latency", {}).items()}
-    quality = {(m, t): float(rate) for (m, t), rate in stats.get("success", {}).items()}
-    return p95, quality
+    return p95, _confidences(static, _graded_counts())
 
 
-def registry_snapshot_build(*, now: datetime | None = None) -> Snapshot:
-    """A fresh engine snapshot straight from the database (no caching)."""
+def registry_snapshot_build(
+    *,
+    now: datetime | None = None,
+    graded: dict[tuple[str, str], SuccessCount] | None = None,
+) -> Snapshot:
+    """A fresh engine snapshot straight from the database (no caching). Confidence comes
+    from ``graded`` counts when given (the demo's simulation), else the stored ones."""
     now = now or timezone.now()
     static = _static_load(now)
-    return _snapshot_from(static, _budget_states(static.budgets, now), {}, {})
+    counts = _graded_counts() if graded is None else graded
+    return _snapshot_from(
+        static, _budget_states(static.budgets, now), {}, _confidences(static, counts)
+    )
 
 
 def _snapshot_from(
@@ -278,6 +319,7 @@ def _snapshot_from(
         routes=static.routes,
         budgets=budgets,
         quality=quality,
+        learned=static.learned,
     )
 
 
@@ -360,7 +402,7 @@ class RegistryCache:
             self._prices_until = until.timestamp() if until is not None else float("inf")
             if reload_static or reprice or now_mono - self._budgets_at >= budget_s:
                 assert self._static is not None
-                p95, quality = _model_stats()
+                p95, quality = _model_stats(self._static)
                 budgets = _budget_states(self._static.budgets, now)
                 inputs = (budgets, p95, quality)
                 # Rebuild only when something moved: a rebuild holds the GIL for a moment.

@@ -21,6 +21,12 @@ and, while its prompt is stored, the item's reference answer in
 first attempt of a multi-step-reasoning request succeeds exactly when the replay fleet's
 skill profile says that model answers that item correctly. Prompts are stored only while
 the task class keeps them.
+
+Decisions carry the confidence the live system would give them: every
+``GRADED_REFRESH_EVERY`` requests the graded outcomes so far (last
+``SWITCHYARD_CONFIDENCE_WINDOW_DAYS`` days) are folded into the counts and the snapshot's
+estimates refreshed (``routing.confidence``); at the end the stored counts are recomputed
+(``evaluation.services.calibration``).
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ import multiprocessing
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -47,7 +54,9 @@ from controlplane.models import (
     TaskClass,
 )
 from evaluation.fleet.skills import SKILLS, verdict
+from evaluation.services.calibration import graded_counts_refresh
 from evaluation.workload import WorkloadItem, workload_items
+from routing.confidence import SuccessCount, graded_success, success_probabilities
 from routing.engine import (
     Decision,
     DecisionRequest,
@@ -71,6 +80,8 @@ DEMO_MARKER = "demo-traffic"  # metadata["source"] of every generated decision
 DEFAULT_DECISIONS = 205_000
 DEFAULT_DAYS = 30
 BATCH = 3000
+# Confidence estimates are refreshed from the graded outcomes every this many requests.
+GRADED_REFRESH_EVERY = 150
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +230,62 @@ class _Context:
     retention: dict[str, int]
     outage: tuple[datetime, datetime]
     drift_start: datetime
+    # Graded outcomes seen so far by (model, task class) and day: the counts the live
+    # system's beat task keeps (evaluation.services.calibration), behind confidence.
+    graded: dict[tuple[str, str], dict[date, list[int]]] = field(default_factory=dict)
 
 
-def _snapshot_at(when: datetime, versions: list[tuple[datetime, int, dict[str, Any]]]) -> Snapshot:
-    """The registry as the router saw it at ``when``: that version's routes, that spend."""
-    current = registry_snapshot_build(now=when)
+def _graded_fold(ctx: _Context, outcomes: Sequence[OutcomeInput]) -> None:
+    for outcome in outcomes:
+        record = outcome.decision
+        ok = graded_success(
+            routed_model=record.model,
+            attempts=outcome.attempts,
+            quality_score=outcome.quality_score,
+            validation=outcome.validation,
+        )
+        if ok is None:
+            continue
+        days = ctx.graded.setdefault((record.model, record.task_class), {})
+        acc = days.setdefault(record.created_at.date(), [0, 0])
+        acc[0] += int(ok)
+        acc[1] += 1
+
+
+def _graded_window(ctx: _Context, when: datetime) -> dict[tuple[str, str], SuccessCount]:
+    since = (when - timedelta(days=settings.SWITCHYARD_CONFIDENCE_WINDOW_DAYS)).date()
+    out = {}
+    for pair, days in ctx.graded.items():
+        s = sum(v[0] for d, v in days.items() if d >= since)
+        n = sum(v[1] for d, v in days.items() if d >= since)
+        if n:
+            out[pair] = SuccessCount(successes=s, trials=n)
+    return out
+
+
+def _snapshot_confident(
+    snapshot: Snapshot, graded: dict[tuple[str, str], SuccessCount]
+) -> Snapshot:
+    """The same snapshot with the confidence estimates of ``graded`` (no database)."""
+    tiers = {slug: m.tier for slug, m in snapshot.models.items()}
+    return snapshot_build(
+        version=snapshot.version,
+        models=snapshot.models,
+        task_classes=snapshot.task_classes,
+        routes=snapshot.routes,
+        budgets=snapshot.budgets,
+        quality=success_probabilities(graded, tiers, snapshot.task_classes),
+    )
+
+
+def _snapshot_at(
+    when: datetime,
+    versions: list[tuple[datetime, int, dict[str, Any]]],
+    graded: dict[tuple[str, str], SuccessCount] | None = None,
+) -> Snapshot:
+    """The registry as the router saw it at ``when``: that version's routes, that spend,
+    the graded outcomes so far (confidence)."""
+    current = registry_snapshot_build(now=when, graded=graded)
     active = [v for v in versions if v[0] <= when]
     if not active:
         return current
@@ -425,7 +487,14 @@ def _batch(
     rows: list[DecisionRow] = []
     outcomes: list[OutcomeInput] = []
     rng = ctx.rng
-    for at, application in stamps:
+    folded = 0
+    for position, (at, application) in enumerate(stamps):
+        if position and position % GRADED_REFRESH_EVERY == 0:
+            # What the beat task does live: fold the graded outcomes so far into the counts
+            # and decide with the new confidence estimates.
+            _graded_fold(ctx, outcomes[folded:])
+            folded = len(outcomes)
+            snapshot = _snapshot_confident(snapshot, _graded_window(ctx, at))
         request, app, extra = _request_for(ctx, at, application)
         started = time.perf_counter_ns()
         try:
@@ -468,6 +537,7 @@ def _batch(
         )
         rows.append(row)
         outcomes.append(_outcome_for(ctx, row, decision, extra))
+    _graded_fold(ctx, outcomes[folded:])
     return rows, outcomes
 
 
@@ -513,7 +583,8 @@ def _load_part(
     """Simulate and store one share of the traffic, batch by batch, in time order."""
     written = reported = 0
     for chunk in _chunks(stamps, [v[0] for v in versions]):
-        rows, outcomes = _batch(ctx, chunk, _snapshot_at(chunk[0][0], versions))
+        at = chunk[0][0]
+        rows, outcomes = _batch(ctx, chunk, _snapshot_at(at, versions, _graded_window(ctx, at)))
         with transaction.atomic(), connection.cursor() as cursor:
             written += decision_rows_copy(cursor.cursor, rows)
         reported += _outcomes_report(outcomes)
@@ -602,6 +673,7 @@ def demo_traffic_load(
     written = _load(ctx, list(zip(stamps, apps_of, strict=True)), versions, processes)
     loaded = time.monotonic() - started
     rollup_rows = rollups_rebuild(start=start - timedelta(hours=1), end=now + timedelta(hours=1))
+    graded_counts_refresh(now=now)
     elapsed = time.monotonic() - started
     logger.info(
         "demo traffic: %d decisions in %.1f s (rollups %.1f s)",

@@ -19,6 +19,8 @@ from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskC
 from controlplane.roles import REVIEWER, user_has_role
 from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
+    LearnedRouter,
+    LearnedRouterStatus,
     Proposal,
     ProposalChange,
     ProposalStatus,
@@ -246,12 +248,24 @@ def proposal_apply(*, proposal: Proposal, user: Any, comment: str = "") -> Propo
         with audit_actor(user, comment=comment or note):
             active = RoutingTableVersion.objects.get(status=VersionStatus.ACTIVE)
             draft = registry.routing_version_draft_create(based_on=active, note=note, user=user)
+            options: dict[str, Any] = {}
+            router = None
+            if proposal.change == ProposalChange.LEARNED:
+                # Route by the learned router; the new version also makes every decider
+                # reload (and so pick up the router) within a second.
+                router = _learned_router_of(proposal)
+                options["strategy"] = "learned"
             registry.route_set(
                 version=draft,
                 task_class=proposal.task_class,
                 primary=proposal.to_model,
                 fallbacks=proposal.new_fallbacks,
+                **options,
             )
+            if router is not None:
+                from evaluation.services.learned import learned_router_activate
+
+                learned_router_activate(router)
             registry.routing_version_activate(version=draft, user=user, comment=comment or note)
         proposal.status = ProposalStatus.APPLIED
         proposal.applied_version = draft
@@ -259,6 +273,20 @@ def proposal_apply(*, proposal: Proposal, user: Any, comment: str = "") -> Propo
         proposal.applied_by = user
         proposal.save(update_fields=["status", "applied_version", "applied_at", "applied_by"])
     return proposal
+
+
+def _learned_router_of(proposal: Proposal) -> LearnedRouter:
+    router_id = (proposal.evidence or {}).get("learned_router_id")
+    if not isinstance(router_id, int):
+        raise ValidationError({"proposal": "It names no learned router."})
+    router = (
+        LearnedRouter.objects.select_for_update()
+        .filter(pk=router_id, task_class=proposal.task_class)
+        .first()
+    )
+    if router is None or router.status == LearnedRouterStatus.RETIRED:
+        raise ValidationError({"proposal": "Its learned router is gone or retired."})
+    return router
 
 
 def proposal_rollback(*, proposal: Proposal, user: Any, comment: str = "") -> Proposal:

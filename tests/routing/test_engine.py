@@ -504,7 +504,7 @@ def test_inactive_primary_falls_back_to_next_in_chain(status: str) -> None:
     assert d.strategy == "fallback"
     assert cand(d, "frontier") == Candidate("frontier", 3, False, f"model {status}")
     assert d.reason == f"Primary frontier rejected (model {status}): fell back to frontier-b."
-    assert d.confidence == pytest.approx(0.9 * 0.9)
+    assert d.confidence == pytest.approx(0.9)  # the chosen model's own probability
     assert [f.model.slug for f in d.fallbacks] == ["mini"]
 
 

@@ -1,0 +1,157 @@
+"""L2-penalised logistic regression on sparse hashed features, and its held-out metrics
+(numpy only: no Django, so the benchmarks use the very same fit as the product).
+
+``logistic_fit`` minimises mean log loss + l2/2·|w|² (the intercept is not penalised) with
+L-BFGS and an Armijo line search on a sparse design matrix (``design``: the feature dicts of
+``routing.learned.request_features``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from routing.confidence import brier_score, expected_calibration_error, reliability_bins
+
+
+@dataclass(frozen=True, slots=True)
+class _Design:
+    rows: np.ndarray  # row index of every stored value
+    cols: np.ndarray
+    vals: np.ndarray
+    n: int
+    width: int
+
+
+def design(features: Sequence[dict[int, float]], width: int) -> _Design:
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for i, f in enumerate(features):
+        rows.extend([i] * len(f))
+        cols.extend(f.keys())
+        vals.extend(f.values())
+    return _Design(
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(cols, dtype=np.int64),
+        np.asarray(vals, dtype=np.float64),
+        len(features),
+        width,
+    )
+
+
+def _scores(x: _Design, w: np.ndarray, b: float) -> np.ndarray:
+    return np.bincount(x.rows, weights=x.vals * w[x.cols], minlength=x.n) + b
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
+
+
+def logistic_fit(
+    x: _Design, y: np.ndarray, *, l2: float, max_iter: int = 300, tol: float = 1e-7
+) -> tuple[np.ndarray, float]:
+    """Minimise mean log loss + l2/2·|w|² (intercept not penalised). Returns (w, b)."""
+    width = x.width
+    theta = np.zeros(width + 1)
+    rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    theta[-1] = math.log(rate / (1 - rate))
+
+    def loss_grad(t: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = t[:-1], t[-1]
+        z = _scores(x, w, b)
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * (w @ w))
+        r = (_sigmoid(z) - y) / x.n
+        grad = np.empty_like(t)
+        grad[:-1] = np.bincount(x.cols, weights=x.vals * r[x.rows], minlength=width) + l2 * w
+        grad[-1] = r.sum()
+        return loss, grad
+
+    memory: list[tuple[np.ndarray, np.ndarray, float]] = []
+    loss, grad = loss_grad(theta)
+    for _ in range(max_iter):
+        # Two-loop recursion: direction = -H·grad.
+        q = grad.copy()
+        alphas = []
+        for s, yv, rho in reversed(memory):
+            a = rho * (s @ q)
+            alphas.append(a)
+            q -= a * yv
+        if memory:
+            s, yv, _ = memory[-1]
+            q *= (s @ yv) / (yv @ yv)
+        for (s, yv, rho), a in zip(memory, reversed(alphas), strict=True):
+            bcoef = rho * (yv @ q)
+            q += s * (a - bcoef)
+        direction = -q
+        slope = grad @ direction
+        if slope >= 0:  # not a descent direction: restart from the gradient
+            memory.clear()
+            direction = -grad
+            slope = -(grad @ grad)
+        step = 1.0
+        while True:
+            candidate = theta + step * direction
+            new_loss, new_grad = loss_grad(candidate)
+            if new_loss <= loss + 1e-4 * step * slope or step < 1e-10:
+                break
+            step *= 0.5
+        s_vec = candidate - theta
+        y_vec = new_grad - grad
+        sy = s_vec @ y_vec
+        if sy > 1e-12:
+            memory.append((s_vec, y_vec, 1.0 / sy))
+            if len(memory) > 10:
+                memory.pop(0)
+        converged = abs(loss - new_loss) <= tol * max(1.0, abs(loss))
+        theta, loss, grad = candidate, new_loss, new_grad
+        if converged or float(np.max(np.abs(grad))) < 1e-6:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+def _auc(p: Sequence[float], y: Sequence[bool]) -> float | None:
+    pos = [v for v, o in zip(p, y, strict=True) if o]
+    neg = [v for v, o in zip(p, y, strict=True) if not o]
+    if not pos or not neg:
+        return None
+    order = np.argsort(np.asarray(p, dtype=float), kind="mergesort")
+    ranks = np.empty(len(p))
+    values = np.asarray(p, dtype=float)[order]
+    i = 0
+    while i < len(values):  # average ranks of ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    flags = np.asarray(y, dtype=bool)
+    return float((ranks[flags].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _log_loss(p: Sequence[float], y: Sequence[bool]) -> float:
+    eps = 1e-6
+    terms = [math.log(max(eps, v if o else 1 - v)) for v, o in zip(p, y, strict=True)]
+    return float(-np.mean(terms))
+
+
+def heldout_metrics(p: list[float], y: list[bool], base_rate: float) -> dict[str, Any]:
+    return {
+        "n": len(y),
+        "base_rate": round(base_rate, 4),
+        "observed_rate": round(sum(y) / len(y), 4) if y else None,
+        "brier": round(brier_score(p, y), 5) if y else None,
+        "brier_base": round(brier_score([base_rate] * len(y), y), 5) if y else None,
+        "log_loss": round(_log_loss(p, y), 5) if y else None,
+        "auc": (round(a, 4) if (a := _auc(p, y)) is not None else None),
+        "ece": round(expected_calibration_error(reliability_bins(p, y)), 4) if y else None,
+        "reliability": [
+            [round(b.mean_predicted, 4), round(b.observed_rate, 4), b.count]
+            for b in reliability_bins(p, y)
+        ],
+    }

@@ -1,0 +1,404 @@
+"""Training learned routers from the decision log, and proposing them.
+
+For one task class (``learned_router_train``):
+
+1. Graded examples from the window: every live decision with a stored prompt and a graded
+   outcome (``routing.confidence.graded_success``: the routed model's success), and every
+   graded sweep sample (the candidate's and the primary's success on a replayed request).
+2. Features: ``routing.learned.request_features`` (hashed n-grams, template, metadata,
+   lengths) — the very function the engine calls at decision time.
+3. Per model of the class's route with enough examples of both outcomes, an L2-penalised
+   logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the prompts
+   (split by a stable hash of the prompt text: a prompt is never on both sides); the other
+   20 % give the held-out metrics (Brier score beside the base-rate predictor's, log loss,
+   AUC, calibration error) and the share of requests each model would get at the threshold.
+4. Stored as a new *candidate* version of ``evaluation.LearnedRouter``: coefficients as JSON
+   floats, hashing settings, threshold, window, sample sizes, metrics. Nothing serves until
+   a Reviewer approves its proposal (``learned_router_propose``), which switches the route's
+   strategy to ``learned`` in a new routing-table version and activates the router.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass, VersionStatus
+from evaluation.logreg import design, heldout_metrics, logistic_fit
+from evaluation.models import LearnedRouter, LearnedRouterStatus, Proposal, ProposalChange
+from evaluation.selectors import learned_router_info
+from routing.confidence import graded_success
+from routing.learned import (
+    HashingSpec,
+    LearnedRouterInfo,
+    predict_success,
+    request_features,
+    template_key,
+)
+
+logger = logging.getLogger(__name__)
+
+MIN_EXAMPLES = 40  # per model, and at least MIN_EACH of each outcome
+MIN_EACH = 5
+HELDOUT_SHARE = 5  # one request in five is held out
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    key: str  # the prompt: splits train / held-out by prompt (a prompt is never in both)
+    model: str
+    features: dict[int, float]
+    success: bool
+
+
+_LIVE_SQL = """
+SELECT d.id, o.routed_model, o.attempts, o.quality_score, o.validation, d.prompt,
+       d.prompt_template_id, d.prompt_template_version, d.metadata
+FROM telemetry_decision d
+JOIN telemetry_outcome o ON o.decision_id = d.id AND o.decision_created_at = d.created_at
+WHERE d.task_class = %(task_class)s AND d.created_at >= %(since)s AND d.created_at < %(until)s
+  AND o.decision_created_at >= %(since)s AND o.decision_created_at < %(until)s
+  AND d.prompt IS NOT NULL
+"""
+
+_SWEEP_SQL = """
+SELECT s.decision_id, s.prompt, s.candidate_model, s.candidate_success, s.primary_model,
+       s.primary_success, coalesce(d.prompt_template_id, ''),
+       coalesce(d.prompt_template_version, ''), coalesce(d.metadata, '{}'::jsonb)
+FROM evaluation_sweepsample s
+LEFT JOIN telemetry_decision d ON d.id = s.decision_id AND d.created_at = s.decision_created_at
+WHERE s.task_class = %(task_class)s AND s.created_at >= %(since)s AND s.created_at < %(until)s
+  AND s.prompt IS NOT NULL
+"""
+
+
+def _json(value: Any) -> Any:
+    """jsonb from a raw cursor: Django's connection hands it over as text."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def training_examples(
+    task_class: str, *, since: datetime, until: datetime, spec: HashingSpec
+) -> list[Example]:
+    """Graded examples of the class in [since, until) (see the module docstring)."""
+    out: list[Example] = []
+    with connection.cursor() as cursor:
+        params: dict[str, Any] = {"task_class": task_class, "since": since, "until": until}
+        cursor.execute(_LIVE_SQL, params)
+        for _, model, attempts, quality, validation, prompt, tpl, tpl_v, meta in cursor:
+            ok = graded_success(
+                routed_model=model,
+                attempts=_json(attempts) or [],
+                quality_score=quality,
+                validation=_json(validation),
+            )
+            if ok is None:
+                continue
+            features = request_features(
+                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
+            )
+            out.append(Example(prompt, model, features, ok))
+        cursor.execute(_SWEEP_SQL, params)
+        for _, prompt, cand, cand_ok, primary, primary_ok, tpl, tpl_v, meta in cursor:
+            features = request_features(
+                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
+            )
+            if cand_ok is not None:
+                out.append(Example(prompt, cand, features, bool(cand_ok)))
+            if primary and primary_ok is not None:
+                out.append(Example(prompt, primary, features, bool(primary_ok)))
+    return out
+
+
+def is_heldout(key: str) -> bool:
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % HELDOUT_SHARE == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Training, storing, proposing
+# --------------------------------------------------------------------------------------------
+
+
+def _route_models(task_class: TaskClass) -> list[ModelEndpoint]:
+    """The class's route models (primary + fallbacks) in the active table, cheapest first."""
+    active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+    route = (
+        Route.objects.filter(version=active, task_class=task_class)
+        .select_related("primary")
+        .first()
+        if active is not None
+        else None
+    )
+    if route is None:
+        return []
+    slugs = [route.primary.slug, *route.fallbacks]
+    models = {m.slug: m for m in ModelEndpoint.objects.filter(slug__in=slugs)}
+    return sorted(
+        (models[s] for s in dict.fromkeys(slugs) if s in models),
+        key=lambda m: (m.tier, _price(m), m.slug),
+    )
+
+
+def _price(model: ModelEndpoint) -> float:
+    from routing.pricing import price_in_force, price_schedule
+
+    price = price_in_force(price_schedule(list(model.prices.all())), timezone.now())
+    return float(price.input_usd_per_mtok + price.output_usd_per_mtok) if price else 0.0
+
+
+def routing_shares(
+    router: LearnedRouterInfo,
+    features: Sequence[dict[int, float]],
+    ladder: Sequence[str],
+    quality: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Where ``router`` would send these requests (``ladder``: the route's models, cheapest
+    first): the share per model and the mean predicted success of the chosen ones."""
+    counts = dict.fromkeys(ladder, 0)
+    predicted_total = 0.0
+    for f in features:
+        p = predict_success(router, f)
+        chosen = next((s for s in ladder if s in p and p[s] >= router.threshold), ladder[-1])
+        counts[chosen] += 1
+        predicted_total += p.get(chosen, (quality or {}).get(chosen, 0.0))
+    n = max(1, len(features))
+    return {
+        "requests": len(features),
+        "share": {s: round(c / n, 4) for s, c in counts.items()},
+        "strongest_share": round(counts[ladder[-1]] / n, 4) if ladder else None,
+        "mean_predicted_success": round(predicted_total / n, 4),
+    }
+
+
+def learned_router_train(
+    task_class: TaskClass,
+    *,
+    threshold: float | None = None,
+    window_days: int | None = None,
+    now: datetime | None = None,
+    spec: HashingSpec | None = None,
+    c: float = 1.0,
+) -> LearnedRouter | None:
+    """Train and store a candidate router for ``task_class``; None without enough data.
+
+    ``threshold`` defaults to the class's quality target; the penalty is ``l2 = 1 / (c·n)``
+    (scikit-learn's ``C``)."""
+    now = now or timezone.now()
+    days = window_days or settings.SWITCHYARD_LEARNED_WINDOW_DAYS
+    since = now - timedelta(days=days)
+    spec = spec or HashingSpec()
+    ladder = _route_models(task_class)
+    if len(ladder) < 2:
+        return None
+    examples = training_examples(task_class.slug, since=since, until=now, spec=spec)
+    coefficients: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    l2_used = 0.0
+    for model in ladder:
+        mine = [e for e in examples if e.model == model.slug]
+        train = [e for e in mine if not is_heldout(e.key)]
+        heldout = [e for e in mine if is_heldout(e.key)]
+        wins = sum(e.success for e in train)
+        if len(train) < MIN_EXAMPLES or wins < MIN_EACH or len(train) - wins < MIN_EACH:
+            continue
+        y = np.asarray([e.success for e in train], dtype=np.float64)
+        l2 = 1.0 / (c * len(train))
+        l2_used = max(l2_used, l2)
+        w, b = logistic_fit(design([e.features for e in train], spec.width), y, l2=l2)
+        coefficients[model.slug] = {
+            "intercept": round(b, 6),
+            "weights": [round(float(v), 6) for v in w],
+            "tier": model.tier,
+        }
+        samples[model.slug] = {
+            "train": len(train),
+            "heldout": len(heldout),
+            "successes": int(sum(e.success for e in mine)),
+        }
+        if heldout:
+            info = learned_router_from_coefficients(task_class.slug, spec, 0.5, coefficients)
+            fitted = info.model(model.slug)
+            assert fitted is not None
+            from routing.learned import predict_one
+
+            p = [predict_one(fitted, e.features) for e in heldout]
+            metrics[model.slug] = heldout_metrics(p, [e.success for e in heldout], float(y.mean()))
+    if not coefficients:
+        return None
+    target = float(task_class.quality_target) if threshold is None else float(threshold)
+    info = learned_router_from_coefficients(task_class.slug, spec, target, coefficients)
+    seen: dict[str, dict[int, float]] = {}
+    for e in examples:
+        if is_heldout(e.key):
+            seen.setdefault(e.key, e.features)
+    metrics["routing"] = routing_shares(info, list(seen.values()), [m.slug for m in ladder])
+    metrics["ladder"] = [m.slug for m in ladder]
+    with transaction.atomic():
+        version = (
+            LearnedRouter.objects.select_for_update()
+            .filter(task_class=task_class)
+            .aggregate(v=Max("version"))["v"]
+            or 0
+        ) + 1
+        router = LearnedRouter.objects.create(
+            task_class=task_class,
+            version=version,
+            hashing=spec.as_dict(),
+            coefficients=coefficients,
+            threshold=target,
+            l2=l2_used,
+            window_start=since,
+            window_end=now,
+            samples=samples,
+            metrics=metrics,
+        )
+    learned_router_info(router)  # the stored data must load back
+    return router
+
+
+def learned_router_from_coefficients(
+    task_class: str, spec: HashingSpec, threshold: float, coefficients: dict[str, Any]
+) -> LearnedRouterInfo:
+    from routing.learned import learned_router_from_data
+
+    return learned_router_from_data(
+        task_class=task_class,
+        version=0,
+        hashing=spec.as_dict(),
+        threshold=threshold,
+        coefficients=coefficients,
+    )
+
+
+def learned_router_rethreshold(router: LearnedRouter, *, threshold: float) -> LearnedRouter:
+    """A new candidate version with the same coefficients and another threshold."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValidationError({"threshold": "The threshold is a probability (0–1)."})
+    with transaction.atomic():
+        version = (
+            LearnedRouter.objects.select_for_update()
+            .filter(task_class=router.task_class)
+            .aggregate(v=Max("version"))["v"]
+            or 0
+        ) + 1
+        metrics = {k: v for k, v in router.metrics.items() if k != "routing"}
+        return LearnedRouter.objects.create(
+            task_class=router.task_class,
+            version=version,
+            hashing=router.hashing,
+            coefficients=router.coefficients,
+            threshold=threshold,
+            l2=router.l2,
+            window_start=router.window_start,
+            window_end=router.window_end,
+            samples=router.samples,
+            metrics=metrics,
+            based_on=router,
+        )
+
+
+def learned_router_propose(router: LearnedRouter, *, user: Any = None) -> Proposal | None:
+    """Propose routing ``router``'s class by it (a Reviewer approves; see proposal_apply).
+    None when an equivalent proposal is already open."""
+    from evaluation.services.proposals import proposal_create
+
+    if router.status != LearnedRouterStatus.CANDIDATE:
+        raise ValidationError({"router": f"Router v{router.version} is {router.status}."})
+    active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+    if active is None:
+        raise ValidationError({"routing": "There is no active routing table."})
+    route = (
+        Route.objects.select_related("primary", "task_class")
+        .filter(version=active, task_class=router.task_class)
+        .first()
+    )
+    if route is None:
+        raise ValidationError({"task_class": "The class has no route."})
+    task_class = router.task_class
+    evidence = {
+        "kind": "learned",
+        "learned_router_id": router.pk,
+        "learned_router_version": router.version,
+        "threshold": router.threshold,
+        "quality_target": float(task_class.quality_target),
+        "from_model": route.primary.slug,
+        "to_model": route.primary.slug,
+        "from_strategy": route.strategy,
+        "window": [router.window_start.isoformat(), router.window_end.isoformat()],
+        "samples": router.samples,
+        "metrics": router.metrics,
+        "example_sample_ids": [],
+    }
+    share = router.metrics.get("routing", {}).get("strongest_share")
+    title = (
+        f"{task_class.slug}: route by learned router v{router.version}"
+        f" (threshold {router.threshold:.2f}"
+        + (f", {share:.0%} to the strongest model)" if share is not None else ")")
+    )
+    return proposal_create(
+        task_class=task_class,
+        route=route,
+        to_model=route.primary,
+        change=ProposalChange.LEARNED,
+        based_on_version=active.number,
+        title=title,
+        evidence=evidence,
+        user=user,
+        fallbacks=list(route.fallbacks),
+    )
+
+
+def learned_router_activate(router: LearnedRouter) -> None:
+    """Make ``router`` its class's active router (the previous one retires). Called by
+    ``proposal_apply`` inside its transaction."""
+    LearnedRouter.objects.filter(
+        task_class=router.task_class, status=LearnedRouterStatus.ACTIVE
+    ).exclude(pk=router.pk).update(status=LearnedRouterStatus.RETIRED)
+    router.status = LearnedRouterStatus.ACTIVE
+    router.activated_at = timezone.now()
+    router.save(update_fields=["status", "activated_at"])
+
+
+def _routed_by_learned() -> set[str]:
+    active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
+    if active is None:
+        return set()
+    return set(
+        Route.objects.filter(version=active, strategy="learned").values_list(
+            "task_class__slug", flat=True
+        )
+    )
+
+
+def learned_routers_train_all(*, propose: bool = True) -> list[LearnedRouter]:
+    """Train every active class with enough graded data (Celery beat). Where the route is
+    not learned yet and no proposal is open, propose a candidate whose held-out Brier score
+    beats the base rate for every model it learned. (Retrained versions of a learned class
+    are kept for inspection; ``train_routers --propose`` proposes one.)"""
+    trained = []
+    learned_already = _routed_by_learned()
+    for task_class in TaskClass.objects.filter(is_active=True).order_by("slug"):
+        router = learned_router_train(task_class)
+        if router is None:
+            continue
+        trained.append(router)
+        per_model = [v for k, v in router.metrics.items() if k in router.coefficients]
+        good = bool(per_model) and all(
+            m.get("brier") is not None and m["brier"] < m["brier_base"] for m in per_model
+        )
+        if propose and good and task_class.slug not in learned_already:
+            learned_router_propose(router)
+    return trained

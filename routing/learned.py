@@ -1,0 +1,209 @@
+"""The learned router's features and inference (plain Python: no Django, no numpy, no I/O).
+
+Per task class, a logistic regression per candidate model predicts the probability that the
+model succeeds on a request, from:
+
+- the prompt's word 1- and 2-grams (numbers folded to ``#``), hashed into ``n_features``
+  buckets with a signed CRC-32 (the "hashing trick": no vocabulary, nothing downloaded),
+  sub-linear counts (1 + log n), L2-normalised;
+- the prompt template (``tpl:<id>@<version>``) and the metadata (``meta:<key>=<value>`` for
+  short scalar values), hashed into the same buckets with weight 1;
+- three dense features after the buckets: log of the prompt's characters, of its words and
+  of its numbers (scaled to about 0–1).
+
+The parameters are plain data (``LearnedRouterInfo``: coefficients as floats, the hashing
+settings, the class threshold) stored in ``evaluation.LearnedRouter`` as JSON and trained
+by ``evaluation.services.learned``; :func:`routing.engine.decide` calls
+:func:`predict_success` with them. Training and inference share :func:`request_features`,
+so the features cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+SCHEME: Final = "crc32-signed-v1"
+DENSE_FEATURES: Final = ("log_chars", "log_words", "log_numbers")
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+_NUMBER = re.compile(r"^[0-9]+$")
+_MAX_META_VALUE = 64
+# Metadata keys never used as features: the evaluation's reference answers (stored with
+# demo and sweep requests) would leak the label into training.
+IGNORED_METADATA_KEYS: Final = frozenset({"reference_answer", "reference"})
+
+
+def learned_template(template: Any) -> str:
+    """``<id>@<version>`` of a request's prompt template (anything with ``id`` and
+    ``version``), or "" without one: the template feature, same in training and serving."""
+    if template is None:
+        return ""
+    return f"{template.id}@{template.version}"
+
+
+def template_key(template_id: str, template_version: str) -> str:
+    """The same from a stored decision's columns."""
+    return f"{template_id}@{template_version}" if template_id else ""
+
+
+@dataclass(frozen=True, slots=True)
+class HashingSpec:
+    """How text becomes features; stored with every trained router."""
+
+    n_features: int = 4096
+    ngram_max: int = 2
+    scheme: str = SCHEME
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "n_features": self.n_features,
+            "ngram_max": self.ngram_max,
+            "dense": list(DENSE_FEATURES),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HashingSpec:
+        if data.get("scheme") != SCHEME:
+            raise ValueError(f"unknown feature scheme {data.get('scheme')!r}")
+        spec = cls(n_features=int(data["n_features"]), ngram_max=int(data["ngram_max"]))
+        if spec.n_features < 16 or not 1 <= spec.ngram_max <= 3:
+            raise ValueError("invalid hashing settings")
+        return spec
+
+    @property
+    def width(self) -> int:
+        """Length of a weight vector: the buckets, then the dense features."""
+        return self.n_features + len(DENSE_FEATURES)
+
+
+def _bucket(token: str, n: int) -> tuple[int, float]:
+    h = zlib.crc32(token.encode("utf-8", "surrogatepass"))
+    return h % n, (1.0 if h & 0x80000000 else -1.0)
+
+
+def request_features(
+    spec: HashingSpec,
+    prompt: str | None,
+    *,
+    template: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[int, float]:
+    """Sparse feature vector {index: value} of one request (see the module docstring)."""
+    text = (prompt or "").casefold()
+    words = _TOKEN.findall(text)
+    tokens = ["#" if _NUMBER.match(w) else w for w in words]
+    counts: dict[str, int] = {}
+    for n in range(1, spec.ngram_max + 1):
+        for i in range(len(tokens) - n + 1):
+            gram = tokens[i] if n == 1 else " ".join(tokens[i : i + n])
+            counts[gram] = counts.get(gram, 0) + 1
+    buckets: dict[int, float] = {}
+    size = spec.n_features
+    for gram, count in counts.items():
+        index, sign = _bucket(gram, size)
+        buckets[index] = buckets.get(index, 0.0) + sign * (1.0 + math.log(count))
+    norm = math.sqrt(sum(v * v for v in buckets.values()))
+    if norm > 0:
+        for index in buckets:
+            buckets[index] /= norm
+    extra = []
+    if template:
+        extra.append(f"tpl:{template}")
+    if metadata:
+        for key, value in metadata.items():
+            if key in IGNORED_METADATA_KEYS:
+                continue
+            if isinstance(value, bool | int | float) or (
+                isinstance(value, str) and len(value) <= _MAX_META_VALUE
+            ):
+                extra.append(f"meta:{key}={value}")
+    for token in extra:
+        index, sign = _bucket(token, size)
+        buckets[index] = buckets.get(index, 0.0) + sign
+    numbers = sum(1 for w in words if _NUMBER.match(w))
+    buckets[size] = math.log1p(len(text)) / 10.0
+    buckets[size + 1] = math.log1p(len(words)) / 8.0
+    buckets[size + 2] = math.log1p(numbers) / 4.0
+    return buckets
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedModel:
+    """P(success) of one model: sigmoid(intercept + weights · features)."""
+
+    slug: str
+    intercept: float
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedRouterInfo:
+    """A trained router as the engine uses it (from ``evaluation.LearnedRouter``)."""
+
+    task_class: str
+    version: int
+    spec: HashingSpec
+    threshold: float
+    models: tuple[LearnedModel, ...]
+
+    def model(self, slug: str) -> LearnedModel | None:
+        for m in self.models:
+            if m.slug == slug:
+                return m
+        return None
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def predict_one(model: LearnedModel, features: Mapping[int, float]) -> float:
+    weights = model.weights
+    z = model.intercept
+    for index, value in features.items():
+        z += weights[index] * value
+    return sigmoid(z)
+
+
+def predict_success(router: LearnedRouterInfo, features: Mapping[int, float]) -> dict[str, float]:
+    """Predicted success probability of every model the router knows."""
+    return {m.slug: round(predict_one(m, features), 4) for m in router.models}
+
+
+def learned_router_from_data(
+    *,
+    task_class: str,
+    version: int,
+    hashing: Mapping[str, Any],
+    threshold: float,
+    coefficients: Mapping[str, Mapping[str, Any]],
+) -> LearnedRouterInfo:
+    """Check stored parameters (plain JSON data) and build the engine's router.
+    Raises ValueError for anything malformed: wrong vector length, non-finite numbers."""
+    spec = HashingSpec.from_dict(hashing)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} outside 0–1")
+    models = []
+    for slug, coef in sorted(coefficients.items()):
+        weights = tuple(float(w) for w in coef["weights"])
+        intercept = float(coef["intercept"])
+        if len(weights) != spec.width:
+            raise ValueError(f"{slug}: {len(weights)} weights, expected {spec.width}")
+        if not all(math.isfinite(w) for w in weights) or not math.isfinite(intercept):
+            raise ValueError(f"{slug}: non-finite coefficient")
+        models.append(LearnedModel(slug=slug, intercept=intercept, weights=weights))
+    return LearnedRouterInfo(
+        task_class=task_class,
+        version=version,
+        spec=spec,
+        threshold=float(threshold),
+        models=tuple(models),
+    )

@@ -1,0 +1,198 @@
+"""routing.learned (features, stored parameters, inference) and learned routing in the
+engine: cheapest model predicted to clear the threshold, across three tiers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from routing.engine import (
+    DecisionRequest,
+    ModelInfo,
+    RouteInfo,
+    TaskClassInfo,
+    decide,
+    snapshot_build,
+)
+from routing.learned import (
+    HashingSpec,
+    LearnedRouterInfo,
+    learned_router_from_data,
+    predict_success,
+    request_features,
+)
+
+SPEC = HashingSpec(n_features=256)
+
+
+def test_features_are_deterministic_sparse_and_normalised() -> None:
+    a = request_features(SPEC, "Add 12 and 30, then double it", template="t@1")
+    b = request_features(SPEC, "Add 12 and 30, then double it", template="t@1")
+    assert a == b
+    text = {i: v for i, v in a.items() if i < SPEC.n_features}
+    assert all(0 <= i < SPEC.width for i in a)
+    # Numbers are folded: other numbers, same n-grams (the dense counts too).
+    c = request_features(SPEC, "Add 45 and 99, then double it", template="t@1")
+    assert c == a
+    # Another template moves one bucket; the text part is L2-normalised before it.
+    d = request_features(SPEC, "Add 12 and 30, then double it", template="u@1")
+    assert d != a
+    plain = request_features(SPEC, "Add 12 and 30, then double it")
+    norm = math.sqrt(sum(v * v for i, v in plain.items() if i < SPEC.n_features))
+    assert norm == pytest.approx(1.0)
+    assert len(text) > 5
+    # Longer prompts with more numbers: larger dense features.
+    long = request_features(SPEC, " ".join(["add 5"] * 40))
+    assert long[SPEC.n_features] > a[SPEC.n_features]
+    assert long[SPEC.n_features + 2] > a[SPEC.n_features + 2]
+
+
+def test_reference_answers_in_metadata_are_never_features() -> None:
+    base = request_features(SPEC, "x", metadata={"source": "demo"})
+    leaked = request_features(
+        SPEC, "x", metadata={"source": "demo", "reference_answer": "42", "reference": "y"}
+    )
+    assert base == leaked
+    assert request_features(SPEC, "x", metadata={"team": "a"}) != request_features(SPEC, "x")
+
+
+def _coefficients(width: int, hard_weight: float, intercept: float) -> dict[str, object]:
+    weights = [0.0] * width
+    index = request_features(SPEC, "hard")
+    for i, v in index.items():
+        if i < SPEC.n_features and v:
+            weights[i] = hard_weight / v
+    return {"intercept": intercept, "weights": weights}
+
+
+def _router(threshold: float = 0.8) -> LearnedRouterInfo:
+    data = {
+        # the local model: good on easy requests, poor when the prompt says "hard"
+        "local": _coefficients(SPEC.width, -4.0, 2.5),
+        # the mid model: good unless hard, then about 0.82
+        "mid": _coefficients(SPEC.width, -1.7, 3.2),
+    }
+    stored = json.loads(json.dumps(data))  # what the database holds: plain JSON
+    return learned_router_from_data(
+        task_class="qa",
+        version=3,
+        hashing=SPEC.as_dict(),
+        threshold=threshold,
+        coefficients=stored,
+    )
+
+
+def test_stored_parameters_are_checked() -> None:
+    router = _router()
+    assert [m.slug for m in router.models] == ["local", "mid"]
+    p = predict_success(router, request_features(SPEC, "hard"))
+    assert p["local"] < 0.25 and 0.75 < p["mid"] < 0.9
+    good = {"intercept": 0.0, "weights": [0.0] * SPEC.width}
+    with pytest.raises(ValueError, match="weights"):
+        learned_router_from_data(
+            task_class="qa",
+            version=1,
+            hashing=SPEC.as_dict(),
+            threshold=0.5,
+            coefficients={"m": {"intercept": 0, "weights": [0.0]}},
+        )
+    with pytest.raises(ValueError, match="non-finite"):
+        learned_router_from_data(
+            task_class="qa",
+            version=1,
+            hashing=SPEC.as_dict(),
+            threshold=0.5,
+            coefficients={"m": {**good, "intercept": float("nan")}},
+        )
+    with pytest.raises(ValueError, match="scheme"):
+        learned_router_from_data(
+            task_class="qa",
+            version=1,
+            hashing={**SPEC.as_dict(), "scheme": "pickle"},
+            threshold=0.5,
+            coefficients={"m": good},
+        )
+    with pytest.raises(ValueError, match="threshold"):
+        learned_router_from_data(
+            task_class="qa",
+            version=1,
+            hashing=SPEC.as_dict(),
+            threshold=1.5,
+            coefficients={"m": good},
+        )
+
+
+def _model(slug: str, tier: int, locality: str, price: float) -> ModelInfo:
+    return ModelInfo(
+        slug=slug,
+        provider="p",
+        base_url="http://127.0.0.1:1/v1",
+        provider_model=slug,
+        version="1",
+        tier=tier,
+        locality=locality,
+        context_window=32000,
+        max_output_tokens=1024,
+        status="active",
+        input_usd_per_mtok=price,
+        output_usd_per_mtok=price,
+    )
+
+
+def _snapshot(strategy: str = "learned", threshold: float = 0.8) -> object:
+    models = [
+        _model("local", 1, "local", 0.1),
+        _model("mid", 2, "cloud", 1.0),
+        _model("big", 3, "cloud", 10.0),
+    ]
+    return snapshot_build(
+        version=7,
+        models=models,
+        task_classes=[TaskClassInfo(slug="qa", default_output_cap=256)],
+        # The chain's order is the rule's; learned routing orders by cost itself.
+        routes=[
+            RouteInfo(task_class="qa", primary="big", fallbacks=("local", "mid"), strategy=strategy)
+        ],
+        quality={("big", "qa"): 0.97, ("local", "qa"): 0.7, ("mid", "qa"): 0.85},
+        learned={"qa": _router(threshold)},
+    )
+
+
+def _req(prompt: str, **extra: object) -> DecisionRequest:
+    return DecisionRequest(task_class="qa", input_tokens=100, prompt=prompt, **extra)  # type: ignore[arg-type]
+
+
+def test_learned_routing_uses_three_tiers() -> None:
+    snap = _snapshot()
+    easy = decide(_req("what is two plus two"), snap)  # type: ignore[arg-type]
+    assert easy.model.slug == "local" and easy.strategy == "learned"
+    assert easy.confidence == pytest.approx(1 / (1 + math.exp(-2.5)), abs=1e-3)
+    assert [f.model.slug for f in easy.fallbacks] == ["mid", "big"]  # dearer, cheapest first
+    assert "Learned router v3" in easy.reason and "cheapest" in easy.reason
+    selected = next(c for c in easy.candidates if c.model == "local")
+    assert selected.reason.startswith("selected (predicted success 0.92")
+
+    hard = decide(_req("hard"), snap)  # type: ignore[arg-type]
+    assert hard.model.slug == "mid"
+    assert [f.model.slug for f in hard.fallbacks] == ["big"]
+    assert 0.75 < hard.confidence < 0.9
+
+    strict = decide(_req("hard"), _snapshot(threshold=0.9))  # type: ignore[arg-type]
+    assert strict.model.slug == "big"  # nothing cheaper clears 0.9: the strongest
+    assert strict.confidence == 0.97  # no learned model for it: its calibrated estimate
+    assert "no cheaper model" in strict.reason
+    assert strict.fallbacks == ()
+
+
+def test_rule_routes_ignore_the_router_and_policy_still_applies() -> None:
+    rule = decide(_req("what is two plus two"), _snapshot(strategy="rule"))  # type: ignore[arg-type]
+    assert rule.model.slug == "big" and rule.strategy == "rule"
+    personal = decide(
+        _req("hard", data_classification="personal"),
+        _snapshot(),  # type: ignore[arg-type]
+    )
+    # Personal data: only local models, whatever the router predicts.
+    assert personal.model.slug == "local" and personal.strategy == "policy"
+    assert personal.local_only
