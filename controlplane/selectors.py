@@ -19,6 +19,7 @@ from controlplane.models import (
     TaskClass,
     VersionStatus,
 )
+from routing.route_diff import RouteChange, RouteSpec, conditions_text, routes_diff
 
 # last_used_at is written at most this often per key, to keep authentication cheap.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -89,3 +90,33 @@ def task_class_list() -> QuerySet[TaskClass]:
 
 def audit_log_recent(limit: int = 50) -> QuerySet[AuditLog]:
     return AuditLog.objects.select_related("actor").order_by("-at", "-id")[:limit]
+
+
+# --- routing tables as diffs ---------------------------------------------------------------
+
+
+def route_spec(route: Route) -> RouteSpec:
+    return RouteSpec(
+        primary=route.primary.slug,
+        fallbacks=tuple(route.fallbacks),
+        triggers=tuple(route.escalation_triggers()),
+        conditions=conditions_text(
+            max_context_tokens=route.max_context_tokens,
+            max_latency_budget_ms=route.max_latency_budget_ms,
+            data_classifications=route.data_classifications,
+            teams=route.teams,
+            output_cap=route.output_cap,
+        ),
+        strategy=route.strategy,
+    )
+
+
+def routing_version_specs(version: RoutingTableVersion) -> dict[str, RouteSpec]:
+    return {r.task_class.slug: route_spec(r) for r in routing_version_routes(version)}
+
+
+def routing_versions_diff(
+    before: RoutingTableVersion, after: RoutingTableVersion
+) -> list[RouteChange]:
+    """Route by route, what changes from ``before`` to ``after`` (two queries)."""
+    return routes_diff(routing_version_specs(before), routing_version_specs(after))

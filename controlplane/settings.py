@@ -288,3 +288,18 @@ CELERY_BEAT_SCHEDULE = {
 }
 # httpx logs every model call at INFO; sweeps make thousands.
 LOGGING["loggers"]["httpx"] = {"level": "WARNING"}  # type: ignore[index]
+
+# --- Reviewers' desk (evaluation): human handoffs and their webhooks
+# A handoff without its own SLA is due this many minutes after it was submitted.
+SWITCHYARD_HANDOFF_SLA_MINUTES = env_int("SWITCHYARD_HANDOFF_SLA_MINUTES", 60)
+# A reviewer's claim on an item lapses after this many seconds unless renewed.
+SWITCHYARD_HANDOFF_CLAIM_S = env_int("SWITCHYARD_HANDOFF_CLAIM_S", 600)
+# Webhook deliveries: attempts in all, exponential backoff (with jitter) from/up to, timeout.
+SWITCHYARD_WEBHOOK_MAX_ATTEMPTS = env_int("SWITCHYARD_WEBHOOK_MAX_ATTEMPTS", 8)
+SWITCHYARD_WEBHOOK_BACKOFF_S = float(env_str("SWITCHYARD_WEBHOOK_BACKOFF_S", "2.0"))
+SWITCHYARD_WEBHOOK_MAX_BACKOFF_S = float(env_str("SWITCHYARD_WEBHOOK_MAX_BACKOFF_S", "600"))
+SWITCHYARD_WEBHOOK_TIMEOUT_S = float(env_str("SWITCHYARD_WEBHOOK_TIMEOUT_S", "5.0"))
+CELERY_BEAT_SCHEDULE["webhook-deliveries-due"] = {
+    "task": "evaluation.tasks.webhook_deliveries_due",
+    "schedule": 60.0,
+}

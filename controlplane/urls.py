@@ -37,6 +37,7 @@ urlpatterns = [
     path("", telemetry_views.overview, name="home"),
     path("registry/", views.registry_home, name="registry"),
     path("registry/routing/", views.routing_version_list, name="routing-versions"),
+    path("registry/routing/compare", views.routing_version_compare, name="routing-compare"),
     path("registry/routing/rollback", views.routing_version_rollback, name="routing-rollback"),
     path("registry/routing/<int:number>/", views.routing_version_detail, name="routing-version"),
     path(

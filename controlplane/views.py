@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -57,6 +57,37 @@ def registry_home(request: HttpRequest) -> HttpResponse:
             "task_classes": selectors.task_class_list(),
             "budgets": selectors.budget_list_with_spend(),
         },
+    )
+
+
+def _version_number(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() and len(raw) < 9 else None
+
+
+@role_required(VIEWER)
+def routing_version_compare(request: HttpRequest) -> HttpResponse:
+    """Two routing-table versions as a diff of routes (default: the newest one against the
+    version it was based on, or the one before it)."""
+    versions = list(selectors.routing_version_list())
+    by_number = {v.number: v for v in versions}
+    to_number = _version_number(request.GET.get("to"))
+    from_number = _version_number(request.GET.get("from"))
+    if (to_number is not None and to_number not in by_number) or (
+        from_number is not None and from_number not in by_number
+    ):
+        raise Http404("No such routing-table version.")
+    after = by_number.get(to_number) if to_number is not None else None
+    if after is None:
+        after = versions[0] if versions else None  # the newest (a draft under review)
+    before = by_number.get(from_number) if from_number is not None else None
+    if before is None and after is not None:
+        based_on = next((v for v in versions if v.pk == after.based_on_id), None)
+        before = based_on or next((v for v in versions if v.number < after.number), None)
+    changes = selectors.routing_versions_diff(before, after) if before and after else []
+    return render(
+        request,
+        "controlplane/routing_compare.html",
+        {"versions": versions, "before": before, "after": after, "changes": changes},
     )
 
 

@@ -13,10 +13,12 @@ from evaluation.models import (
     GraderConfig,
     JudgePrompt,
     LearnedRouter,
+    OutputCheckPolicy,
     PromptTemplate,
     Proposal,
     ShadowConfig,
     SweepRun,
+    WebhookEndpoint,
 )
 
 
@@ -101,3 +103,14 @@ class GradedCountAdmin(admin.ModelAdmin[GradedCount]):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(OutputCheckPolicy)
+class OutputCheckPolicyAdmin(admin.ModelAdmin[OutputCheckPolicy]):
+    list_display = ["task_class", "check_personal_data", "check_schema", "max_chars", "on_failure"]
+    list_filter = ["on_failure"]
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
+    list_display = ["application", "url", "is_active", "created_at"]

@@ -1,10 +1,11 @@
-"""Proposals API: list and read proposals; Reviewers approve or reject them."""
+"""Proposals API (list, read; Reviewers approve or reject), human handoffs, output checks."""
 
 from __future__ import annotations
 
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -14,11 +15,22 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.authentication import ApiPrincipal
-from controlplane.errors import ApiError, ErrorSerializer
+from controlplane.errors import ApiError, ErrorSerializer, error_responses
 from controlplane.permissions import scope_required
 from controlplane.roles import REVIEWER, user_has_role
 from evaluation import selectors, services
-from evaluation.models import Proposal, ProposalStatus
+from evaluation.models import Handoff, OutputCheck, Proposal, ProposalStatus
+from evaluation.services import handoffs
+from evaluation.services.checks import output_check_run
+from evaluation.services.handoffs import HandoffSubmission
+from routing.schemas import (
+    HandoffInput,
+    OutputCheckInput,
+    handoff_input_decode,
+    output_check_input_decode,
+)
+from routing.serializers import request_body
+from telemetry.record import decision_for_caller
 
 
 class ReviewerPerson(BasePermission):
@@ -189,3 +201,131 @@ class ProposalRejectApi(APIView):
         return Response(
             ProposalOutput(selectors.proposal_get(proposal.public_id), context=context).data
         )
+
+
+# --- human handoffs and output checks ---------------------------------------------------------
+
+_HANDOFF_ERRORS = error_responses(400, 404, 409, 413)
+
+
+class HandoffOutput(serializers.ModelSerializer[Handoff]):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+
+    class Meta:
+        model = Handoff
+        fields = [
+            "id",
+            "decision_id",
+            "status",
+            "source",
+            "task_class",
+            "team",
+            "draft",
+            "context",
+            "sla_minutes",
+            "due_at",
+            "created_at",
+            "final_text",
+            "diff",
+            "reject_reason",
+            "reviewed_at",
+        ]
+
+
+def _raw_body(request: Request) -> bytes:
+    body: bytes = request._request.body
+    if len(body) > settings.SWITCHYARD_MAX_BODY_BYTES:  # the decision API's limit
+        raise ApiError(413, "too_large", "The request body is too large.")
+    return body
+
+
+class HandoffCreateApi(APIView):
+    """POST /api/v1/handoffs — hold a decision's draft for a person."""
+
+    permission_classes = [scope_required("report")]
+
+    @extend_schema(
+        request=request_body(HandoffInput),
+        responses={
+            201: HandoffOutput,
+            200: OpenApiResponse(HandoffOutput, description="Repeated submission: the stored one"),
+            **_HANDOFF_ERRORS,
+        },
+        tags=["handoffs"],
+    )
+    def post(self, request: Request) -> Response:
+        data = handoff_input_decode(_raw_body(request))
+        record = decision_for_caller(request.user, data.decision_id)
+        submission = HandoffSubmission(
+            draft=data.draft,
+            context=dict(data.context),
+            sla_minutes=data.sla_minutes,
+            idempotency_key=data.idempotency_key or "",
+        )
+        try:
+            handoff, created = handoffs.handoff_submit(record=record, submission=submission)
+        except handoffs.HandoffConflict as exc:
+            field = "idempotency_key" if data.idempotency_key else "decision_id"
+            raise ApiError(409, "idempotency_conflict", str(exc), {field: [str(exc)]}) from exc
+        return Response(HandoffOutput(handoff).data, status=201 if created else 200)
+
+
+class HandoffDetailApi(APIView):
+    """GET /api/v1/handoffs/{id} — poll for the reviewer's answer."""
+
+    permission_classes = [scope_required("read")]
+
+    @extend_schema(responses={200: HandoffOutput, **error_responses(404)}, tags=["handoffs"])
+    def get(self, request: Request, public_id: UUID) -> Response:
+        handoff = Handoff.objects.filter(public_id=public_id).first()
+        user = request.user
+        if handoff is None:
+            raise ApiError(404, "not_found", "No such handoff.")
+        if isinstance(user, ApiPrincipal):
+            if user.application.pk != handoff.application_id:
+                raise ApiError(404, "not_found", "No such handoff.")
+        elif not user_has_role(user, REVIEWER):
+            raise ApiError(404, "not_found", "No such handoff.")
+        return Response(HandoffOutput(handoff).data)
+
+
+class OutputCheckOutput(serializers.ModelSerializer[OutputCheck]):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    handoff_id = serializers.SerializerMethodField()
+
+    class Meta:
+        model = OutputCheck
+        fields = [
+            "id",
+            "decision_id",
+            "model",
+            "passed",
+            "findings",
+            "rules",
+            "action",
+            "next_model",
+            "handoff_id",
+            "created_at",
+        ]
+
+    def get_handoff_id(self, obj: OutputCheck) -> str | None:
+        return str(obj.handoff.public_id) if obj.handoff is not None else None
+
+
+class OutputCheckCreateApi(APIView):
+    """POST /api/v1/decisions/{id}/checks — check an output locally (never a cloud call)."""
+
+    permission_classes = [scope_required("report")]
+
+    @extend_schema(
+        request=request_body(OutputCheckInput),
+        responses={201: OutputCheckOutput, **error_responses(400, 404, 413)},
+        tags=["decisions"],
+    )
+    def post(self, request: Request, decision_id: str) -> Response:
+        data = output_check_input_decode(_raw_body(request))
+        record = decision_for_caller(request.user, decision_id)
+        check = output_check_run(
+            record=record, output=data.output, input_text=data.input, model=data.model or ""
+        )
+        return Response(OutputCheckOutput(check).data, status=201)

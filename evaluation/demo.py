@@ -16,12 +16,14 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from django.db import transaction
 from django.db.models.signals import post_save
 from django.urls import reverse
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from controlplane.models import DataPolicy, ModelEndpoint, TaskClass
@@ -36,6 +38,7 @@ from evaluation.models import (
     SweepStatus,
 )
 from evaluation.workload import SQL_READ_ONLY_PATTERN
+from telemetry.models import DecisionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +219,77 @@ def demo_evaluation_load(*, run_now: bool | None = None) -> dict[str, Any]:
         "demo_sweep": run.pk if run else None,
         "demo_sweep_status": run.status if run else None,
     }
+
+
+DESK_DRAFTS: tuple[tuple[str, dict[str, Any], int], ...] = (
+    (
+        "Dear customer,\n\nI am sorry your order arrived damaged. We will send a replacement "
+        "today and you will not need to return the damaged item.\n\nKind regards,\nSupport",
+        {
+            "customer_message": "The vase arrived in pieces. This is the second time!!",
+            "order": 88123,
+        },
+        240,
+    ),
+    (
+        "Hello,\n\nWe have approved a full refund of 149.00 EUR to your original payment "
+        "method; it arrives within 5 working days.\n\nBest,\nSupport",
+        {"customer_message": "Cancel it and give me my money back.", "order": 88140},
+        30,
+    ),
+    (
+        "Hi,\n\nThanks for your patience. Our engineers found the cause of the outage and "
+        "your account is credited with one month of service.\n\nSupport",
+        {"customer_message": "Your service was down for 6 hours during our launch.", "plan": "pro"},
+        120,
+    ),
+)
+DESK_LEAKY_OUTPUT = (
+    "Hello,\n\nI have forwarded your complaint to our billing lead, maria.keller@example.com, "
+    "who will call you back today. Your refund is guaranteed.\n\nSupport"
+)
+
+
+def demo_desk_load(task_class: str = "customer-reply-draft") -> dict[str, int]:
+    """A few pending handoffs (one past its SLA) and a failed output check that put a leaky
+    draft on the desk (idempotent: nothing is added once the desk has items)."""
+    from evaluation.models import Handoff, OutputCheckAction, OutputCheckPolicy
+    from evaluation.services.checks import output_check_run
+    from evaluation.services.handoffs import HandoffSubmission, handoff_submit
+
+    if Handoff.objects.exists():
+        return {"handoffs": 0, "checks": 0}
+    decisions = list(
+        DecisionRecord.objects.filter(task_class=task_class).order_by("-created_at")[:4]
+    )
+    if len(decisions) < 4:
+        return {"handoffs": 0, "checks": 0}
+    klass = TaskClass.objects.get(slug=task_class)
+    OutputCheckPolicy.objects.update_or_create(
+        task_class=klass,
+        defaults={
+            "forbidden_terms": ["guaranteed", "legal advice"],
+            "regex_rules": [{"name": "no-card-numbers", "pattern": r"\b(?:\d[ -]?){13,19}\b"}],
+            "max_chars": 4000,
+            "on_failure": OutputCheckAction.HANDOFF,
+            "handoff_sla_minutes": 60,
+        },
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        for (draft, context, sla), record in zip(DESK_DRAFTS, decisions, strict=False):
+            handoff, _ = handoff_submit(
+                record=record,
+                submission=HandoffSubmission(draft=draft, context=context, sla_minutes=sla),
+            )
+            # Spread the ages: the refund draft has waited past its 30-minute SLA.
+            waited = timedelta(minutes=45 if sla == 30 else 10)
+            Handoff.objects.filter(pk=handoff.pk).update(
+                created_at=now - waited, due_at=now - waited + timedelta(minutes=sla)
+            )
+        check = output_check_run(
+            record=decisions[3],
+            output=DESK_LEAKY_OUTPUT,
+            input_text="I want my money back for order 88151.",
+        )
+    return {"handoffs": Handoff.objects.count(), "checks": 0 if check.passed else 1}

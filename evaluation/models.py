@@ -475,3 +475,242 @@ class LearnedRouter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_class_id} learned v{self.version} ({self.status})"
+
+
+# --- the reviewers' desk: human handoffs, output checks, webhooks ---------------------------
+
+
+class HandoffStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    APPROVED = "approved", "approved"
+    EDITED = "edited", "edited and approved"
+    REJECTED = "rejected", "rejected"
+
+
+class HandoffSource(models.TextChoices):
+    API = "api", "submitted by the service"
+    OUTPUT_CHECK = "output_check", "failed output check"
+
+
+class Handoff(models.Model):
+    """A model's draft held for a person: approved (maybe edited) or rejected with a reason.
+
+    One handoff per decision. The decision table is partitioned, so the decision is named by
+    id and creation time (its partition), not by a foreign key; the application, team and
+    task class are copied from it so the queue filters without touching the decisions.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    decision_id = models.UUIDField()
+    decision_created_at = models.DateTimeField()
+    application_id = models.BigIntegerField()
+    application = models.CharField(max_length=64)
+    team = models.CharField(max_length=64, blank=True)
+    task_class = models.CharField(max_length=64)
+    source = models.CharField(max_length=16, choices=HandoffSource.choices)
+    idempotency_key = models.CharField(max_length=128, blank=True)
+    body_sha256 = models.CharField(max_length=64, blank=True)
+    draft = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    sla_minutes = models.PositiveIntegerField()
+    due_at = models.DateTimeField()
+    status = models.CharField(
+        max_length=10, choices=HandoffStatus.choices, default=HandoffStatus.PENDING
+    )
+    # Claim lock: a reviewer works the item while claimed_by is set and the claim has not
+    # expired; an abandoned claim simply runs out (no sweeper needed).
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
+    final_text = models.TextField(blank=True)
+    diff = models.TextField(blank=True, help_text="Unified diff from the draft to the final text")
+    reject_reason = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["decision_id"], name="one_handoff_per_decision"),
+            models.UniqueConstraint(
+                fields=["application_id", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="one_handoff_per_idempotency_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "approved", "edited", "rejected"]),
+                name="handoff_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="rejected") | ~Q(reject_reason=""),
+                name="handoff_rejection_has_reason",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=Q(status="pending"), name="handoff_pending_age"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"handoff {self.public_id} ({self.status})"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == HandoffStatus.PENDING
+
+
+class OutputCheckAction(models.TextChoices):
+    NONE = "none", "only record the result"
+    ESCALATE = "escalate", "escalate to the next model"
+    HANDOFF = "handoff", "hand off to a reviewer"
+
+
+class OutputCheckPolicy(models.Model):
+    """What a task class's outputs are checked for, and what a failure answers.
+
+    The JSON Schema is the task class's own ``output_schema``; everything else is here.
+    """
+
+    task_class = models.OneToOneField(
+        TaskClass, on_delete=models.CASCADE, related_name="output_check_policy"
+    )
+    check_personal_data = models.BooleanField(
+        default=True, help_text="Personal data in the output that was not in the input fails"
+    )
+    check_schema = models.BooleanField(
+        default=True, help_text="Validate against the task class's output schema, if it has one"
+    )
+    forbidden_terms = ArrayField(
+        models.CharField(max_length=200), default=list, blank=True,
+        help_text="Case-insensitive, on normalised text (look-alikes and invisible "
+        "characters do not hide a term)",
+    )  # fmt: skip
+    regex_rules = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='[{"name": "no-refund-promise", "pattern": "…", "must_match": false}]; '
+        "matched case-insensitively on normalised text (NFKC, look-alikes and dashes mapped, "
+        "invisible characters removed, whitespace collapsed)",
+    )
+    max_chars = models.PositiveIntegerField(null=True, blank=True)
+    min_chars = models.PositiveIntegerField(null=True, blank=True)
+    on_failure = models.CharField(
+        max_length=10, choices=OutputCheckAction.choices, default=OutputCheckAction.NONE
+    )
+    handoff_sla_minutes = models.PositiveIntegerField(default=60)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["task_class__slug"]
+        verbose_name_plural = "output check policies"
+
+    def __str__(self) -> str:
+        return f"{self.task_class_id}: {self.on_failure}"
+
+    def clean(self) -> None:
+        from routing.output_checks import PolicyError, policy_build
+
+        try:
+            policy_build(
+                forbidden_terms=self.forbidden_terms or [],
+                regex_rules=self.regex_rules or [],
+                max_chars=self.max_chars,
+                min_chars=self.min_chars,
+                output_schema=None,
+            )
+        except PolicyError as exc:
+            raise ValidationError({exc.field: str(exc)}) from exc
+
+
+class OutputCheck(models.Model):
+    """One check of one output: the findings, and what the failure answered."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    decision_id = models.UUIDField(db_index=True)
+    decision_created_at = models.DateTimeField()
+    application_id = models.BigIntegerField()
+    task_class = models.CharField(max_length=64)
+    team = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    passed = models.BooleanField()
+    # [{rule, kind, message}] — never the personal data itself.
+    findings = models.JSONField(default=list, blank=True)
+    rules = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    action = models.CharField(max_length=10, choices=OutputCheckAction.choices)
+    next_model = models.CharField(max_length=64, blank=True)
+    handoff = models.ForeignKey(
+        Handoff, null=True, blank=True, on_delete=models.SET_NULL, related_name="checks"
+    )
+    output_chars = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"check {self.decision_id} {'pass' if self.passed else 'fail'}"
+
+
+class WebhookEndpoint(models.Model):
+    """Where an application learns its handoffs' results; signed with ``secret``."""
+
+    application = models.OneToOneField(
+        "controlplane.Application", on_delete=models.CASCADE, related_name="webhook"
+    )
+    url = models.URLField(max_length=300)
+    secret = models.CharField(
+        max_length=128, help_text="Shared HMAC-SHA256 secret (the receiver verifies with it)"
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["application__slug"]
+
+    def __str__(self) -> str:
+        return f"{self.application_id} → {self.url}"
+
+    def clean(self) -> None:
+        from evaluation.services.handoffs import webhook_url_validate
+
+        if self.url:
+            webhook_url_validate(self.url)
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    DELIVERED = "delivered", "delivered"
+    FAILED = "failed", "failed"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: its body is signed anew on each attempt."""
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    handoff = models.ForeignKey(Handoff, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    body = models.TextField()
+    status = models.CharField(
+        max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    log = models.JSONField(default=list, blank=True, help_text="[{at, status_code, error}]")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.endpoint_id} ({self.status})"

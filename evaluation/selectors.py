@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict
 
-from django.db import connection
+from django.db import connection, models
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -23,18 +24,23 @@ from controlplane.models import (
     TaskClass,
     VersionStatus,
 )
+from controlplane.selectors import route_spec
 from evaluation.client import ModelTarget, model_timeout_s
 from evaluation.graders import GraderSpec, grader_default_spec
 from evaluation.models import (
     OPEN_PROPOSAL_STATUSES,
     GradedCount,
     GraderConfig,
+    Handoff,
+    HandoffStatus,
     LearnedRouter,
     LearnedRouterStatus,
+    OutputCheck,
     Proposal,
     ProposalStatus,
     SweepRun,
     SweepSample,
+    WebhookDelivery,
 )
 from evaluation.replay import PromptShape
 from routing.confidence import (
@@ -43,7 +49,9 @@ from routing.confidence import (
     SuccessCount,
 )
 from routing.learned import LearnedRouterInfo, learned_router_from_data
+from routing.route_diff import RouteChange, routes_diff
 from telemetry.models import DecisionOutcome, DecisionRecord
+from telemetry.selectors import Attention
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +276,7 @@ def open_proposal_for(task_class: TaskClass) -> Proposal | None:
 class ProposalRow:
     proposal: Proposal
     is_stale: bool
+    diff: tuple[RouteChange, ...] = ()
 
 
 def active_version_number() -> int | None:
@@ -291,7 +300,32 @@ def proposal_list(*, status: str | None = None, limit: int = 200) -> list[Propos
         proposals = proposals.filter(status__in=OPEN_PROPOSAL_STATUSES)
     elif status:
         proposals = proposals.filter(status=status)
-    return [ProposalRow(p, proposal_is_stale(p, active)) for p in proposals[:limit]]
+    rows = list(proposals[:limit])
+    diffs = proposal_route_diffs(rows)
+    return [ProposalRow(p, proposal_is_stale(p, active), diffs.get(p.pk, ())) for p in rows]
+
+
+def proposal_route_diffs(proposals: list[Proposal]) -> dict[int, tuple[RouteChange, ...]]:
+    """Each proposal's change as a route diff: the route in the version it was based on,
+    against that route with the proposed primary and fallbacks (one query for all)."""
+    if not proposals:
+        return {}
+    wanted = Q()
+    for p in proposals:
+        wanted |= Q(version__number=p.based_on_version, task_class_id=p.task_class_id)
+    routes = {
+        (r.version.number, r.task_class_id): r
+        for r in Route.objects.filter(wanted).select_related("version", "primary", "task_class")
+    }
+    out: dict[int, tuple[RouteChange, ...]] = {}
+    for p in proposals:
+        route = routes.get((p.based_on_version, p.task_class_id))
+        if route is None:
+            continue
+        before = route_spec(route)
+        after = replace(before, primary=p.to_model.slug, fallbacks=tuple(p.new_fallbacks))
+        out[p.pk] = tuple(routes_diff({p.task_class.slug: before}, {p.task_class.slug: after}))
+    return out
 
 
 def proposal_get(public_id: Any) -> Proposal:
@@ -477,3 +511,300 @@ def calibration_summary(*, days: int = 14, now: datetime | None = None) -> list[
 
 def learned_router_list(limit: int = 50) -> list[LearnedRouter]:
     return list(LearnedRouter.objects.select_related("task_class").order_by("-created_at")[:limit])
+
+
+# --- the reviewers' desk ------------------------------------------------------------------
+
+
+def duration_text(seconds: float) -> str:
+    """12 s, 5 min, 3 h 20 min, 2 d 4 h."""
+    s = int(abs(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    handoff: Handoff
+    age_s: float
+    sla_left_s: float
+    breached: bool
+    claimed: bool
+
+    @property
+    def age_text(self) -> str:
+        return duration_text(self.age_s)
+
+    @property
+    def sla_text(self) -> str:
+        text = duration_text(self.sla_left_s)
+        return f"{text} overdue" if self.breached else f"{text} left"
+
+
+def handoff_queue(*, task_class: str = "", team: str = "", limit: int = 200) -> list[QueueRow]:
+    """Pending handoffs, oldest first (one query)."""
+    rows = Handoff.objects.filter(status=HandoffStatus.PENDING).select_related("claimed_by")
+    if task_class:
+        rows = rows.filter(task_class=task_class)
+    if team:
+        rows = rows.filter(team=team)
+    now = timezone.now()
+    return [
+        QueueRow(
+            handoff=h,
+            age_s=(now - h.created_at).total_seconds(),
+            sla_left_s=(h.due_at - now).total_seconds(),
+            breached=h.due_at < now,
+            claimed=h.claim_expires_at is not None and h.claim_expires_at > now,
+        )
+        for h in rows.order_by("created_at", "pk")[:limit]
+    ]
+
+
+def handoff_filter_choices() -> dict[str, list[str]]:
+    pending = Handoff.objects.filter(status=HandoffStatus.PENDING).order_by()
+    return {
+        "task_classes": list(
+            pending.values_list("task_class", flat=True).distinct().order_by("task_class")
+        ),
+        "teams": list(
+            pending.exclude(team="").values_list("team", flat=True).distinct().order_by("team")
+        ),
+    }
+
+
+def handoff_get(public_id: Any) -> Handoff | None:
+    return (
+        Handoff.objects.select_related("claimed_by", "reviewed_by")
+        .filter(public_id=public_id)
+        .first()
+    )
+
+
+def handoff_decision(handoff: Handoff) -> DecisionRecord | None:
+    return DecisionRecord.objects.filter(
+        id=handoff.decision_id, created_at=handoff.decision_created_at
+    ).first()
+
+
+def handoff_decision_path(handoff: Handoff) -> dict[str, Any] | None:
+    """What the reviewer sees beside the draft: how the decision was made."""
+    record = handoff_decision(handoff)
+    if record is None:
+        return None
+    path = record.path or {}
+    return {
+        "record": record,
+        "candidates": path.get("candidates", []),
+        "fallbacks": path.get("fallbacks", []),
+        "policy": path.get("policy", {}),
+        "budgets": path.get("budgets", []),
+    }
+
+
+def handoffs_for_decision(decision_id: Any) -> list[Handoff]:
+    return list(Handoff.objects.filter(decision_id=decision_id).select_related("reviewed_by"))
+
+
+def handoff_states(decision_ids: list[Any]) -> dict[Any, str]:
+    """decision id → its handoff's status, for a page of decisions (one query)."""
+    if not decision_ids:
+        return {}
+    rows = Handoff.objects.filter(decision_id__in=decision_ids).values_list("decision_id", "status")
+    return dict(rows)
+
+
+def output_checks_for(decision_id: Any) -> list[OutputCheck]:
+    return list(OutputCheck.objects.filter(decision_id=decision_id).order_by("created_at", "pk"))
+
+
+def diff_lines(diff: str) -> list[tuple[str, str]]:
+    """(css class, line) per line of a unified diff."""
+    out = []
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")):
+            kind = "file"
+        elif line.startswith("@@"):
+            kind = "hunk"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        else:
+            kind = "same"
+        out.append((kind, line))
+    return out
+
+
+def webhook_delivery_list(*, status: str = "", limit: int = 200) -> list[WebhookDelivery]:
+    rows = WebhookDelivery.objects.select_related("endpoint__application", "handoff")
+    if status:
+        rows = rows.filter(status=status)
+    return list(rows.order_by("-created_at", "-pk")[:limit])
+
+
+def handoff_stats(*, days: int = 30) -> dict[str, Any]:
+    """Queue depth, pending age p50/p95, SLA breaches, review rates per task class and
+    output-check failure rates per rule (three queries)."""
+    from django.db import connection
+
+    since = timezone.now() - timedelta(days=days)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM now() - created_at)),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM now() - created_at)),
+                   count(*) FILTER (WHERE due_at < now()),
+                   max(extract(epoch FROM now() - created_at))
+            FROM {Handoff._meta.db_table} WHERE status = 'pending'
+            """  # noqa: E501, S608
+        )
+        depth, p50, p95, breached, oldest = cursor.fetchone()
+        cursor.execute(
+            f"""
+            SELECT rule, count(*) FROM {OutputCheck._meta.db_table}, unnest(rules) AS rule
+            WHERE created_at >= %s GROUP BY rule
+            UNION ALL
+            SELECT '', count(*) FROM {OutputCheck._meta.db_table} WHERE created_at >= %s
+            """,  # noqa: S608
+            [since, since],
+        )
+        check_rows = cursor.fetchall()
+    resolved = (
+        Handoff.objects.filter(reviewed_at__gte=since)
+        .exclude(status=HandoffStatus.PENDING)
+        .values("task_class")
+        .annotate(
+            total=Count("pk"),
+            approved=Count("pk", filter=Q(status=HandoffStatus.APPROVED)),
+            edited=Count("pk", filter=Q(status=HandoffStatus.EDITED)),
+            rejected=Count("pk", filter=Q(status=HandoffStatus.REJECTED)),
+            late=Count("pk", filter=Q(reviewed_at__gt=models.F("due_at"))),
+        )
+        .order_by("task_class")
+    )
+    checks_total = next((n for rule, n in check_rows if rule == ""), 0)
+    return {
+        "depth": depth,
+        "age_p50_s": float(p50) if p50 is not None else None,
+        "age_p95_s": float(p95) if p95 is not None else None,
+        "breached": breached,
+        "age_max_s": float(oldest) if oldest is not None else None,
+        "classes": [
+            {
+                **row,
+                "approval_rate": row["approved"] / row["total"],
+                "edit_rate": row["edited"] / row["total"],
+                "rejection_rate": row["rejected"] / row["total"],
+            }
+            for row in resolved
+        ],
+        "checks_total": checks_total,
+        "check_failures": sorted(
+            (
+                {"rule": rule, "failures": n, "rate": n / checks_total if checks_total else 0.0}
+                for rule, n in check_rows
+                if rule != ""
+            ),
+            key=lambda r: -r["failures"],
+        ),
+    }
+
+
+# When the desk shows on the overview's "needs attention" list.
+DESK_QUEUE_DEPTH_WARN = 20
+CHECK_FAILURE_RATE_WARN = 0.10
+CHECK_FAILURE_MIN_CHECKS = 20
+
+
+def desk_numbers(*, days: int = 7) -> dict[str, Any]:
+    """The desk's numbers the overview needs, in one query: queue depth, pending age p50/p95
+    and oldest, SLA breaches, checks in ``days`` and failures per rule."""
+    from django.db import connection
+
+    since = timezone.now() - timedelta(days=days)
+    handoff, check = Handoff._meta.db_table, OutputCheck._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH pending AS (
+                SELECT count(*) AS depth,
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM now() - created_at)) AS p50,
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM now() - created_at)) AS p95,
+                       count(*) FILTER (WHERE due_at < now()) AS breached,
+                       max(extract(epoch FROM now() - created_at)) AS oldest
+                FROM {handoff} WHERE status = 'pending'
+            ), recent AS (
+                SELECT rules FROM {check} WHERE created_at >= %s
+            )
+            SELECT pending.*,
+                   (SELECT count(*) FROM recent),
+                   (SELECT coalesce(json_object_agg(rule, n), '{{}}') FROM (
+                       SELECT rule, count(*) AS n FROM recent, unnest(rules) AS rule GROUP BY rule
+                   ) failures)
+            FROM pending
+            """,  # noqa: E501, S608
+            [since],
+        )
+        depth, p50, p95, breached, oldest, checks, failures = cursor.fetchone()
+    if isinstance(failures, str):
+        failures = json.loads(failures)
+    return {
+        "depth": depth,
+        "age_p50_s": float(p50) if p50 is not None else None,
+        "age_p95_s": float(p95) if p95 is not None else None,
+        "age_max_s": float(oldest) if oldest is not None else None,
+        "breached": breached,
+        "checks_total": checks,
+        "check_failures": sorted(
+            (
+                {"rule": rule, "failures": n, "rate": n / checks if checks else 0.0}
+                for rule, n in (failures or {}).items()
+            ),
+            key=lambda r: (-r["failures"], r["rule"]),
+        ),
+    }
+
+
+def desk_attention(*, url: str, days: int = 7) -> list[Attention]:
+    """Handoffs past their SLA, a long queue, or an output-check rule failing often."""
+    stats = desk_numbers(days=days)
+    items: list[Attention] = []
+    if stats["breached"]:
+        items.append(
+            Attention(
+                "bad",
+                f"{stats['breached']} handoff{'s' if stats['breached'] > 1 else ''} past "
+                f"{'their' if stats['breached'] > 1 else 'its'} SLA on the reviewers' desk "
+                f"(oldest waiting: {duration_text(stats['age_max_s'] or 0)}).",
+                url=url,
+            )
+        )
+    elif stats["depth"] >= DESK_QUEUE_DEPTH_WARN:
+        items.append(
+            Attention(
+                "warn",
+                f"{stats['depth']} drafts wait for a reviewer "
+                f"(age p50 {duration_text(stats['age_p50_s'] or 0)}, "
+                f"p95 {duration_text(stats['age_p95_s'] or 0)}).",
+                url=url,
+            )
+        )
+    if stats["checks_total"] >= CHECK_FAILURE_MIN_CHECKS:
+        for failure in stats["check_failures"]:
+            if failure["rate"] >= CHECK_FAILURE_RATE_WARN:
+                items.append(
+                    Attention(
+                        "warn",
+                        f"Output check {failure['rule']} failed {failure['rate']:.0%} of "
+                        f"{stats['checks_total']} outputs in {days} days.",
+                        url=url,
+                    )
+                )
+    return items

@@ -70,3 +70,23 @@ def learned_routers_train_task() -> list[int]:
 
     with audit_actor(label="learned-router-training"):
         return [r.pk for r in learned_routers_train_all()]
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def webhook_deliver(delivery_id: int) -> str:
+    """One delivery attempt; on failure the next is scheduled with backoff and jitter."""
+    from evaluation.services.handoffs import webhook_delivery_attempt
+
+    delay = webhook_delivery_attempt(delivery_id)
+    if delay is None:
+        return "done"
+    webhook_deliver.apply_async((delivery_id,), countdown=delay)
+    return f"retry in {delay:.2f} s"
+
+
+@shared_task
+def webhook_deliveries_due() -> int:
+    """Celery beat: re-enqueue pending deliveries whose retry message was lost."""
+    from evaluation.services.handoffs import webhook_deliveries_due as due
+
+    return len(due())

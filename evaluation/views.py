@@ -1,10 +1,12 @@
-"""Reviewer pages: the proposal queue, a proposal's evidence, review actions, sweeps.
+"""Reviewer pages: the proposal queue, a proposal's evidence, review actions, sweeps, and
+the reviewers' desk (handoff queue, one handoff beside its decision path, webhook log).
 
 Each page renders whole, or — for htmx requests — only the named partial it swaps.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -12,14 +14,25 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.decorators import role_required
 from controlplane.models import ModelEndpoint, TaskClass
 from controlplane.roles import OPERATOR, REVIEWER, VIEWER
 from evaluation import charts, selectors, services
-from evaluation.models import Proposal, ProposalChange, SweepKind, SweepRun
+from evaluation.models import (
+    DeliveryStatus,
+    Proposal,
+    ProposalChange,
+    SweepKind,
+    SweepRun,
+    WebhookDelivery,
+)
+from evaluation.services import handoffs as handoff_services
+from routing.schemas import MAX_DRAFT_CHARS
 
+SLUG_RE = re.compile(r"[-a-zA-Z0-9_]+")
 QUEUE_FILTERS = ["open", "applied", "rejected", "rolled_back", "superseded", "all"]
 
 
@@ -81,6 +94,7 @@ def _detail_context(proposal: Proposal) -> dict[str, Any]:
         "active_number": active,
         "is_stale": selectors.proposal_is_stale(proposal, active),
         "samples": selectors.proposal_samples(proposal),
+        "route_diff": selectors.proposal_route_diffs([proposal]).get(proposal.pk, ()),
         "success_chart": charts.success_rate_chart(evidence),
         "latency_chart": charts.latency_chart(selectors.proposal_latencies(proposal), evidence),
         "escalation_chart": charts.escalation_chart(evidence),
@@ -226,3 +240,153 @@ def calibration(request: HttpRequest) -> HttpResponse:
             "routers": router_rows,
         },
     )
+
+
+# --- the reviewers' desk: human handoffs ------------------------------------------------------
+
+
+def _slug_param(value: str) -> str:
+    """A filter value: a slug, or nothing (a NUL or look-alike never reaches the query)."""
+    return value if len(value) <= 64 and SLUG_RE.fullmatch(value) else ""
+
+
+def _queue_context(request: HttpRequest) -> dict[str, Any]:
+    task_class = _slug_param(request.GET.get("task_class", ""))
+    team = _slug_param(request.GET.get("team", ""))
+    rows = selectors.handoff_queue(task_class=task_class, team=team)
+    choices = selectors.handoff_filter_choices()
+    return {
+        "rows": rows,
+        "task_class": task_class,
+        "team": team,
+        "task_classes": choices["task_classes"],
+        "teams": choices["teams"],
+        "stats": selectors.handoff_stats(),
+        "now": timezone.now(),
+    }
+
+
+@require_GET
+@role_required(REVIEWER)
+def handoff_queue(request: HttpRequest) -> HttpResponse:
+    """Pending drafts, oldest first, with age, SLA and who holds each."""
+    return render(
+        request,
+        _template(request, "evaluation/handoffs.html", "handoff-queue"),
+        _queue_context(request),
+    )
+
+
+@require_POST
+@role_required(REVIEWER)
+def handoff_claim_next(request: HttpRequest) -> HttpResponse:
+    handoff = handoff_services.handoff_claim_next(
+        user=request.user,
+        task_class=_slug_param(request.POST.get("task_class", "")),
+        team=_slug_param(request.POST.get("team", "")),
+    )
+    if handoff is None:
+        messages.info(request, "Nothing left to claim.")
+        return redirect("handoffs")
+    return redirect("handoff-detail", public_id=handoff.public_id)
+
+
+def _handoff(public_id: UUID) -> Any:
+    found = selectors.handoff_get(public_id)
+    if found is None:
+        raise Http404("No such handoff.")
+    return found
+
+
+def _desk_context(request: HttpRequest, public_id: UUID) -> dict[str, Any]:
+    handoff = _handoff(public_id)
+    now = timezone.now()
+    claim_live = handoff.claim_expires_at is not None and handoff.claim_expires_at > now
+    return {
+        "h": handoff,
+        "now": now,
+        "mine": claim_live and handoff.claimed_by_id == request.user.pk,
+        "held_by_other": claim_live and handoff.claimed_by_id != request.user.pk,
+        "path": selectors.handoff_decision_path(handoff),
+        "checks": selectors.output_checks_for(handoff.decision_id),
+        "diff_lines": selectors.diff_lines(handoff.diff),
+    }
+
+
+@require_GET
+@role_required(REVIEWER)
+def handoff_detail(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    """The draft, its context and the decision's whole path, with the review actions."""
+    return render(
+        request,
+        _template(request, "evaluation/handoff.html", "desk"),
+        _desk_context(request, public_id),
+    )
+
+
+@require_POST
+@role_required(REVIEWER)
+def handoff_act(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    """claim | release | approve (with or without edits) | reject, then the desk again."""
+    handoff = _handoff(public_id)
+    action = request.POST.get("action", "")
+    try:
+        if action == "claim":
+            if handoff_services.handoff_claim(handoff=handoff, user=request.user):
+                messages.success(request, "Claimed: it is yours until the claim expires.")
+            else:
+                messages.error(request, "Someone else holds this item, or it is resolved.")
+        elif action == "release":
+            handoff_services.handoff_release(handoff=handoff, user=request.user)
+            messages.info(request, "Released.")
+        elif action == "approve":
+            handoff = handoff_services.handoff_approve(
+                handoff=handoff,
+                user=request.user,
+                final_text=request.POST.get("final_text", handoff.draft)[:MAX_DRAFT_CHARS],
+            )
+            messages.success(
+                request, "Approved with edits." if handoff.diff else "Approved as drafted."
+            )
+        elif action == "reject":
+            handoff_services.handoff_reject(
+                handoff=handoff, user=request.user, reason=request.POST.get("reason", "")
+            )
+            messages.success(request, "Rejected.")
+        else:
+            messages.error(request, "Unknown action.")
+    except handoff_services.HandoffNotClaimed as exc:
+        messages.error(request, str(exc))
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            messages.error(request, f"{field}: {'; '.join(errors)}")
+    if getattr(request, "htmx", False):
+        return render(request, "evaluation/handoff.html#desk", _desk_context(request, public_id))
+    return redirect("handoff-detail", public_id=public_id)
+
+
+@require_GET
+@role_required(OPERATOR)
+def webhook_deliveries(request: HttpRequest) -> HttpResponse:
+    """Every webhook delivery with its attempts; Operators send one again."""
+    status = request.GET.get("status", "")
+    if status not in ("", *DeliveryStatus.values):
+        status = ""
+    return render(
+        request,
+        _template(request, "evaluation/webhooks.html", "deliveries"),
+        {
+            "deliveries": selectors.webhook_delivery_list(status=status),
+            "status": status,
+            "statuses": DeliveryStatus.values,
+        },
+    )
+
+
+@require_POST
+@role_required(OPERATOR)
+def webhook_resend(request: HttpRequest, delivery_id: int) -> HttpResponse:
+    delivery = get_object_or_404(WebhookDelivery, pk=delivery_id)
+    handoff_services.webhook_resend(delivery=delivery)
+    messages.success(request, f"Delivery #{delivery.pk} queued again.")
+    return redirect("webhook-deliveries")

@@ -111,10 +111,55 @@ class CascadeInput(msgspec.Struct, forbid_unknown_fields=True):
     finish_reason: Annotated[Text, msgspec.Meta(max_length=32)] | None = None
 
 
+# Text a person reads and approves: besides control characters, no invisible characters that
+# could hide or reorder what the reviewer sees (zero-width space, bidi embeddings/overrides/
+# isolates, word joiners, BOM, soft hyphen). ZWJ/ZWNJ stay: scripts and emoji need them.
+NO_HIDDEN_CHARACTERS = (
+    r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\u00ad\u200b\u200e\u200f\u202a-\u202e"
+    r"\u2060-\u2064\u2066-\u2069\ufeff]*$"
+)
+MAX_DRAFT_CHARS = 50_000
+ReviewText = Annotated[str, msgspec.Meta(pattern=NO_HIDDEN_CHARACTERS)]
+Draft = Annotated[ReviewText, msgspec.Meta(min_length=1, max_length=MAX_DRAFT_CHARS)]
+
+
+class HandoffInput(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/v1/handoffs — a draft a person must approve before it is used."""
+
+    decision_id: Annotated[Text, msgspec.Meta(min_length=1, max_length=64)]
+    draft: Draft
+    # What the reviewer needs beside the draft (the customer's message, the order, …).
+    context: dict[
+        Annotated[ReviewText, msgspec.Meta(max_length=64)],
+        Annotated[ReviewText, msgspec.Meta(max_length=10_000)] | Int64 | float | bool | None,
+    ] = {}
+    sla_minutes: Annotated[int, msgspec.Meta(ge=1, le=10_080)] | None = None
+    # Idempotency: the same key (or, without one, the same decision) answers the stored handoff.
+    idempotency_key: Annotated[Text, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class OutputCheckInput(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/v1/decisions/{id}/checks — a model's output, checked locally."""
+
+    output: Annotated[Text, msgspec.Meta(max_length=MAX_DRAFT_CHARS)]
+    # The text the model saw; personal data in the output that is not in it is a leak.
+    # Without it the decision's stored prompt is used (when the retention kept it).
+    input: Annotated[Text, msgspec.Meta(max_length=200_000)] | None = None
+    model: Slug | None = None
+
+
 decision_input_decoder = msgspec.json.Decoder(DecisionInput)
 outcome_report_decoder = msgspec.json.Decoder(OutcomeReport)
 cascade_input_decoder = msgspec.json.Decoder(CascadeInput)
-REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (DecisionInput, OutcomeReport, CascadeInput)
+handoff_input_decoder = msgspec.json.Decoder(HandoffInput)
+output_check_input_decoder = msgspec.json.Decoder(OutputCheckInput)
+REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (
+    DecisionInput,
+    OutcomeReport,
+    HandoffInput,
+    OutputCheckInput,
+    CascadeInput,
+)
 
 
 def _field(message: str) -> str:
@@ -168,7 +213,12 @@ def _refuse(exc: msgspec.DecodeError) -> NoReturn:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
     message = str(exc)
     field = _field(message)
-    if "matching regex" in message:  # the only pattern in these bodies is Text's
+    if "matching regex" in message and "u200b" in message:
+        message = (
+            "control and invisible characters (U+0000–U+001F other than tab, line feed and "
+            "carriage return; zero-width, bidi and BOM characters) are not allowed"
+        )
+    elif "matching regex" in message:  # Text's pattern
         message = (
             "control characters (U+0000–U+001F other than tab, line feed and carriage "
             "return) are not allowed"
@@ -179,6 +229,18 @@ def _refuse(exc: msgspec.DecodeError) -> NoReturn:
 def decision_input_decode(body: bytes) -> DecisionInput:
     """The decision request, or ApiError 400 naming the first invalid field."""
     result: DecisionInput = _decode(decision_input_decoder, body)
+    return result
+
+
+def handoff_input_decode(body: bytes) -> HandoffInput:
+    """The handoff request, or ApiError 400 naming the first invalid field."""
+    result: HandoffInput = _decode(handoff_input_decoder, body)
+    return result
+
+
+def output_check_input_decode(body: bytes) -> OutputCheckInput:
+    """The output-check request, or ApiError 400 naming the first invalid field."""
+    result: OutputCheckInput = _decode(output_check_input_decoder, body)
     return result
 
 

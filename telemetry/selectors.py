@@ -365,6 +365,7 @@ class Attention:
     text: str
     task_class: str = ""
     budget: str = ""
+    url: str = ""  # a page elsewhere that shows it (the reviewers' desk)
 
 
 def attention_items(

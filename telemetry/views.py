@@ -25,7 +25,13 @@ from django.views.decorators.http import require_GET
 from controlplane.decorators import role_required
 from controlplane.models import ModelEndpoint, Route, TaskClass
 from controlplane.roles import VIEWER
-from evaluation.selectors import proposal_waiting_count
+from evaluation.selectors import (
+    desk_attention,
+    handoff_states,
+    handoffs_for_decision,
+    output_checks_for,
+    proposal_waiting_count,
+)
 from telemetry import figures, selectors
 from telemetry.forms import DashboardFilterForm, filters_query
 from telemetry.selectors import RoutingChange
@@ -203,6 +209,8 @@ def _dashboard(
     burns = selectors.budget_burns(task_class=fixed.get("task_class", ""))
     context["budgets"] = _budget_cards(burns)
     context["attention"] = selectors.attention_items(frame, burns, escalations=focus != "model")
+    if focus == "overview":
+        context["attention"] += desk_attention(url=reverse("handoffs"))
     if target == "dashboard":
         return render(request, f"{template}#dashboard", context)
     context["options"] = selectors.filter_options()
@@ -263,6 +271,9 @@ def decision_list(request: HttpRequest) -> HttpResponse:
         else None
     )
     page = selectors.decision_page(filters, after=after)
+    reviews = handoff_states([d.id for d in page.decisions])
+    for d in page.decisions:
+        d.handoff_state = reviews.get(d.id, "")  # type: ignore[attr-defined]
     rows = [(d, page.outcomes.get(d.id)) for d in page.decisions]
     query = filters_query(filters)
     context = {
@@ -297,6 +308,8 @@ def decision_detail(request: HttpRequest, decision_id: uuid.UUID) -> HttpRespons
             "o": outcome,
             "path": record.path or {},
             "prompt_visible": prompt_visible,
+            "handoffs": handoffs_for_decision(record.id),
+            "checks": output_checks_for(record.id),
         },
     )
 

@@ -10,7 +10,8 @@ URL arguments must say here where its arguments come from. For each page:
   ``hx-get`` link with its ``hx-target``) → 200 as an htmx request.
 
 Worlds: (a) only roles and users; (a') plus a monthly budget per scope that has seen no
-spend; (b) a registry and one decision, without and with its outcome (and a proposal).
+spend; (b) a registry and one decision, without and with its outcome (and a proposal, a
+failed output check, a handoff and a failed webhook delivery).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from controlplane import services
 from controlplane.models import Application, Budget, Team
 from controlplane.roles import GRANTED_BY, ROLE_NAMES
 from evaluation import services as evaluation_services
+from evaluation.models import Handoff, WebhookDelivery, WebhookEndpoint
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -72,6 +74,7 @@ def pages() -> list[Page]:
 def test_the_enumeration_finds_the_pages() -> None:
     names = {p.name for p in pages()}
     assert {"home", "decisions", "proposals", "sweeps", "registry", "api-keys"} <= names
+    assert {"handoffs", "handoff-detail", "webhook-deliveries"} <= names
 
 
 # Where each page's URL arguments come from: the world (None when it has no such object).
@@ -84,6 +87,9 @@ ARGUMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
     "proposal-detail": lambda w: {"public_id": w["proposal"]} if "proposal" in w else None,
     "proposal-review": lambda w: {"public_id": w["proposal"]} if "proposal" in w else None,
     "sweep-resume": lambda w: None,
+    "handoff-detail": lambda w: {"public_id": w["handoff"]} if "handoff" in w else None,
+    "handoff-act": lambda w: {"public_id": w["handoff"]} if "handoff" in w else None,
+    "webhook-resend": lambda w: {"delivery_id": w["delivery"]} if "delivery" in w else None,
 }
 
 
@@ -256,12 +262,36 @@ def _one_decision(registry: dict[str, Any], api_key: str, *, outcome: bool) -> d
         user=factories.user_create("Reviewer"),
         rationale="One decision is all the evidence there is.",
     )
+    # A handoff with a failed output check and one webhook delivery (the reviewers' desk).
+    checked = client.post(
+        f"/api/v1/decisions/{decision_id}/checks",
+        {"output": "Mail me at someone@example.com", "input": "The printer is on fire"},
+        content_type="application/json",
+        **auth,
+    )
+    assert checked.status_code == 201 and not checked.json()["passed"], checked.content
+    handoff = client.post(
+        "/api/v1/handoffs",
+        {"decision_id": decision_id, "draft": "Turn it off.", "context": {"ticket": 7}},
+        content_type="application/json",
+        **auth,
+    )
+    assert handoff.status_code == 201, handoff.content
+    stored = Handoff.objects.get()
+    endpoint = WebhookEndpoint.objects.create(
+        application=registry["app"], url="http://127.0.0.1:9/hook", secret="s"
+    )
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, handoff=stored, event="handoff.approved", body="{}", status="failed"
+    )
     return {
         "task_class": "triage",
         "model": "small-local",
         "decision_id": decision_id,
         "version": registry["version"].number,
         "proposal": proposal.public_id,
+        "handoff": stored.public_id,
+        "delivery": delivery.pk,
     }
 
 

@@ -12,7 +12,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config._checks import (
+    NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES,
     POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES,
+    NegativeDataRejectionConfig,
     PositiveDataAcceptanceConfig,
 )
 
@@ -38,6 +40,11 @@ schema = _load_schema()
 # valid data: the schema describes requests, not the registry's capacity.
 schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
     expected_statuses=[*POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES, "422"]
+)
+# An invalid body over SWITCHYARD_MAX_BODY_BYTES is refused by its size (413) before it is
+# decoded: that is a rejection too.
+schema.config.checks.negative_data_rejection = NegativeDataRejectionConfig(
+    expected_statuses=[*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]
 )
 
 
@@ -68,7 +75,7 @@ def keys(registry: dict[str, Any]) -> dict[str, str]:
 
 
 @schema.include(
-    path_regex="^/api/v1/(decisions|models|task-classes|routing-tables|proposals)"
+    path_regex="^/api/v1/(decisions|models|task-classes|routing-tables|proposals|handoffs)"
 ).parametrize()
 @settings(
     max_examples=25,

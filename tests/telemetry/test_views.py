@@ -115,7 +115,8 @@ PAGES = [
 def test_page_query_counts_are_bounded(
     viewer: Client, url: str, django_assert_max_num_queries: Any
 ) -> None:
-    with django_assert_max_num_queries(16):
+    # 17: the overview's "needs attention" list also reads the reviewers' desk (one query).
+    with django_assert_max_num_queries(17):
         assert viewer.get(url).status_code == 200
 
 
@@ -123,7 +124,8 @@ def test_page_query_counts_are_bounded(
 def test_partial_query_counts_are_bounded(
     viewer: Client, target: str, django_assert_max_num_queries: Any
 ) -> None:
-    with django_assert_max_num_queries(10):
+    # 11: the dashboard partial's "needs attention" list also reads the desk (one query).
+    with django_assert_max_num_queries(11 if target == "dashboard" else 10):
         assert viewer.get("/", HTTP_HX_TARGET=target, **HTMX).status_code == 200
 
 

@@ -39,7 +39,7 @@ class Command(BaseCommand):
         )
         if options["registry_only"]:
             return
-        from evaluation.demo import demo_evaluation_load, proposals_announce
+        from evaluation.demo import demo_desk_load, demo_evaluation_load, proposals_announce
         from telemetry.demo_traffic import demo_traffic_load
 
         traffic = demo_traffic_load()
@@ -55,5 +55,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"evaluation: {evaluation['schedules']} schedules, {evaluation['graders']} graders, "
             f"demo sweep #{evaluation['demo_sweep']} {evaluation['demo_sweep_status']}"
+        )
+        desk = demo_desk_load()
+        self.stdout.write(
+            f"reviewers' desk: {desk['handoffs']} pending handoffs, "
+            f"{desk['checks']} failed output check"
         )
         self.stdout.write(f"demo ready in {time.monotonic() - started:.1f} s")
