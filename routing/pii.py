@@ -839,6 +839,41 @@ def _check_iban(text: str, start: int, candidate: str, found: list[_Finding]) ->
         found.append((_BLOCKER, start, start + shape))
 
 
+# IBANs printed in lower case or grouped with dashes ("de89 3704 …", "DE89-3704-…"), which
+# the upper-case scan above does not read: the same country length and mod-97 check, after
+# upper-casing, in groups of four with one kind of separator.
+_IBAN_LOOSE_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,30}")
+
+
+def _scan_iban_loose(text: str, found: list[_Finding]) -> None:
+    for match in _IBAN_LOOSE_RE.finditer(text):
+        candidate = match.group()
+        if "-" not in candidate and not any(c.islower() for c in candidate):
+            continue  # upper case with spaces or none: the upper-case scan's
+        expected = IBAN_LENGTHS.get(candidate[:2].upper())
+        if expected is None:
+            continue
+        separator = "-" if "-" in candidate[:5] else " " if " " in candidate[:5] else ""
+        groups = candidate.split(separator) if separator else [candidate]
+        taken: list[str] = []
+        count = 0
+        for group in groups:
+            if " " in group or "-" in group or (separator and len(group) > 4):
+                break  # mixed separators, or not groups of four
+            take = group[: expected - count]
+            taken.append(take)
+            count += len(take)
+            if count == expected or len(group) != 4:
+                break
+        if count != expected or (separator and len(taken[-1]) != len(groups[len(taken) - 1])):
+            continue
+        end = match.start() + len(separator.join(taken))
+        if not _right_ok(text, end) and text[end] not in " -":
+            continue
+        if iban_is_valid("".join(taken).upper()):
+            found.append(("iban", match.start(), end))
+
+
 def _scan_upper(text: str, found: list[_Finding]) -> None:
     for match in _UPPER_RE.finditer(text):
         start = match.start()
@@ -912,6 +947,7 @@ def _candidates(text: str) -> list[_Finding]:
     if _ANY_DIGIT_RE.search(text) is not None:
         _scan_digits(text, found)
         _scan_upper(text, found)
+        _scan_iban_loose(text, found)
         if "+" in text:
             _scan_plus_phones(text, found)
         if "(" in text:

@@ -35,8 +35,11 @@ def test_an_email_in_the_output_that_was_not_in_the_input(output: str) -> None:
         "Refund to DE89370400440532013000.",
         "Refund to DE89\u200b3704\u200b0044\u200b0532\u200b0130\u200b00.",
         "Refund to ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００.",
+        "Refund to de89 3704 0044 0532 0130 00.",
+        "Refund to DE89-3704-0044-0532-0130-00.",
+        "Refund to gb82-west-1234-5698-7654-32.",
     ],
-    ids=["grouped", "compact", "zero-width", "full-width"],
+    ids=["grouped", "compact", "zero-width", "full-width", "lower-case", "dashes", "lower-dashes"],
 )
 def test_an_iban_in_the_output(output: str) -> None:
     result = output_check(output, DEFAULT, input_text=INPUT)

@@ -271,7 +271,7 @@ NEGATIVES: dict[str, list[str]] = {
         "GB82 WEST 1234 5698 7654 33 rejected",
         "XX82 WEST 1234 5698 7654 32",
         "DE89 3704 0044 0532 0130 is short",
-        "gb82 west 1234 5698 7654 32",
+        "gb82 west 1234 5698 7654 33",  # lower case is read, but the check digits fail
     ],
     "us_ssn": [
         "000-12-3456",
@@ -751,3 +751,29 @@ def test_request_scan_equals_field_by_field(
     assert scan.personal_document_ids == {
         index for index, text in enumerate(documents) if pii_types(text)
     }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pay to de89 3704 0044 0532 0130 00 today",
+        "IBAN DE89-3704-0044-0532-0130-00.",
+        "iban: de89370400440532013000",
+        "gb82-west-1234-5698-7654-32",
+    ],
+    ids=["lower-grouped", "dashes", "lower-compact", "lower-dashes"],
+)
+def test_an_iban_in_lower_case_or_grouped_with_dashes_is_found(text: str) -> None:
+    assert pii_types(text) == ("iban",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pay to de89 3704 0044 0532 0130 01 today",  # check digits wrong
+        "order de12 3456 7890 1234 5678 90",  # not a valid German IBAN
+        "the code ab12-cdef-ghij-klmn-op",  # no such country
+    ],
+)
+def test_iban_look_alikes_in_lower_case_are_not(text: str) -> None:
+    assert "iban" not in pii_types(text)
