@@ -84,3 +84,23 @@ def _fresh_registry_caches() -> None:
 
     telemetry.services._pricebook = None
     registry_cache.invalidate()
+
+
+@pytest.fixture(autouse=True)
+def _recorder_writes_need_a_transactional_test(request: pytest.FixtureRequest) -> Any:
+    """The decision recorder commits on its own connection, so decisions a test records
+    outlive a rolled-back test and leak into later ones: such a test must be transactional
+    (flushed afterwards)."""
+    from telemetry.recorder import recorder
+
+    before = recorder.rows
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if recorder.rows > before and not transactional:
+        pytest.fail(
+            "this test recorded decisions (the recorder commits on its own connection) but "
+            "is not transactional: mark it pytest.mark.django_db(transaction=True)"
+        )

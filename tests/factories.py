@@ -69,7 +69,8 @@ def user_create(role: str | None, username: str | None = None) -> User:
         username=username or f"user-{next(_seq)}", password="test-password-123"
     )
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        # get_or_create: a transactional test's flush removes the groups the roles migration made
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
         if role in {"Operator", "Admin"}:
             user.is_staff = True
             user.save(update_fields=["is_staff"])

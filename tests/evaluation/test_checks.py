@@ -13,6 +13,9 @@ from controlplane.models import Application
 from evaluation.models import Handoff, OutputCheck, OutputCheckPolicy
 from tests import factories
 
+# Decisions are stored by the recorder on its own connection (committed): flush after.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 PROMPT = "Customer jane.roe@example.org asks for a refund of order 1142."
 
 

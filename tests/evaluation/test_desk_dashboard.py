@@ -15,6 +15,9 @@ from evaluation.selectors import handoff_stats
 from evaluation.services import handoffs
 from tests import factories
 
+# Decisions are stored by the recorder on its own connection (committed): flush after.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def _decisions(api_key: str, count: int) -> None:
     client = Client()

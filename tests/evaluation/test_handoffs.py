@@ -20,6 +20,9 @@ from telemetry.ids import uuid7
 from telemetry.models import DecisionRecord
 from tests import factories
 
+# Decisions are stored by the recorder on its own connection (committed): flush after.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def _auth(secret: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}

@@ -28,6 +28,9 @@ from evaluation.webhooks import (
 from tests import factories
 from tests.evaluation.conftest import Worker, wait_for
 
+# Decisions are stored by the recorder on its own connection (committed): flush after.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 SECRET = "s3cret-for-tests"
 BODY = b'{"event":"handoff.approved","handoff":{"id":"x"}}'
 
