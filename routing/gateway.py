@@ -1,0 +1,844 @@
+"""The OpenAI-compatible gateway: decide, call the model, escalate, record — in one hop.
+
+An ASGI application (served by gunicorn with uvicorn workers beside the WSGI web server,
+``controlplane/asgi.py``; ``make run`` starts it on ``GATEWAY_PORT``):
+
+``POST /v1/chat/completions``  OpenAI wire format, plain or ``"stream": true`` (SSE)
+``GET  /v1/models``            what the key may name as ``model``: ``auto``, task classes,
+                               active models
+``GET  /healthz``              liveness
+
+One request:
+
+1. Authenticate the Switchyard key (``Authorization: Bearer``, scope ``decide``) and read the
+   body (size limit; JSON; messages checked: no control characters, 400 naming the field).
+2. ``model`` selects: ``auto`` (task class from ``X-Switchyard-Task-Class`` or
+   ``metadata.task_class``), a task-class slug, or a model slug (pinned: the task class as
+   for ``auto``, else ``SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS``). Anything else: 404
+   ``model_not_found``.
+3. The decision pipeline of ``POST /api/v1/decisions`` (``routing.services.decision_make``:
+   PII gate on every message, engine, recorder with budget holds) runs in a thread pool; the
+   prompt it scans and retains is the messages' text.
+4. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
+   cached briefly) is called with the official ``openai`` client over one pooled async HTTP
+   client per process, no retries of its own, the model's timeout, and the output cap
+   (``max_tokens`` ≤ the decision's ``max_output_tokens``).
+5. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
+   carrying the context: the original messages plus a system note naming the failed model
+   and why. A stream that already reached the client cannot be re-sent: a failure after the
+   first chunk ends it with an OpenAI error event (the client raises; it never hangs).
+6. Every attempt (status, tokens, latency, time to first token for streams) and the final
+   status are recorded through ``telemetry.services.outcome_report`` — which settles the
+   decision's budget holds and charges the real cost — before the answer (or the stream's
+   end) is sent.
+7. The upstream's body is answered unchanged, with ``x-switchyard-decision-id``, ``-model``,
+   ``-tier``, ``-cost-usd`` (plain answers; a stream's cost is on its decision record),
+   ``-escalations`` and ``-cache`` (``miss``: no answer cache yet).
+
+Extension points left for the cascade and output-check work (issue 12): see
+``_output_check`` (JSON Schema, output checks, logprob confidence, cascade decision).
+Errors on /v1 routes use OpenAI's error shape ``{"error": {"message", "type", "param",
+"code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, close_old_connections, connections
+
+from controlplane.errors import ApiError
+from controlplane.services import model_url_validate
+from routing.engine import ModelInfo
+from routing.schemas import decision_input_decode
+from routing.services import Decided, api_key_authenticate, decision_make
+from routing.snapshot import registry_cache
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+TASK_CLASS_HEADER = "x-switchyard-task-class"
+TEAM_HEADER = "x-switchyard-team"
+CLASSIFICATION_HEADER = "x-switchyard-data-classification"
+_CONTROL = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r")
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def openai_error_body(exc: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape, with Switchyard's code and the first field named as ``param``."""
+    param = next(iter(exc.fields), None) if exc.fields else None
+    error: dict[str, Any] = {
+        "message": exc.message,
+        "type": _ERROR_TYPES.get(exc.status_code, "api_error"),
+        "param": param,
+        "code": exc.error_code,
+    }
+    for name, value in exc.extra.items():
+        error.setdefault(name, value)
+    return {"error": error}
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat-completion request, decided and recorded: what the upstream attempts need."""
+
+    decided: Decided
+    body: dict[str, Any]  # the client's body (``model`` and Switchyard fields removed)
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    pinned: bool
+
+
+def _text_of(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif not isinstance(part, dict):
+                raise _invalid(f"{where}[{i}]", "a content part must be an object")
+        return "\n".join(parts)
+    raise _invalid(where, "content must be a string, an array of parts or null")
+
+
+def _invalid(field_name: str, message: str) -> ApiError:
+    return ApiError(400, "invalid", f"{field_name}: {message}", {field_name: [message]})
+
+
+def _check_text(value: str, where: str) -> None:
+    if not _CONTROL.isdisjoint(value):
+        raise _invalid(
+            where,
+            "control characters (U+0000–U+001F other than tab, line feed and carriage "
+            "return) are not allowed",
+        )
+
+
+def _prompt_of(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "must be a non-empty array of messages")
+    texts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _invalid(f"messages[{i}]", "each message needs a string 'role'")
+        _check_text(message["role"], f"messages[{i}].role")
+        text = _text_of(message.get("content"), f"messages[{i}].content")
+        _check_text(text, f"messages[{i}].content")
+        texts.append(f"{message['role']}: {text}")
+    return "\n".join(texts)
+
+
+def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: int) -> ChatCall:
+    """Steps 1-3 (runs in the gateway's thread pool: the recorder and the ORM block)."""
+    close_old_connections()
+    key = api_key_authenticate(authorization, "decide")
+    if len(raw) > settings.SWITCHYARD_MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", "The request body is too large.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed_json", "The body must be a JSON object.")
+    model = body.pop("model", None)
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "must be 'auto', a task class or a model")
+    _check_text(model, "model")
+    prompt = _prompt_of(body.get("messages"))
+    metadata = body.pop("metadata", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _invalid("metadata", "must be an object")
+    metadata = dict(metadata or {})
+    header_class = headers.get(TASK_CLASS_HEADER) or None
+    meta_class = metadata.pop("task_class", None)
+    asked_class = header_class or (meta_class if isinstance(meta_class, str) else None)
+    snapshot = registry_cache.snapshot()
+    pinned: str | None = None
+    if model == "auto":
+        if not asked_class:
+            raise _invalid(
+                "model",
+                "model 'auto' needs a task class: send the X-Switchyard-Task-Class header "
+                "or metadata.task_class",
+            )
+        task_class = asked_class
+    elif model in snapshot.task_classes:
+        if asked_class and asked_class != model:
+            raise _invalid("model", f"names task class {model!r}, the request {asked_class!r}")
+        task_class = model
+    elif model in snapshot.models:
+        pinned = model
+        task_class = asked_class or settings.SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS
+        if not task_class:
+            raise _invalid(
+                "model",
+                f"a pinned model ({model!r}) needs a task class: send the "
+                "X-Switchyard-Task-Class header or metadata.task_class",
+            )
+    else:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"The model {model!r} does not exist: use 'auto', a task class or a model "
+            "(GET /v1/models).",
+            {"model": ["unknown model"]},
+        )
+    decision_body: dict[str, Any] = {"task_class": task_class, "prompt": prompt}
+    if metadata:
+        decision_body["metadata"] = metadata
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        decision_body["end_user"] = user
+    if headers.get(TEAM_HEADER):
+        decision_body["team"] = headers[TEAM_HEADER]
+    if headers.get(CLASSIFICATION_HEADER):
+        decision_body["data_classification"] = headers[CLASSIFICATION_HEADER]
+    data = decision_input_decode(orjson.dumps(decision_body))
+    made = decision_make(key, data, started=started, pinned_model=pinned)
+    assert isinstance(made, Decided)  # no request_id: never a replay
+    stream = body.get("stream") is True
+    options = body.pop("stream_options", None)
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatCall(made, body, stream, include_usage, pinned is not None)
+
+
+# --- upstream calls ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Attempt:
+    model: ModelInfo
+    status: str = "ok"  # ok | error | timeout
+    latency_ms: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    escalation_reason: str = ""
+    ttft_ms: int | None = None
+    error: str = ""
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model.slug,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "escalation_reason": self.escalation_reason[:200],
+        }
+        if self.ttft_ms is not None:
+            out["ttft_ms"] = self.ttft_ms
+        return out
+
+
+class UpstreamFailed(Exception):
+    """An attempt failed: ``retryable`` ones escalate to the next fallback."""
+
+    def __init__(self, status: str, reason: str, *, retryable: bool, http_status: int = 0):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retryable = retryable
+        self.http_status = http_status
+
+
+@dataclass
+class _Upstreams:
+    """One pooled async HTTP client per process and event loop; an ``openai`` client per
+    base URL on top of it; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``."""
+
+    http: httpx2.AsyncClient | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    clients: dict[str, openai.AsyncOpenAI] = field(default_factory=dict)
+    checked: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def client(self, base_url: str) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self.http is None or self.loop is not loop:
+            size = int(settings.SWITCHYARD_GATEWAY_HTTP_POOL)
+            self.http = httpx2.AsyncClient(
+                limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            self.loop = loop
+            self.clients = {}
+        client = self.clients.get(base_url)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                base_url=base_url,
+                api_key="switchyard",  # upstream credentials: not in the registry yet
+                http_client=self.http,
+                max_retries=0,
+            )
+            self.clients[base_url] = client
+        return client
+
+    async def url_refusal(self, base_url: str) -> str:
+        """'' if the URL passes the allowlist (resolving its host), else why not."""
+        now = time.monotonic()
+        cached = self.checked.get(base_url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            await asyncio.to_thread(model_url_validate, base_url, resolve=True)
+            refusal = ""
+        except ValidationError as exc:
+            refusal = "; ".join(exc.messages)
+        self.checked[base_url] = (now + settings.SWITCHYARD_GATEWAY_URL_CHECK_S, refusal)
+        return refusal
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+        self.http = None
+        self.clients = {}
+
+
+upstreams = _Upstreams()
+
+
+def _timeout_s(model: ModelInfo) -> float:
+    per_model: dict[str, float] = settings.SWITCHYARD_MODEL_TIMEOUTS
+    if model.slug in per_model:
+        return float(per_model[model.slug])
+    return float(settings.SWITCHYARD_TIER_TIMEOUTS.get(int(model.tier), 30.0))
+
+
+def _upstream_body(call: ChatCall, model: ModelInfo, failed: list[Attempt]) -> dict[str, Any]:
+    body = dict(call.body)
+    body["model"] = model.provider_model
+    cap = call.decided.decision.max_output_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(name)
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            body[name] = min(asked, cap)
+    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = cap
+    if call.stream:
+        body["stream_options"] = {"include_usage": True}
+    if failed:
+        # Escalation carries the context: the original request and what went wrong.
+        account = "; ".join(f"{a.model.slug}: {a.escalation_reason}" for a in failed)
+        note = {
+            "role": "system",
+            "content": f"[switchyard] Escalated after failed attempt(s) ({account}). "
+            "Answer the request below in full.",
+        }
+        body["messages"] = [note, *body["messages"]]
+    return body
+
+
+def _failure(exc: Exception) -> UpstreamFailed:
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailed("timeout", "timeout", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailed("error", "connection failed", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        return UpstreamFailed(
+            "error", f"HTTP {code}", retryable=code in _RETRYABLE_STATUS, http_status=code
+        )
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamFailed("timeout", "timeout", retryable=True)
+    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
+        return UpstreamFailed("error", f"connection failed: {type(exc).__name__}", retryable=True)
+    raise exc
+
+
+def _usage(data: Any) -> tuple[int, int]:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
+    """EXTENSION POINT (issue 12, cascade and output checks): '' to accept the answer, else
+    the escalation reason. Here go the class's JSON Schema, the reviewers' output checks,
+    logprob confidence and the cascade decision; until then every well-formed answer is
+    accepted."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        return "invalid output: no choices"
+    return ""
+
+
+async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> bytes:
+    model = attempt.model
+    refusal = await upstreams.url_refusal(model.base_url)
+    if refusal:
+        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+    client = upstreams.client(model.base_url)
+    try:
+        response = await client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            body=_upstream_body(call, model, failed),
+            options={"timeout": _timeout_s(model)},
+        )
+    except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        raise _failure(exc) from exc
+    raw = response.content
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailed("invalid_output", "unreadable JSON", retryable=True) from exc
+    attempt.input_tokens, attempt.output_tokens = _usage(payload)
+    reason = _output_check(call, attempt, payload)
+    if reason:
+        raise UpstreamFailed("invalid_output", reason, retryable=True)
+    return raw
+
+
+def _chain(call: ChatCall) -> list[ModelInfo]:
+    decision = call.decided.decision
+    return [decision.model, *(f.model for f in decision.fallbacks)]
+
+
+def _record(call: ChatCall, attempts: list[Attempt], final_status: str) -> str:
+    """Record the outcome (settles the holds, charges the cost); returns the cost in USD."""
+    from telemetry.models import DecisionRecord
+    from telemetry.services import AttemptInput, OutcomeInput, outcome_report
+
+    close_old_connections()
+    decided = call.decided
+    record = DecisionRecord.objects.get(id=decided.decision_id, created_at=decided.created_at)
+    reports: list[AttemptInput] = [a.report() for a in attempts]  # type: ignore[misc]
+    outcome = outcome_report(
+        OutcomeInput(
+            decision=record,
+            attempts=reports,
+            final_status=final_status,
+            validation={"gateway": "stream" if call.stream else "plain"},
+        )
+    )
+    return f"{outcome.cost_usd:.6f}"
+
+
+def _models_list(authorization: str) -> dict[str, Any]:
+    """GET /v1/models: ``auto``, the routed task classes, the active models."""
+    close_old_connections()
+    api_key_authenticate(authorization, "decide")
+    snapshot = registry_cache.snapshot()
+    data: list[dict[str, Any]] = [
+        {"id": "auto", "object": "model", "created": 0, "owned_by": "switchyard"}
+    ]
+    data += [
+        {"id": slug, "object": "model", "created": 0, "owned_by": "switchyard:task-class"}
+        for slug in sorted(snapshot.task_classes)
+        if slug in snapshot.routes
+    ]
+    data += [
+        {
+            "id": m.slug,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.provider,
+            "x_switchyard": {"tier": m.tier, "locality": m.locality},
+        }
+        for m in sorted(snapshot.models.values(), key=lambda m: (m.tier, m.slug))
+        if m.status == "active"
+    ]
+    return {"object": "list", "data": data}
+
+
+# --- the ASGI application ----------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._connections: list[Any] = []  # the pool threads' database connections
+
+    def _connections_close(self) -> None:
+        with self._pool_lock:
+            shared, self._connections = self._connections, []
+        for connection in shared:
+            connection.close()
+
+    def _job(self, fn: Callable[..., Any], *args: Any) -> Any:
+        connection = connections["default"]
+        if not getattr(connection, "_gateway_shared", False):
+            # Closed at shutdown from the event loop's thread (see _lifespan).
+            connection.inc_thread_sharing()
+            connection._gateway_shared = True  # type: ignore[attr-defined]
+            with self._pool_lock:
+                self._connections.append(connection)
+        return fn(*args)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=int(settings.SWITCHYARD_GATEWAY_THREADS),
+                        thread_name_prefix="gateway",
+                    )
+        return self._pool
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), self._job, fn, *args)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            if path == "/v1/chat/completions":
+                if method != "POST":
+                    raise ApiError(405, "method_not_allowed", "Use POST.")
+                await self._chat(scope, receive, send)
+            elif path == "/v1/models":
+                if method != "GET":
+                    raise ApiError(405, "method_not_allowed", "Use GET.")
+                await self._models(scope, send)
+            elif path == "/healthz":
+                await _json(send, 200, {"status": "ok"})
+            else:
+                raise ApiError(404, "not_found", f"No route for {path}.")
+        except ApiError as exc:
+            await _json(send, exc.status_code, openai_error_body(exc))
+        except DatabaseError:
+            logger.warning("gateway: database unavailable", exc_info=True)
+            error = ApiError(503, "database_unavailable", "The database is unreachable; retry.")
+            await _json(send, 503, openai_error_body(error), [(b"retry-after", b"1")])
+        except Exception:
+            logger.exception("gateway request failed")
+            error = ApiError(500, "server_error", "Internal error; it has been logged.")
+            await _json(send, 500, openai_error_body(error))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await upstreams.close()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                    self._pool = None
+                await asyncio.to_thread(self._connections_close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        authorization = _headers(scope).get("authorization", "")
+        await _json(send, 200, await self._in_thread(_models_list, authorization))
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter_ns()
+        headers = _headers(scope)
+        raw = await _read_body(receive, int(settings.SWITCHYARD_MAX_BODY_BYTES))
+        call: ChatCall = await self._in_thread(
+            _decide, headers.get("authorization", ""), raw, headers, started
+        )
+        if call.stream:
+            await self._chat_stream(call, receive, send)
+        else:
+            await self._chat_plain(call, send)
+
+    async def _chat_plain(self, call: ChatCall, send: Send) -> None:
+        attempts: list[Attempt] = []
+        answer: bytes | None = None
+        last: UpstreamFailed | None = None
+        for model in _chain(call):
+            attempt = Attempt(model)
+            attempts.append(attempt)
+            began = time.perf_counter()
+            try:
+                answer = await _attempt_plain(call, attempt, attempts[:-1])
+            except UpstreamFailed as exc:
+                attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
+            finally:
+                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+            if answer is not None or (last is not None and not last.retryable):
+                break
+        final = "ok" if answer is not None else attempts[-1].status
+        cost = await self._in_thread(_record, call, attempts, final)
+        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
+        if answer is not None:
+            await _respond(send, 200, answer, extra)
+            return
+        assert last is not None
+        await _json(send, *_upstream_error(last, attempts), extra)
+
+    async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
+        attempts: list[Attempt] = []
+        for model in _chain(call):
+            attempt = Attempt(model)
+            attempts.append(attempt)
+            began = time.perf_counter()
+            try:
+                lines = await self._open_stream(call, attempt, attempts[:-1])
+            except UpstreamFailed as exc:
+                attempt.status, attempt.escalation_reason = exc.status, exc.reason
+                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+                if exc.retryable:
+                    continue
+                cost = await self._in_thread(_record, call, attempts, attempt.status)
+                extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
+                await _json(send, *_upstream_error(exc, attempts), extra)
+                return
+            await self._relay(call, attempts, began, lines, receive, send)
+            return
+        cost = await self._in_thread(_record, call, attempts, attempts[-1].status)
+        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
+        last = UpstreamFailed(attempts[-1].status, attempts[-1].escalation_reason, retryable=True)
+        await _json(send, *_upstream_error(last, attempts), extra)
+
+    async def _open_stream(self, call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> _Lines:
+        """The upstream's SSE lines, once its first data line has arrived (a failure before
+        it can still escalate invisibly to the client)."""
+        model = attempt.model
+        refusal = await upstreams.url_refusal(model.base_url)
+        if refusal:
+            raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+        client = upstreams.client(model.base_url)
+        try:
+            response = await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body=_upstream_body(call, model, failed),
+                options={"timeout": _timeout_s(model)},
+                stream=True,
+            )
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise _failure(exc) from exc
+        lines = _Lines(response)
+        try:
+            await lines.peek()
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            await response.aclose()
+            raise _failure(exc) from exc
+        if lines.first is None:
+            await response.aclose()
+            raise UpstreamFailed("error", "empty stream", retryable=True)
+        return lines
+
+    async def _relay(
+        self,
+        call: ChatCall,
+        attempts: list[Attempt],
+        began: float,
+        lines: _Lines,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        attempt = attempts[-1]
+        extra = _switchyard_headers(call, attempt.model, len(attempts) - 1, None)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    *_SECURITY_HEADERS,
+                    *extra,
+                ],
+            }
+        )
+        failure = ""
+        try:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    failure = "unreadable stream chunk"
+                    break
+                if attempt.ttft_ms is None and _has_content(chunk):
+                    attempt.ttft_ms = round((time.perf_counter() - began) * 1000)
+                if isinstance(chunk, dict) and chunk.get("usage"):
+                    attempt.input_tokens, attempt.output_tokens = _usage(chunk)
+                    if not call.include_usage and not chunk.get("choices"):
+                        continue  # the usage chunk the gateway asked for itself
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+            else:
+                failure = "stream ended without [DONE]"
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            failure = _failure(exc).reason
+        except OSError:  # the client went away
+            failure = "client disconnected"
+        finally:
+            await lines.response.aclose()
+        attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+        if failure:
+            attempt.status = "error"
+            attempt.escalation_reason = f"mid-stream: {failure}"
+        cost = await self._in_thread(_record, call, attempts, attempt.status)
+        tail = b"data: [DONE]\n\n"
+        if failure:
+            error = ApiError(
+                502,
+                "upstream_failed",
+                f"The model {attempt.model.slug} failed mid-stream ({failure}); the answer "
+                f"is incomplete. Decision {call.decided.decision_id}, cost ${cost}.",
+            )
+            tail = b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+        try:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except OSError:
+            pass
+
+
+class _Lines:
+    """An upstream SSE response, line by line, with the first data line read ahead."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+        self.first: str | None = None
+
+    async def peek(self) -> None:
+        async for line in self._lines:
+            if line.startswith("data:"):
+                self.first = line
+                return
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        if self.first is not None:
+            yield self.first
+        async for line in self._lines:
+            yield line
+
+
+def _has_content(chunk: Any) -> bool:
+    if not isinstance(chunk, dict):
+        return False
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and delta.get("content"):
+            return True
+    return False
+
+
+def _upstream_error(failure: UpstreamFailed, attempts: list[Attempt]) -> tuple[int, Any]:
+    account = "; ".join(f"{a.model.slug}: {a.escalation_reason}" for a in attempts)
+    if not failure.retryable and failure.http_status in (400, 422):
+        error = ApiError(400, "upstream_rejected", f"The model refused the request ({account}).")
+        return 400, openai_error_body(error)
+    status = 504 if failure.status == "timeout" else 502
+    error = ApiError(
+        status, "upstream_failed", f"Every model the decision allows failed ({account})."
+    )
+    return status, openai_error_body(error)
+
+
+def _switchyard_headers(
+    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"x-switchyard-decision-id", str(call.decided.decision_id).encode()),
+        (b"x-switchyard-model", model.slug.encode()),
+        (b"x-switchyard-tier", str(model.tier).encode()),
+        (b"x-switchyard-escalations", str(escalations).encode()),
+        (b"x-switchyard-cache", b"miss"),
+    ]
+    if cost is not None:
+        headers.append((b"x-switchyard-cost-usd", cost.encode()))
+    return headers
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "bad_request", "The client went away.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", "The request body is too large.")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *_SECURITY_HEADERS,
+                *(extra or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(
+    send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _respond(send, status, orjson.dumps(payload), extra)
+
+
+application = Gateway()
