@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import httpx2
@@ -434,24 +436,132 @@ def _chain(call: ChatCall) -> list[ModelInfo]:
     return [decision.model, *(f.model for f in decision.fallbacks)]
 
 
-def _record(call: ChatCall, attempts: list[Attempt], final_status: str) -> str:
-    """Record the outcome (settles the holds, charges the cost); returns the cost in USD."""
-    from telemetry.models import DecisionRecord
-    from telemetry.services import AttemptInput, OutcomeInput, outcome_report
+class OutcomeWriter:
+    """Group commit of the gateway's outcomes: one writer thread per process takes every
+    outcome waiting and stores them with ``telemetry.services.outcome_report_batch`` (the
+    same pricing, charging and hold settlement as ``outcome_report``, for many first
+    reports in one transaction). A request waits for its batch's COMMIT; a batch that fails
+    is retried one outcome at a time with ``outcome_report``."""
 
-    close_old_connections()
-    decided = call.decided
-    record = DecisionRecord.objects.get(id=decided.decision_id, created_at=decided.created_at)
-    reports: list[AttemptInput] = [a.report() for a in attempts]  # type: ignore[misc]
-    outcome = outcome_report(
-        OutcomeInput(
-            decision=record,
-            attempts=reports,
-            final_status=final_status,
-            validation={"gateway": "stream" if call.stream else "plain"},
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[str]:
+        pending = _Pending(call, [a.report() for a in attempts], final_status, Future())
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="gateway-outcomes", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(pending)
+        return pending.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is waiting, close the writer's connection, stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            except Exception as exc:  # never let the writer die
+                logger.exception("gateway outcomes: batch failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+        connections.close_all()
+
+    def _write(self, batch: list[_Pending]) -> None:
+        from telemetry.models import DecisionRecord
+        from telemetry.services import (
+            OutcomeInput,
+            outcome_report,
+            outcome_report_batch,
+            pricebook_current,
         )
-    )
-    return f"{outcome.cost_usd:.6f}"
+
+        close_old_connections()
+        ids = [p.call.decided.decision_id for p in batch]
+        times = [p.call.decided.created_at for p in batch]
+        records = {
+            r.id: r
+            for r in DecisionRecord.objects.filter(
+                id__in=ids, created_at__gte=min(times), created_at__lte=max(times)
+            )
+        }
+        items = []
+        for p in batch:
+            record = records.get(p.call.decided.decision_id)
+            if record is None:
+                p.future.set_exception(RuntimeError("decision record not found"))
+                continue
+            items.append(
+                (
+                    p,
+                    OutcomeInput(
+                        decision=record,
+                        attempts=p.attempts,  # type: ignore[arg-type]
+                        final_status=p.final_status,
+                        validation={"gateway": "stream" if p.call.stream else "plain"},
+                    ),
+                )
+            )
+        try:
+            outcome_report_batch([item for _, item in items])
+        except DatabaseError:
+            logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
+            close_old_connections()
+            for p, item in items:
+                try:
+                    outcome_report(item)
+                except Exception as exc:
+                    p.future.set_exception(exc)
+        pricebook = pricebook_current()
+        for p, item in items:
+            if p.future.done():
+                continue
+            cost = sum(
+                (
+                    pricebook.cost(
+                        a["model"], item.decision.created_at, a["input_tokens"], a["output_tokens"]
+                    )
+                    for a in p.attempts
+                ),
+                Decimal(0),
+            )
+            p.future.set_result(f"{cost:.6f}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    call: ChatCall
+    attempts: list[dict[str, Any]]
+    final_status: str
+    future: Future[str]
+
+
+outcome_writer = OutcomeWriter()
 
 
 def _models_list(authorization: str) -> dict[str, Any]:
@@ -520,6 +630,15 @@ class Gateway:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), self._job, fn, *args)
 
+    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
+        """Record the outcome (settles the holds, charges the cost): the cost in USD, or
+        None if it could not be stored (logged; the holds are released when they expire)."""
+        try:
+            return await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
+        except Exception:
+            logger.exception("gateway: outcome of %s not recorded", call.decided.decision_id)
+            return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -563,6 +682,7 @@ class Gateway:
                     self._pool.shutdown(wait=True)
                     self._pool = None
                 await asyncio.to_thread(self._connections_close)
+                await asyncio.to_thread(outcome_writer.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -599,7 +719,7 @@ class Gateway:
             if answer is not None or (last is not None and not last.retryable):
                 break
         final = "ok" if answer is not None else attempts[-1].status
-        cost = await self._in_thread(_record, call, attempts, final)
+        cost = await self._recorded(call, attempts, final)
         extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
         if answer is not None:
             await _respond(send, 200, answer, extra)
@@ -620,13 +740,13 @@ class Gateway:
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
                 if exc.retryable:
                     continue
-                cost = await self._in_thread(_record, call, attempts, attempt.status)
+                cost = await self._recorded(call, attempts, attempt.status)
                 extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
                 await _json(send, *_upstream_error(exc, attempts), extra)
                 return
             await self._relay(call, attempts, began, lines, receive, send)
             return
-        cost = await self._in_thread(_record, call, attempts, attempts[-1].status)
+        cost = await self._recorded(call, attempts, attempts[-1].status)
         extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
         last = UpstreamFailed(attempts[-1].status, attempts[-1].escalation_reason, retryable=True)
         await _json(send, *_upstream_error(last, attempts), extra)
@@ -720,14 +840,14 @@ class Gateway:
         if failure:
             attempt.status = "error"
             attempt.escalation_reason = f"mid-stream: {failure}"
-        cost = await self._in_thread(_record, call, attempts, attempt.status)
+        await self._recorded(call, attempts, attempt.status)
         tail = b"data: [DONE]\n\n"
         if failure:
             error = ApiError(
                 502,
                 "upstream_failed",
                 f"The model {attempt.model.slug} failed mid-stream ({failure}); the answer "
-                f"is incomplete. Decision {call.decided.decision_id}, cost ${cost}.",
+                f"is incomplete (decision {call.decided.decision_id}).",
             )
             tail = b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
         try:
