@@ -11,20 +11,28 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 import uvicorn
+from django.utils import timezone
 
 from controlplane import services
-from controlplane.models import Application, Team
+from controlplane.generation import generation_bump
+from controlplane.models import Application, BudgetSpend, ModelEndpoint, Team
 from evaluation.fleet import RunningFleet, fleet_start
-from routing.gateway import application
+from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
+from routing.schemas import decision_input_decode
+from routing.services import Decided, decision_make
+from routing.snapshot import registry_cache
 from telemetry.models import DecisionOutcome, DecisionRecord
+from telemetry.recorder import recorder
 from tests import factories
 from tests.live_server import free_port
 
@@ -414,3 +422,92 @@ def test_upstream_killed_mid_stream_ends_cleanly_and_is_recorded(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_budgets_are_held_then_settled_with_the_real_cost(
+    registry: dict[str, Any], gateway_url: str
+) -> None:
+    team = Team.objects.get(slug="team-a")
+    b = services.budget_create(
+        name="team-a-monthly",
+        scope="team",
+        team=team,
+        period="month",
+        limit_usd=Decimal("100"),
+        hard_action="block",
+    )
+    client = client_for(gateway_url, registry["secret"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT
+    )
+    decision_id = raw.headers["x-switchyard-decision-id"]
+    record = DecisionRecord.objects.get(id=decision_id)
+    assert record.budget_holds, "the decision held its worst case"
+    recorder.close()  # its leases give back what they did not use
+    row = BudgetSpend.objects.get(budget=b, period_start=b.period_start(timezone.now()))
+    assert row.spent_usd == Decimal(raw.headers["x-switchyard-cost-usd"]) > 0
+    assert row.reserved_usd == 0  # the outcome settled the hold
+    # A budget without room refuses the call before any model is called: 429.
+    BudgetSpend.objects.filter(pk=row.pk).update(spent_usd=Decimal("100"))
+    registry_cache.invalidate()
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="auto", messages=ASK, extra_headers=SUPPORT)
+    assert refused.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert DecisionRecord.objects.count() == 1
+
+
+def test_a_timeout_escalates_and_an_upstream_refusal_does_not(
+    fleet: RunningFleet, gateway_url: str, settings: Any
+) -> None:
+    with fleet_start(latency_scale=1.0) as slow:  # the mid model answers in ≈ 0.5 s
+        registry = registry_create(f"{fleet.url}/v1")
+        ModelEndpoint.objects.filter(slug="mistral-small-hosted").update(base_url=f"{slow.url}/v1")
+        generation_bump()
+        registry_cache.invalidate()
+        settings.SWITCHYARD_MODEL_TIMEOUTS = {"mistral-small-hosted": 0.05}
+        client = client_for(gateway_url, registry["secret"])
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT
+        )
+        assert raw.headers["x-switchyard-model"] == "gpt-4o"
+        first = outcome_of(raw.headers["x-switchyard-decision-id"]).attempts[0]
+        assert (first["model"], first["status"]) == ("mistral-small-hosted", "timeout")
+        # The upstream refuses the request itself (a 400): no escalation, a 400 to the client.
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="gpt-4o", messages=ASK, extra_headers=SUPPORT, temperature="hot"
+            )  # type: ignore[arg-type]
+        assert refused.value.body["code"] == "upstream_rejected"  # type: ignore[index]
+        decision_id = refused.value.response.headers["x-switchyard-decision-id"]
+        outcome = outcome_of(decision_id)
+        assert outcome.attempt_count == 1 and outcome.final_status == "error"
+        assert outcome.attempts[0]["escalation_reason"] == "HTTP 400"
+
+
+def test_outcomes_are_written_in_one_batch_with_bounded_queries(
+    registry: dict[str, Any], django_assert_max_num_queries: Any
+) -> None:
+    key = registry_cache.key_for_secret(registry["secret"])
+    assert key is not None
+    calls = []
+    for i in range(25):
+        data = decision_input_decode(
+            orjson.dumps({"task_class": "support", "prompt": f"question {i}"})
+        )
+        decided = decision_make(key, data, started=time.perf_counter_ns())
+        assert isinstance(decided, Decided)
+        calls.append(ChatCall(decided, {}, False, False, False))
+    writer = OutcomeWriter()
+    pending = [
+        _Pending(c, [Attempt(c.decided.decision.model, input_tokens=10, output_tokens=5).report()],
+                 "ok", Future())
+        for c in calls
+    ]  # fmt: skip
+    with django_assert_max_num_queries(12):
+        writer._write(pending)
+    costs = [p.future.result(timeout=0) for p in pending]
+    stored = {o.decision_id: o for o in DecisionOutcome.objects.all()}
+    assert len(stored) == 25
+    for p, cost in zip(pending, costs, strict=True):
+        outcome = stored[p.call.decided.decision_id]
+        assert outcome.cost_usd == Decimal(cost) > 0 and outcome.output_tokens == 5
