@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -285,34 +286,48 @@ class UpstreamFailed(Exception):
 
 @dataclass
 class _Upstreams:
-    """One pooled async HTTP client per process and event loop; an ``openai`` client per
-    base URL on top of it; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``."""
+    """Pooled async HTTP clients per process and event loop, an ``openai`` client per base
+    URL and pool on top; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``.
 
-    http: httpx2.AsyncClient | None = None
+    The connections are split over ``SWITCHYARD_GATEWAY_HTTP_SHARDS`` pools, calls taking
+    them in turn: the HTTP pool scans all its connections (a readability check each) on
+    every request and release, which with 250 connections in one pool cost more than the
+    rest of the gateway together."""
+
+    pools: list[httpx2.AsyncClient] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
-    clients: dict[str, openai.AsyncOpenAI] = field(default_factory=dict)
+    clients: dict[tuple[str, int], openai.AsyncOpenAI] = field(default_factory=dict)
     checked: dict[str, tuple[float, str]] = field(default_factory=dict)
+    turn: int = 0
 
     def client(self, base_url: str) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
-        if self.http is None or self.loop is not loop:
-            size = int(settings.SWITCHYARD_GATEWAY_HTTP_POOL)
-            self.http = httpx2.AsyncClient(
-                limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-                follow_redirects=False,
-                trust_env=False,
-            )
+        if not self.pools or self.loop is not loop:
+            shards = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_SHARDS))
+            size = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_POOL) // shards)
+            tls = ssl.create_default_context()  # one for all pools: each costs ~20 ms
+            self.pools = [
+                httpx2.AsyncClient(
+                    limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
+                    follow_redirects=False,
+                    trust_env=False,
+                    verify=tls,
+                )
+                for _ in range(shards)
+            ]
             self.loop = loop
             self.clients = {}
-        client = self.clients.get(base_url)
+        self.turn = (self.turn + 1) % len(self.pools)
+        key = (base_url, self.turn)
+        client = self.clients.get(key)
         if client is None:
             client = openai.AsyncOpenAI(
                 base_url=base_url,
                 api_key="switchyard",  # upstream credentials: not in the registry yet
-                http_client=self.http,
+                http_client=self.pools[self.turn],
                 max_retries=0,
             )
-            self.clients[base_url] = client
+            self.clients[key] = client
         return client
 
     async def url_refusal(self, base_url: str) -> str:
@@ -330,9 +345,9 @@ class _Upstreams:
         return refusal
 
     async def close(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
-        self.http = None
+        for pool in self.pools:
+            await pool.aclose()
+        self.pools = []
         self.clients = {}
 
 
@@ -508,7 +523,7 @@ class OutcomeWriter:
             r.id: r
             for r in DecisionRecord.objects.filter(
                 id__in=ids, created_at__gte=min(times), created_at__lte=max(times)
-            )
+            ).only(*_OUTCOME_NEEDS)
         }
         items = []
         for p in batch:
@@ -551,6 +566,20 @@ class OutcomeWriter:
                 Decimal(0),
             )
             p.future.set_result(f"{cost:.6f}")
+
+
+# What charging an outcome reads of its decision (telemetry.services).
+_OUTCOME_NEEDS = (
+    "id",
+    "created_at",
+    "application_id",
+    "application",
+    "team",
+    "task_class",
+    "model",
+    "tier",
+    "budget_holds",
+)
 
 
 @dataclass(frozen=True, slots=True)
