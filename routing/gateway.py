@@ -64,6 +64,7 @@ from django.db import DatabaseError, close_old_connections, connections
 
 from controlplane.errors import ApiError
 from controlplane.services import model_url_validate
+from routing import metrics
 from routing.engine import ModelInfo
 from routing.schemas import decision_input_decode
 from routing.services import Decided, api_key_authenticate, decision_make
@@ -662,9 +663,17 @@ class Gateway:
     async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
         """Record the outcome (settles the holds, charges the cost): the cost in USD, or
         None if it could not be stored (logged; the holds are released when they expire)."""
+        for i, attempt in enumerate(attempts):
+            metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
+            metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
+            if attempt.ttft_ms is not None:
+                metrics.GATEWAY_TTFT_SECONDS.observe(attempt.ttft_ms / 1000)
+            if i < len(attempts) - 1:
+                metrics.GATEWAY_ESCALATIONS.labels(attempt.model.slug).inc()
         try:
             return await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
         except Exception:
+            metrics.GATEWAY_OUTCOME_FAILURES.inc()
             logger.exception("gateway: outcome of %s not recorded", call.decided.decision_id)
             return None
 

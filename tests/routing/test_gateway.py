@@ -27,6 +27,7 @@ from controlplane import services
 from controlplane.generation import generation_bump
 from controlplane.models import Application, BudgetSpend, ModelEndpoint, Team
 from evaluation.fleet import RunningFleet, fleet_start
+from routing import metrics
 from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
 from routing.schemas import decision_input_decode
 from routing.services import Decided, decision_make
@@ -239,6 +240,8 @@ def test_an_upstream_outage_escalates_with_context(
     registry: dict[str, Any], gateway_url: str, fleet: RunningFleet, stream: bool
 ) -> None:
     fleet.state.configure("mistral-small-hosted", fail_rate=None, down=True)
+    escalations = metrics.GATEWAY_ESCALATIONS.labels("mistral-small-hosted")
+    before = escalations._value.get()
     client = client_for(gateway_url, registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
@@ -249,6 +252,7 @@ def test_an_upstream_outage_escalates_with_context(
     else:
         text = parsed.choices[0].message.content  # type: ignore[union-attr]
     assert text
+    assert escalations._value.get() == before + 1  # counted once the answer is complete
     assert raw.headers["x-switchyard-model"] == "gpt-4o"
     assert raw.headers["x-switchyard-escalations"] == "1"
     outcome = outcome_of(raw.headers["x-switchyard-decision-id"])
