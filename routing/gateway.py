@@ -259,6 +259,7 @@ class Attempt:
     escalation_reason: str = ""
     ttft_ms: int | None = None
     error: str = ""
+    streamed_chars: int = 0
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -818,6 +819,42 @@ class Gateway:
             raise UpstreamFailed("error", "empty stream", retryable=True)
         return lines
 
+    async def _pump(
+        self, call: ChatCall, attempt: Attempt, began: float, lines: _Lines, send: Send
+    ) -> str:
+        """Relay the upstream's chunks; '' when it finished, else what went wrong."""
+        try:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return ""
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    return "unreadable stream chunk"
+                content = _content_chars(chunk)
+                if content and attempt.ttft_ms is None:
+                    attempt.ttft_ms = round((time.perf_counter() - began) * 1000)
+                attempt.streamed_chars += content
+                if isinstance(chunk, dict) and chunk.get("usage"):
+                    attempt.input_tokens, attempt.output_tokens = _usage(chunk)
+                    if not call.include_usage and not chunk.get("choices"):
+                        continue  # the usage chunk the gateway asked for itself
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            return _failure(exc).reason
+        except OSError:
+            return "client disconnected"
+        return "stream ended without [DONE]"
+
     async def _relay(
         self,
         call: ChatCall,
@@ -840,40 +877,22 @@ class Gateway:
                 ],
             }
         )
-        failure = ""
+        # A client that goes away stops the upstream call too (its tokens cost money).
+        pump = asyncio.ensure_future(self._pump(call, attempt, began, lines, send))
+        gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    failure = "unreadable stream chunk"
-                    break
-                if attempt.ttft_ms is None and _has_content(chunk):
-                    attempt.ttft_ms = round((time.perf_counter() - began) * 1000)
-                if isinstance(chunk, dict) and chunk.get("usage"):
-                    attempt.input_tokens, attempt.output_tokens = _usage(chunk)
-                    if not call.include_usage and not chunk.get("choices"):
-                        continue  # the usage chunk the gateway asked for itself
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                        "more_body": True,
-                    }
-                )
-            else:
-                failure = "stream ended without [DONE]"
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            failure = _failure(exc).reason
-        except OSError:  # the client went away
-            failure = "client disconnected"
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if not pump.done():
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            gone.cancel()
             await lines.response.aclose()
+        failure = "client disconnected" if pump.cancelled() else pump.result()
+        if failure and not attempt.output_tokens:
+            # No usage chunk came: estimate what was produced (as the decision API does).
+            attempt.input_tokens = call.decided.input_tokens
+            attempt.output_tokens = -(-attempt.streamed_chars // 4)
         attempt.latency_ms = round((time.perf_counter() - began) * 1000)
         if failure:
             attempt.status = "error"
@@ -918,14 +937,23 @@ class _Lines:
             yield line
 
 
-def _has_content(chunk: Any) -> bool:
+def _content_chars(chunk: Any) -> int:
+    """Characters of content a stream chunk carries."""
     if not isinstance(chunk, dict):
-        return False
+        return 0
+    total = 0
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        if isinstance(delta, dict) and delta.get("content"):
-            return True
-    return False
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+    return total
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _upstream_error(failure: UpstreamFailed, attempts: list[Attempt]) -> tuple[int, Any]:

@@ -515,3 +515,31 @@ def test_outcomes_are_written_in_one_batch_with_bounded_queries(
     for p, cost in zip(pending, costs, strict=True):
         outcome = stored[p.call.decided.decision_id]
         assert outcome.cost_usd == Decimal(cost) > 0 and outcome.output_tokens == 5
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(gateway_url: str) -> None:
+    with fleet_start(latency_scale=4.0) as slow:  # the answer streams over ≈ 2 s
+        registry = registry_create(f"{slow.url}/v1")
+        body = {"model": "auto", "messages": ASK, "stream": True}
+        headers = {"Authorization": f"Bearer {registry['secret']}", **SUPPORT}
+        with httpx.stream(
+            "POST", f"{gateway_url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            decision_id = response.headers["x-switchyard-decision-id"]
+            for line in response.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # the first words arrived: hang up
+        deadline = time.monotonic() + 10
+        while not DecisionOutcome.objects.filter(decision_id=decision_id).exists():
+            assert time.monotonic() < deadline, "the abandoned stream was not recorded"
+            time.sleep(0.05)
+        attempt = outcome_of(decision_id).attempts[0]
+        assert attempt["status"] == "error"
+        assert attempt["escalation_reason"] == "mid-stream: client disconnected"
+        # Estimated from what was relayed before the upstream call was stopped: less than
+        # the whole answer (which the upstream reports in its usage chunk at the end).
+        full = httpx.post(
+            f"{slow.url}/v1/chat/completions",
+            json={"model": "mistral-small-hosted", "messages": ASK, "max_tokens": 24},
+        ).json()["usage"]["completion_tokens"]
+        assert 0 < attempt["output_tokens"] < full
