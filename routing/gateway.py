@@ -367,11 +367,14 @@ def _upstream_body(call: ChatCall, model: ModelInfo, failed: list[Attempt]) -> d
     body = dict(call.body)
     body["model"] = model.provider_model
     cap = call.decided.decision.max_output_tokens
+    capped = False
     for name in ("max_tokens", "max_completion_tokens"):
-        asked = body.get(name)
-        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
-            body[name] = min(asked, cap)
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        if name in body:  # null, 0 or garbage must not lift the cap either
+            asked = body[name]
+            valid = isinstance(asked, int) and not isinstance(asked, bool) and asked > 0
+            body[name] = min(asked, cap) if valid else cap
+            capped = True
+    if not capped:
         body["max_tokens"] = cap
     if call.stream:
         body["stream_options"] = {"include_usage": True}

@@ -125,8 +125,12 @@ def outcome_of(decision_id: str) -> DecisionOutcome:
 
 
 def test_plain_completion_is_decided_called_and_recorded(
-    registry: dict[str, Any], gateway_url: str
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
+    uncapped_answer = httpx.post(
+        f"{fleet.url}/v1/chat/completions", json={"model": "mistral-small-hosted", "messages": ASK}
+    ).json()["usage"]["completion_tokens"]
+    assert uncapped_answer > 24  # so the cap below is what shortens it
     client = client_for(gateway_url, registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, max_tokens=1000
@@ -150,6 +154,14 @@ def test_plain_completion_is_decided_called_and_recorded(
     assert outcome.output_tokens == completion.usage.completion_tokens
     assert outcome.cost_usd == Decimal(headers["x-switchyard-cost-usd"]) > 0
     assert outcome.charged_attempts == 1
+    # A null max_tokens does not lift the cap either.
+    uncapped = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "support", "messages": ASK, "max_tokens": None},
+        headers={"Authorization": f"Bearer {registry['secret']}"},
+    )
+    assert uncapped.status_code == 200
+    assert uncapped.json()["usage"]["completion_tokens"] <= 24
 
 
 def test_task_class_as_model_or_in_metadata(registry: dict[str, Any], gateway_url: str) -> None:
