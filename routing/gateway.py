@@ -408,10 +408,17 @@ def _failure(exc: Exception) -> UpstreamFailed:
 
 
 def _usage(data: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens an upstream reports; anything but a sane count is 0."""
     usage = data.get("usage") if isinstance(data, dict) else None
     if not isinstance(usage, dict):
         return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10_000_000:
+        return value
+    return 0
 
 
 def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
@@ -454,6 +461,19 @@ async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]
 def _chain(call: ChatCall) -> list[ModelInfo]:
     decision = call.decided.decision
     return [decision.model, *(f.model for f in decision.fallbacks)]
+
+
+def _escalates(call: ChatCall, index: int, failure: UpstreamFailed | None) -> bool:
+    """Whether the failure of attempt ``index`` hands the request to the next fallback: it
+    must be one worth retrying elsewhere, a next fallback must exist, and the route's
+    escalation triggers must name it (``error_timeout``, ``invalid_output``)."""
+    if failure is None or not failure.retryable:
+        return False
+    fallbacks = call.decided.decision.fallbacks
+    if index >= len(fallbacks):
+        return False
+    trigger = "invalid_output" if failure.status == "invalid_output" else "error_timeout"
+    return trigger in fallbacks[index].triggers
 
 
 class OutcomeWriter:
@@ -748,7 +768,7 @@ class Gateway:
         attempts: list[Attempt] = []
         answer: bytes | None = None
         last: UpstreamFailed | None = None
-        for model in _chain(call):
+        for index, model in enumerate(_chain(call)):
             attempt = Attempt(model)
             attempts.append(attempt)
             began = time.perf_counter()
@@ -758,7 +778,7 @@ class Gateway:
                 attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
             finally:
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
-            if answer is not None or (last is not None and not last.retryable):
+            if answer is not None or not _escalates(call, index, last):
                 break
         final = "ok" if answer is not None else attempts[-1].status
         cost = await self._recorded(call, attempts, final)
@@ -771,7 +791,7 @@ class Gateway:
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
-        for model in _chain(call):
+        for index, model in enumerate(_chain(call)):
             attempt = Attempt(model)
             attempts.append(attempt)
             began = time.perf_counter()
@@ -780,7 +800,7 @@ class Gateway:
             except UpstreamFailed as exc:
                 attempt.status, attempt.escalation_reason = exc.status, exc.reason
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
-                if exc.retryable:
+                if _escalates(call, index, exc):
                     continue
                 cost = await self._recorded(call, attempts, attempt.status)
                 extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
@@ -788,10 +808,7 @@ class Gateway:
                 return
             await self._relay(call, attempts, began, lines, receive, send)
             return
-        cost = await self._recorded(call, attempts, attempts[-1].status)
-        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
-        last = UpstreamFailed(attempts[-1].status, attempts[-1].escalation_reason, retryable=True)
-        await _json(send, *_upstream_error(last, attempts), extra)
+        raise AssertionError("the last model never escalates")  # pragma: no cover
 
     async def _open_stream(self, call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> _Lines:
         """The upstream's SSE lines, once its first data line has arrived (a failure before

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from controlplane import services
 from controlplane.generation import generation_bump
-from controlplane.models import Application, BudgetSpend, ModelEndpoint, Team
+from controlplane.models import Application, BudgetSpend, ModelEndpoint, TaskClass, Team
 from evaluation.fleet import RunningFleet, fleet_start
 from routing import metrics
 from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
@@ -555,3 +555,29 @@ def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(gateway_url: st
             json={"model": "mistral-small-hosted", "messages": ASK, "max_tokens": 24},
         ).json()["usage"]["completion_tokens"]
         assert 0 < attempt["output_tokens"] < full
+
+
+def test_a_route_that_does_not_escalate_on_errors_is_obeyed(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    draft = services.routing_version_draft_create()
+    services.route_set(
+        version=draft,
+        task_class=TaskClass.objects.get(slug="support"),
+        primary=registry["mid"],
+        fallbacks=["gpt-4o"],
+        escalate_on_error=False,
+    )
+    services.routing_version_activate(version=draft)
+    registry_cache.invalidate()
+    fleet.state.configure("mistral-small-hosted", fail_rate=None, down=True)
+    client = client_for(gateway_url, registry["secret"])
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(
+                model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
+            )
+        assert failed.value.status_code == 502
+        outcome = outcome_of(failed.value.response.headers["x-switchyard-decision-id"])
+        assert outcome.attempt_count == 1 and outcome.final_model == "mistral-small-hosted"
+    assert fleet.state.stats()["models"]["gpt-4o"]["requests"] == 0  # type: ignore[index]
