@@ -423,9 +423,11 @@ def _count(value: Any) -> int:
 
 def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
     """EXTENSION POINT (issue 12, cascade and output checks): '' to accept the answer, else
-    the escalation reason. Here go the class's JSON Schema, the reviewers' output checks,
-    logprob confidence and the cascade decision; until then every well-formed answer is
-    accepted."""
+    the escalation reason (the attempt is then recorded as ``invalid_output`` and escalates
+    if the route's triggers say so). Here go the class's JSON Schema, the reviewers' output
+    checks, and the cascade decision (``routing.cascade.cascade_judge`` with the decision's
+    confidence as prior and the upstream's logprobs); until then every well-formed answer
+    is accepted. Streams would need it on the assembled answer before their last chunk."""
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
         return "invalid output: no choices"
     return ""
