@@ -303,6 +303,7 @@ def main(argv: list[str]) -> int:
             "upstream_delay_s": args.delay,
             "gateway_workers": 2,
             "cpu_count": os.cpu_count(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             **results,
         },
         "note": "500 requests sent at once against a stub upstream answering in 1 s; "
