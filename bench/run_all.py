@@ -19,6 +19,7 @@ BENCHES = [
     "bench_decision_api.py",
     "bench_dashboards.py",
     "bench_sweep.py",
+    "bench_gateway.py",
 ]
 
 

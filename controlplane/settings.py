@@ -208,6 +208,16 @@ SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS = min(
     env_int("SWITCHYARD_IDEMPOTENCY_WINDOW_HOURS", 24), SWITCHYARD_DECISION_RETENTION_DAYS * 24
 )
 
+# --- The OpenAI-compatible gateway (routing/gateway.py, served by controlplane/asgi.py)
+# Task class of a request that pins a model without naming a class ("" = 400 instead).
+SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS = env_str("SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS", "")
+# Per worker: upstream connections kept (one pooled client), threads deciding/recording,
+# and how long a model URL's allowlist check (with DNS resolution) is reused.
+SWITCHYARD_GATEWAY_HTTP_POOL = env_int("SWITCHYARD_GATEWAY_HTTP_POOL", 1024)
+SWITCHYARD_GATEWAY_HTTP_SHARDS = env_int("SWITCHYARD_GATEWAY_HTTP_SHARDS", 16)
+SWITCHYARD_GATEWAY_THREADS = env_int("SWITCHYARD_GATEWAY_THREADS", 32)
+SWITCHYARD_GATEWAY_URL_CHECK_S = float(env_str("SWITCHYARD_GATEWAY_URL_CHECK_S", "30"))
+
 # --- Evaluation (sweeps, proposals, model calls)
 
 # Optional: a directory of RouteLLM-format recordings (gsm8k_responses.csv) that the replay

@@ -1,7 +1,9 @@
 """Start Switchyard and its embedded servers: ``python -m controlplane.stack run|test|services``.
 
 * ``run``: embedded PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are unset, migrate,
-  load demo data, then gunicorn, a Celery worker, Celery beat and the replay fleet. Ctrl-C
+  load demo data, then gunicorn (the web server, WSGI), the OpenAI-compatible gateway
+  (gunicorn with uvicorn workers, ASGI, on GATEWAY_PORT), a Celery worker, Celery beat and
+  the replay fleet. Ctrl-C
   stops every process it started and the embedded servers it started.
 * ``test [pytest args]``: the same embedded servers (reused if already running), then pytest.
 * ``services``: start the embedded servers and wait (for benchmarks or a second terminal).
@@ -380,6 +382,7 @@ def local_http_env() -> dict[str, str]:
 def run() -> int:
     port = int(os.environ.get("PORT", "8000"))
     fleet_port = int(os.environ.get("FLEET_PORT", "8100"))
+    gateway_port = int(os.environ.get("GATEWAY_PORT", str(port + 1)))
     services = Services()
     processes: list[subprocess.Popen[bytes]] = []
     demo: subprocess.Popen[bytes] | None = None
@@ -414,6 +417,15 @@ def run() -> int:
                 str(BASE_DIR / "controlplane" / "gunicorn_conf.py"),
                 "--bind",
                 f"127.0.0.1:{port}",
+            ],
+            # The OpenAI-compatible gateway: ASGI (upstream calls are I/O), beside the web.
+            "gateway": [
+                str(bin_dir / "gunicorn"),
+                "controlplane.asgi:application",
+                "-c",
+                str(BASE_DIR / "controlplane" / "gunicorn_gateway_conf.py"),
+                "--bind",
+                f"127.0.0.1:{gateway_port}",
             ],
             "worker": [
                 str(bin_dir / "celery"),
@@ -491,6 +503,9 @@ def run() -> int:
             f"{','.join(credentials['api_key']['scopes'])}):",
             f"  {credentials['api_key']['secret']}",
             f"API docs: http://127.0.0.1:{port}/api/docs/   logs: {log_dir}",
+            f"OpenAI-compatible gateway: base_url http://127.0.0.1:{gateway_port}/v1 with the "
+            "API key above (model 'auto' + header X-Switchyard-Task-Class, a task class, or "
+            "a model)",
             "Demo traffic (30 days, 200k decisions) is loading in the background on first "
             f"start (about a minute; progress in {log_dir / 'demo.log'}); the first sweep "
             "follows and its proposal's address is printed here.",

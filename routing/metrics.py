@@ -41,6 +41,32 @@ ACTIVE_VERSION = Gauge(
     multiprocess_mode="max",
 )
 
+# The OpenAI-compatible gateway (routing/gateway.py).
+GATEWAY_ATTEMPTS = Counter(
+    "switchyard_gateway_attempts_total",
+    "Upstream model calls by the gateway, by model and attempt status",
+    ["model", "status"],
+)
+GATEWAY_ESCALATIONS = Counter(
+    "switchyard_gateway_escalations_total",
+    "Gateway attempts that failed and handed the request to the next fallback",
+    ["model"],
+)
+GATEWAY_UPSTREAM_SECONDS = Histogram(
+    "switchyard_gateway_upstream_seconds",
+    "One upstream attempt, request to last byte",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+GATEWAY_TTFT_SECONDS = Histogram(
+    "switchyard_gateway_ttft_seconds",
+    "Streamed answers: time from the upstream call to the first content chunk",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+GATEWAY_OUTCOME_FAILURES = Counter(
+    "switchyard_gateway_outcome_failures_total",
+    "Gateway outcomes that could not be stored (the holds are released when they expire)",
+)
+
 
 def metrics_payload() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -24,7 +24,9 @@ import hmac
 import logging
 import math
 import time
-from datetime import timedelta
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -47,6 +49,7 @@ from routing.engine import (
 )
 from routing.learned import learned_template
 from routing.pii import request_free_text_stored, request_scan
+from routing.pinning import PinRefused, decision_pinned
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
 from telemetry.budgets import BudgetLeases
@@ -207,6 +210,36 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
     if len(body) > settings.SWITCHYARD_MAX_BODY_BYTES:
         raise ApiError(413, "too_large", "The request body is too large.")
     data = decision_input_decode(body)
+    made = decision_make(key, data, started=started)
+    if isinstance(made, Decided):
+        return 201, made.response
+    return made  # a repeated request_id: the stored decision
+
+
+def api_key_authenticate(header: str, scope: str) -> KeyInfo:
+    """The key of an ``Authorization: Bearer …`` header with ``scope`` (ApiError 401/403)."""
+    return _authenticate(header, scope)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A decision made and durably recorded, its budget holds taken (the gateway calls it)."""
+
+    decision: Decision
+    decision_id: uuid.UUID
+    created_at: datetime
+    input_tokens: int
+    response: dict[str, Any]
+
+
+def decision_make(
+    key: KeyInfo, data: DecisionInput, *, started: int, pinned_model: str | None = None
+) -> Decided | tuple[int, dict[str, Any]]:
+    """Steps 2-6 of the pipeline for an authenticated key and a decoded request: the
+    recorded decision, or (status, body) of the stored decision a repeated ``request_id``
+    names. ``pinned_model``: the caller named a concrete model (the OpenAI-compatible
+    gateway); it replaces the engine's choice only if the policy gate and the request's
+    limits allow it (``routing.pinning``), and is budgeted and recorded the same way."""
     _check_sizes(data)
     team = _effective_team(key, data.team)
     request_sha256 = _request_sha256(data) if data.request_id else ""
@@ -242,6 +275,8 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
             metadata=data.metadata,
         )
         decision = _decide(engine_request, snapshot)
+        if pinned_model is not None:
+            decision = _pinned(decision, pinned_model, engine_request, snapshot)
         decision_id = uuid7()
         created_at = uuid7_time(decision_id)
         decision_us = (time.perf_counter_ns() - started) // 1000
@@ -317,4 +352,13 @@ def _decision_create(authorization: str, body: bytes, started: int) -> tuple[int
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)
     metrics.ACTIVE_VERSION.set(decision.routing_table_version)
-    return 201, response
+    return Decided(decision, decision_id, created_at, input_tokens, response)
+
+
+def _pinned(
+    decision: Decision, slug: str, request: DecisionRequest, snapshot: Snapshot
+) -> Decision:
+    try:
+        return decision_pinned(decision, slug, request, snapshot)
+    except PinRefused as exc:
+        raise ApiError(exc.status, exc.code, exc.message, {"model": [exc.message]}) from exc

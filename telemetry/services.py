@@ -51,6 +51,8 @@ class AttemptInput(TypedDict):
     input_tokens: int
     output_tokens: int
     escalation_reason: NotRequired[str]
+    # Time to the first token of a streamed answer (the gateway), stored with the attempt.
+    ttft_ms: NotRequired[int]
 
 
 class PriceBook:
@@ -152,18 +154,19 @@ def _attempts_priced(
             attempt["output_tokens"],
         )
         total += cost
-        priced.append(
-            {
-                "model": attempt["model"],
-                "tier": pricebook.tiers.get(attempt["model"], 0),
-                "status": attempt["status"],
-                "latency_ms": attempt["latency_ms"],
-                "input_tokens": attempt["input_tokens"],
-                "output_tokens": attempt["output_tokens"],
-                "escalation_reason": attempt.get("escalation_reason", ""),
-                "cost_usd": str(cost),
-            }
-        )
+        entry = {
+            "model": attempt["model"],
+            "tier": pricebook.tiers.get(attempt["model"], 0),
+            "status": attempt["status"],
+            "latency_ms": attempt["latency_ms"],
+            "input_tokens": attempt["input_tokens"],
+            "output_tokens": attempt["output_tokens"],
+            "escalation_reason": attempt.get("escalation_reason", ""),
+            "cost_usd": str(cost),
+        }
+        if "ttft_ms" in attempt:
+            entry["ttft_ms"] = attempt["ttft_ms"]
+        priced.append(entry)
     return priced, total
 
 

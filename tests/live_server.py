@@ -1,6 +1,7 @@
 """A throwaway Switchyard for tests that need the real server: its own embedded PostgreSQL
 (so a test may kill, restart or fault it), migrated, the demo registry, one API key, and
-gunicorn with 2 workers and production settings on a free port."""
+gunicorn with 2 workers and production settings on a free port; with ``gateway=True`` also
+the OpenAI-compatible gateway (gunicorn with 2 uvicorn workers) on another."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class LiveServer:
     postgres: EmbeddedPostgres
     gunicorn: subprocess.Popen[bytes]
     env: dict[str, str] = field(default_factory=dict)
+    gateway_url: str = ""
 
     def worker_pids(self) -> list[int]:
         return [c.pid for c in psutil.Process(self.gunicorn.pid).children()]
@@ -50,6 +52,8 @@ def live_server(
     prefix: str,
     env_extra: dict[str, str],
     before_serve: Callable[[dict[str, str]], None] | None = None,
+    *,
+    gateway: bool = False,
 ) -> Iterator[LiveServer]:
     """Start it, yield it, and remove every trace afterwards. ``before_serve(env)`` runs once
     the database is migrated and loaded, before gunicorn starts (``env["DATABASE_URL"]``)."""
@@ -72,6 +76,7 @@ def live_server(
         }
     )
     gunicorn: subprocess.Popen[bytes] | None = None
+    gateway_proc: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
         subprocess.run(
@@ -108,6 +113,27 @@ def live_server(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        gateway_url = ""
+        if gateway:
+            gateway_port = free_port()
+            gateway_url = f"http://127.0.0.1:{gateway_port}"
+            gateway_proc = subprocess.Popen(
+                [
+                    str(Path(PY).parent / "gunicorn"),
+                    "controlplane.asgi:application",
+                    "-c",
+                    str(ROOT / "controlplane" / "gunicorn_gateway_conf.py"),
+                    "--bind",
+                    f"127.0.0.1:{gateway_port}",
+                    "--workers",
+                    "2",
+                ],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         server = LiveServer(
             f"http://127.0.0.1:{web_port}",
             postgres.database_url,
@@ -115,18 +141,24 @@ def live_server(
             postgres,
             gunicorn,
             env,
+            gateway_url,
         )
         deadline = time.time() + 30
-        while True:
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "gunicorn did not become ready"
-            time.sleep(0.2)
+        ready = [f"{server.url}/readyz"] + ([f"{gateway_url}/healthz"] if gateway else [])
+        for url in ready:
+            while True:
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.time() < deadline, f"{url} did not become ready"
+                time.sleep(0.2)
         yield server
     finally:
+        if gateway_proc is not None:
+            os.killpg(gateway_proc.pid, signal.SIGTERM)
+            gateway_proc.wait(20)
         if gunicorn is not None:
             os.killpg(gunicorn.pid, signal.SIGTERM)
             gunicorn.wait(20)

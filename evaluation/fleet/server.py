@@ -5,7 +5,8 @@ Endpoints
 ``GET  /healthz``                 liveness plus a little metadata
 ``GET  /v1/models``               OpenAI list shape (``x_fleet`` carries the model config)
 ``GET  /v1/models/{slug}``        one model
-``POST /v1/chat/completions``     OpenAI chat completion (non-streaming)
+``POST /v1/chat/completions``     OpenAI chat completion (``"stream": true``: server-sent
+                                  events, the answer in a few chunks spread over its latency)
 ``GET  /admin/stats``             per-model request counts by HTTP status
 ``GET  /admin/models``            effective per-model state (``down``, ``fail_rate``)
 ``POST /admin/models/{slug}``     ``{"fail_rate": 1.0}`` and/or ``{"down": true}``
@@ -283,6 +284,8 @@ class _ChatRequest:
     max_tokens: int | None
     json_mode: bool
     json_schema: Mapping[str, object] | None
+    stream: bool = False
+    include_usage: bool = False
 
 
 class FleetRequestHandler(BaseHTTPRequestHandler):
@@ -512,11 +515,39 @@ class FleetRequestHandler(BaseHTTPRequestHandler):
         )
         if stalled:
             latency_ms = max(latency_ms, fleet.stall_s * 1000.0)
+        payload = _completion_payload(request, answer, latency_ms)
+        if request.stream:
+            fleet.state.record(model.slug, 200)
+            self._send_stream(request, payload, latency_ms)
+            return
         if latency_ms > 0:
             time.sleep(latency_ms / 1000.0)
-        payload = _completion_payload(request, answer, latency_ms)
         fleet.state.record(model.slug, 200)
         self._send_json(200, payload)
+
+    def _send_stream(
+        self, request: _ChatRequest, payload: Mapping[str, Any], latency_ms: float
+    ) -> None:
+        """The completion as server-sent events: a fifth of the latency before the first
+        chunk, the rest spread between the content chunks; then the connection closes."""
+        chunks = _stream_chunks(request, payload)
+        gap_s = latency_ms * 0.8 / 1000.0 / max(1, len(chunks) - 1)
+        if latency_ms > 0:
+            time.sleep(latency_ms * 0.2 / 1000.0)
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i, chunk in enumerate(chunks):
+            if i and gap_s > 0:
+                time.sleep(gap_s)
+            data = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+            self.wfile.write(f"data: {data}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
 
 def _not_found(path: str) -> _RequestError:
@@ -561,13 +592,11 @@ def _parse_chat_request(data: Mapping[str, object], fleet: FleetServer) -> _Chat
             )
         messages.append((cast(str, item["role"]), _message_text(item.get("content"))))
 
-    if data.get("stream"):
-        raise _RequestError(
-            400,
-            "streaming is not supported by the replay fleet",
-            param="stream",
-            code="unsupported_parameter",
-        )
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _RequestError(400, "`stream` must be a boolean", param="stream")
+    options = data.get("stream_options")
+    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
@@ -610,6 +639,8 @@ def _parse_chat_request(data: Mapping[str, object], fleet: FleetServer) -> _Chat
         max_tokens=max_tokens,
         json_mode=json_mode,
         json_schema=json_schema,
+        stream=bool(stream),
+        include_usage=include_usage,
     )
 
 
@@ -678,6 +709,33 @@ def _completion_payload(
             "latency_ms": round(latency_ms, 3),
         },
     }
+
+
+def _stream_chunks(request: _ChatRequest, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``chat.completion.chunk`` objects of a completion: the role, the content in up to four
+    pieces, the finish reason, and the usage when ``stream_options.include_usage`` asks."""
+    choice = payload["choices"][0]
+    content: str = choice["message"]["content"]
+    size = max(1, -(-len(content) // 4))
+    pieces = [content[i : i + size] for i in range(0, len(content), size)] or [""]
+    base = {
+        "id": payload["id"],
+        "object": "chat.completion.chunk",
+        "created": payload["created"],
+        "model": payload["model"],
+        "system_fingerprint": payload["system_fingerprint"],
+    }
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": piece} for piece in pieces]
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
+        for d in deltas
+    ]
+    last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
+    chunks.append({**base, "choices": [last]})
+    if request.include_usage:
+        chunks.append({**base, "choices": [], "usage": payload["usage"]})
+    return chunks
 
 
 # --------------------------------------------------------------------------------------------

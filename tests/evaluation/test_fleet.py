@@ -218,6 +218,28 @@ def test_max_tokens_truncates_with_length_finish_reason(client: httpx.Client) ->
     assert payload["usage"]["completion_tokens"] <= 3
 
 
+def test_stream_sends_the_same_answer_as_server_sent_events(client: httpx.Client) -> None:
+    prompt = "Summarise: the quarterly revenue grew while shipping costs fell."
+    plain = chat(client, WEAK, prompt).json()
+    response = chat(client, WEAK, prompt, stream=True, stream_options={"include_usage": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain["choices"][0]["message"]["content"]
+    finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finals[-1] == plain["choices"][0]["finish_reason"] and finals[0] is None
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    # Without include_usage there is no usage chunk; a non-boolean stream is refused.
+    bare = chat(client, WEAK, prompt, stream=True).text
+    assert '"usage"' not in bare
+    assert chat(client, WEAK, prompt, stream="yes").status_code == 400
+
+
 def test_arithmetic_prompt_has_answer_line(client: httpx.Client) -> None:
     answers = [content_of(chat(client, m.slug, "What is 17 + 25?")) for m in DEFAULT_FLEET]
     for text in answers:

@@ -1,0 +1,1052 @@
+"""The OpenAI-compatible gateway: decide, call the model, escalate, record — in one hop.
+
+An ASGI application (served by gunicorn with uvicorn workers beside the WSGI web server,
+``controlplane/asgi.py``; ``make run`` starts it on ``GATEWAY_PORT``):
+
+``POST /v1/chat/completions``  OpenAI wire format, plain or ``"stream": true`` (SSE)
+``GET  /v1/models``            what the key may name as ``model``: ``auto``, task classes,
+                               active models
+``GET  /healthz``              liveness
+
+One request:
+
+1. Authenticate the Switchyard key (``Authorization: Bearer``, scope ``decide``) and read the
+   body (size limit; JSON; messages checked: no control characters, 400 naming the field).
+2. ``model`` selects: ``auto`` (task class from ``X-Switchyard-Task-Class`` or
+   ``metadata.task_class``), a task-class slug, or a model slug (pinned: the task class as
+   for ``auto``, else ``SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS``). Anything else: 404
+   ``model_not_found``.
+3. The decision pipeline of ``POST /api/v1/decisions`` (``routing.services.decision_make``:
+   PII gate on every message, engine, recorder with budget holds) runs in a thread pool; the
+   prompt it scans and retains is the messages' text.
+4. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
+   cached briefly) is called with the official ``openai`` client over one pooled async HTTP
+   client per process, no retries of its own, the model's timeout, and the output cap
+   (``max_tokens`` ≤ the decision's ``max_output_tokens``).
+5. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
+   carrying the context: the original messages plus a system note naming the failed model
+   and why. A stream that already reached the client cannot be re-sent: a failure after the
+   first chunk ends it with an OpenAI error event (the client raises; it never hangs).
+6. Every attempt (status, tokens, latency, time to first token for streams) and the final
+   status are recorded through ``telemetry.services.outcome_report`` — which settles the
+   decision's budget holds and charges the real cost — before the answer (or the stream's
+   end) is sent.
+7. The upstream's body is answered unchanged, with ``x-switchyard-decision-id``, ``-model``,
+   ``-tier``, ``-cost-usd`` (plain answers; a stream's cost is on its decision record),
+   ``-escalations`` and ``-cache`` (``miss``: no answer cache yet).
+
+Extension points left for the cascade and output-check work (issue 12): see
+``_output_check`` (JSON Schema, output checks, logprob confidence, cascade decision).
+Errors on /v1 routes use OpenAI's error shape ``{"error": {"message", "type", "param",
+"code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, close_old_connections, connections
+
+from controlplane.errors import ApiError
+from controlplane.services import model_url_validate
+from routing import metrics
+from routing.engine import ModelInfo
+from routing.schemas import decision_input_decode
+from routing.services import Decided, api_key_authenticate, decision_make
+from routing.snapshot import registry_cache
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+TASK_CLASS_HEADER = "x-switchyard-task-class"
+TEAM_HEADER = "x-switchyard-team"
+CLASSIFICATION_HEADER = "x-switchyard-data-classification"
+_CONTROL = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r")
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def openai_error_body(exc: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape, with Switchyard's code and the first field named as ``param``."""
+    param = next(iter(exc.fields), None) if exc.fields else None
+    error: dict[str, Any] = {
+        "message": exc.message,
+        "type": _ERROR_TYPES.get(exc.status_code, "api_error"),
+        "param": param,
+        "code": exc.error_code,
+    }
+    for name, value in exc.extra.items():
+        error.setdefault(name, value)
+    return {"error": error}
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat-completion request, decided and recorded: what the upstream attempts need."""
+
+    decided: Decided
+    body: dict[str, Any]  # the client's body (``model`` and Switchyard fields removed)
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    pinned: bool
+
+
+def _text_of(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif not isinstance(part, dict):
+                raise _invalid(f"{where}[{i}]", "a content part must be an object")
+        return "\n".join(parts)
+    raise _invalid(where, "content must be a string, an array of parts or null")
+
+
+def _invalid(field_name: str, message: str) -> ApiError:
+    return ApiError(400, "invalid", f"{field_name}: {message}", {field_name: [message]})
+
+
+def _check_text(value: str, where: str) -> None:
+    if not _CONTROL.isdisjoint(value):
+        raise _invalid(
+            where,
+            "control characters (U+0000–U+001F other than tab, line feed and carriage "
+            "return) are not allowed",
+        )
+
+
+def _prompt_of(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "must be a non-empty array of messages")
+    texts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _invalid(f"messages[{i}]", "each message needs a string 'role'")
+        _check_text(message["role"], f"messages[{i}].role")
+        text = _text_of(message.get("content"), f"messages[{i}].content")
+        _check_text(text, f"messages[{i}].content")
+        texts.append(f"{message['role']}: {text}")
+    return "\n".join(texts)
+
+
+def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: int) -> ChatCall:
+    """Steps 1-3 (runs in the gateway's thread pool: the recorder and the ORM block)."""
+    close_old_connections()
+    key = api_key_authenticate(authorization, "decide")
+    if len(raw) > settings.SWITCHYARD_MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", "The request body is too large.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed_json", "The body must be a JSON object.")
+    model = body.pop("model", None)
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "must be 'auto', a task class or a model")
+    _check_text(model, "model")
+    prompt = _prompt_of(body.get("messages"))
+    metadata = body.pop("metadata", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _invalid("metadata", "must be an object")
+    metadata = dict(metadata or {})
+    header_class = headers.get(TASK_CLASS_HEADER) or None
+    meta_class = metadata.pop("task_class", None)
+    asked_class = header_class or (meta_class if isinstance(meta_class, str) else None)
+    snapshot = registry_cache.snapshot()
+    pinned: str | None = None
+    if model == "auto":
+        if not asked_class:
+            raise _invalid(
+                "model",
+                "model 'auto' needs a task class: send the X-Switchyard-Task-Class header "
+                "or metadata.task_class",
+            )
+        task_class = asked_class
+    elif model in snapshot.task_classes:
+        if asked_class and asked_class != model:
+            raise _invalid("model", f"names task class {model!r}, the request {asked_class!r}")
+        task_class = model
+    elif model in snapshot.models:
+        pinned = model
+        task_class = asked_class or settings.SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS
+        if not task_class:
+            raise _invalid(
+                "model",
+                f"a pinned model ({model!r}) needs a task class: send the "
+                "X-Switchyard-Task-Class header or metadata.task_class",
+            )
+    else:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"The model {model!r} does not exist: use 'auto', a task class or a model "
+            "(GET /v1/models).",
+            {"model": ["unknown model"]},
+        )
+    decision_body: dict[str, Any] = {"task_class": task_class, "prompt": prompt}
+    if metadata:
+        decision_body["metadata"] = metadata
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        decision_body["end_user"] = user
+    if headers.get(TEAM_HEADER):
+        decision_body["team"] = headers[TEAM_HEADER]
+    if headers.get(CLASSIFICATION_HEADER):
+        decision_body["data_classification"] = headers[CLASSIFICATION_HEADER]
+    data = decision_input_decode(orjson.dumps(decision_body))
+    made = decision_make(key, data, started=started, pinned_model=pinned)
+    assert isinstance(made, Decided)  # no request_id: never a replay
+    stream = body.get("stream") is True
+    options = body.pop("stream_options", None)
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatCall(made, body, stream, include_usage, pinned is not None)
+
+
+# --- upstream calls ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Attempt:
+    model: ModelInfo
+    status: str = "ok"  # ok | error | timeout
+    latency_ms: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    escalation_reason: str = ""
+    ttft_ms: int | None = None
+    error: str = ""
+    streamed_chars: int = 0
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model.slug,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "escalation_reason": self.escalation_reason[:200],
+        }
+        if self.ttft_ms is not None:
+            out["ttft_ms"] = self.ttft_ms
+        return out
+
+
+class UpstreamFailed(Exception):
+    """An attempt failed: ``retryable`` ones escalate to the next fallback."""
+
+    def __init__(self, status: str, reason: str, *, retryable: bool, http_status: int = 0):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retryable = retryable
+        self.http_status = http_status
+
+
+@dataclass
+class _Upstreams:
+    """Pooled async HTTP clients per process and event loop, an ``openai`` client per base
+    URL and pool on top; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``.
+
+    The connections are split over ``SWITCHYARD_GATEWAY_HTTP_SHARDS`` pools, calls taking
+    them in turn: the HTTP pool scans all its connections (a readability check each) on
+    every request and release, which with 250 connections in one pool cost more than the
+    rest of the gateway together."""
+
+    pools: list[httpx2.AsyncClient] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    clients: dict[tuple[str, int], openai.AsyncOpenAI] = field(default_factory=dict)
+    checked: dict[str, tuple[float, str]] = field(default_factory=dict)
+    turn: int = 0
+
+    def client(self, base_url: str) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if not self.pools or self.loop is not loop:
+            shards = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_SHARDS))
+            size = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_POOL) // shards)
+            tls = ssl.create_default_context()  # one for all pools: each costs ~20 ms
+            self.pools = [
+                httpx2.AsyncClient(
+                    limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
+                    follow_redirects=False,
+                    trust_env=False,
+                    verify=tls,
+                )
+                for _ in range(shards)
+            ]
+            self.loop = loop
+            self.clients = {}
+        self.turn = (self.turn + 1) % len(self.pools)
+        key = (base_url, self.turn)
+        client = self.clients.get(key)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                base_url=base_url,
+                api_key="switchyard",  # upstream credentials: not in the registry yet
+                http_client=self.pools[self.turn],
+                max_retries=0,
+            )
+            self.clients[key] = client
+        return client
+
+    async def url_refusal(self, base_url: str) -> str:
+        """'' if the URL passes the allowlist (resolving its host), else why not."""
+        now = time.monotonic()
+        cached = self.checked.get(base_url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            await asyncio.to_thread(model_url_validate, base_url, resolve=True)
+            refusal = ""
+        except ValidationError as exc:
+            refusal = "; ".join(exc.messages)
+        self.checked[base_url] = (now + settings.SWITCHYARD_GATEWAY_URL_CHECK_S, refusal)
+        return refusal
+
+    async def close(self) -> None:
+        for pool in self.pools:
+            await pool.aclose()
+        self.pools = []
+        self.clients = {}
+
+
+upstreams = _Upstreams()
+
+
+def _timeout_s(model: ModelInfo) -> float:
+    per_model: dict[str, float] = settings.SWITCHYARD_MODEL_TIMEOUTS
+    if model.slug in per_model:
+        return float(per_model[model.slug])
+    return float(settings.SWITCHYARD_TIER_TIMEOUTS.get(int(model.tier), 30.0))
+
+
+def _upstream_body(call: ChatCall, model: ModelInfo, failed: list[Attempt]) -> dict[str, Any]:
+    body = dict(call.body)
+    body["model"] = model.provider_model
+    cap = call.decided.decision.max_output_tokens
+    capped = False
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in body:  # null, 0 or garbage must not lift the cap either
+            asked = body[name]
+            valid = isinstance(asked, int) and not isinstance(asked, bool) and asked > 0
+            body[name] = min(asked, cap) if valid else cap
+            capped = True
+    if not capped:
+        body["max_tokens"] = cap
+    if call.stream:
+        body["stream_options"] = {"include_usage": True}
+    if failed:
+        # Escalation carries the context: the original request and what went wrong.
+        account = "; ".join(f"{a.model.slug}: {a.escalation_reason}" for a in failed)
+        note = {
+            "role": "system",
+            "content": f"[switchyard] Escalated after failed attempt(s) ({account}). "
+            "Answer the request below in full.",
+        }
+        body["messages"] = [note, *body["messages"]]
+    return body
+
+
+def _failure(exc: Exception) -> UpstreamFailed:
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailed("timeout", "timeout", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailed("error", "connection failed", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        return UpstreamFailed(
+            "error", f"HTTP {code}", retryable=code in _RETRYABLE_STATUS, http_status=code
+        )
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamFailed("timeout", "timeout", retryable=True)
+    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
+        return UpstreamFailed("error", f"connection failed: {type(exc).__name__}", retryable=True)
+    raise exc
+
+
+def _usage(data: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens an upstream reports; anything but a sane count is 0."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10_000_000:
+        return value
+    return 0
+
+
+def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
+    """EXTENSION POINT (issue 12, cascade and output checks): '' to accept the answer, else
+    the escalation reason (the attempt is then recorded as ``invalid_output`` and escalates
+    if the route's triggers say so). Here go the class's JSON Schema, the reviewers' output
+    checks, and the cascade decision (``routing.cascade.cascade_judge`` with the decision's
+    confidence as prior and the upstream's logprobs); until then every well-formed answer
+    is accepted. Streams would need it on the assembled answer before their last chunk."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        return "invalid output: no choices"
+    return ""
+
+
+async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> bytes:
+    model = attempt.model
+    refusal = await upstreams.url_refusal(model.base_url)
+    if refusal:
+        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+    client = upstreams.client(model.base_url)
+    try:
+        response = await client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            body=_upstream_body(call, model, failed),
+            options={"timeout": _timeout_s(model)},
+        )
+    except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        raise _failure(exc) from exc
+    raw = response.content
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailed("invalid_output", "unreadable JSON", retryable=True) from exc
+    attempt.input_tokens, attempt.output_tokens = _usage(payload)
+    reason = _output_check(call, attempt, payload)
+    if reason:
+        raise UpstreamFailed("invalid_output", reason, retryable=True)
+    return raw
+
+
+def _chain(call: ChatCall) -> list[ModelInfo]:
+    decision = call.decided.decision
+    return [decision.model, *(f.model for f in decision.fallbacks)]
+
+
+def _escalates(call: ChatCall, index: int, failure: UpstreamFailed | None) -> bool:
+    """Whether the failure of attempt ``index`` hands the request to the next fallback: it
+    must be one worth retrying elsewhere, a next fallback must exist, and the route's
+    escalation triggers must name it (``error_timeout``, ``invalid_output``)."""
+    if failure is None or not failure.retryable:
+        return False
+    fallbacks = call.decided.decision.fallbacks
+    if index >= len(fallbacks):
+        return False
+    trigger = "invalid_output" if failure.status == "invalid_output" else "error_timeout"
+    return trigger in fallbacks[index].triggers
+
+
+class OutcomeWriter:
+    """Group commit of the gateway's outcomes: one writer thread per process takes every
+    outcome waiting and stores them with ``telemetry.services.outcome_report_batch`` (the
+    same pricing, charging and hold settlement as ``outcome_report``, for many first
+    reports in one transaction). A request waits for its batch's COMMIT; a batch that fails
+    is retried one outcome at a time with ``outcome_report``."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[str]:
+        pending = _Pending(call, [a.report() for a in attempts], final_status, Future())
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="gateway-outcomes", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(pending)
+        return pending.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is waiting, close the writer's connection, stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            except Exception as exc:  # never let the writer die
+                logger.exception("gateway outcomes: batch failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+        connections.close_all()
+
+    def _write(self, batch: list[_Pending]) -> None:
+        from telemetry.models import DecisionRecord
+        from telemetry.services import (
+            OutcomeInput,
+            outcome_report,
+            outcome_report_batch,
+            pricebook_current,
+        )
+
+        close_old_connections()
+        ids = [p.call.decided.decision_id for p in batch]
+        times = [p.call.decided.created_at for p in batch]
+        records = {
+            r.id: r
+            for r in DecisionRecord.objects.filter(
+                id__in=ids, created_at__gte=min(times), created_at__lte=max(times)
+            ).only(*_OUTCOME_NEEDS)
+        }
+        items = []
+        for p in batch:
+            record = records.get(p.call.decided.decision_id)
+            if record is None:
+                p.future.set_exception(RuntimeError("decision record not found"))
+                continue
+            items.append(
+                (
+                    p,
+                    OutcomeInput(
+                        decision=record,
+                        attempts=p.attempts,  # type: ignore[arg-type]
+                        final_status=p.final_status,
+                        validation={"gateway": "stream" if p.call.stream else "plain"},
+                    ),
+                )
+            )
+        try:
+            outcome_report_batch([item for _, item in items])
+        except DatabaseError:
+            logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
+            close_old_connections()
+            for p, item in items:
+                try:
+                    outcome_report(item)
+                except Exception as exc:
+                    p.future.set_exception(exc)
+        pricebook = pricebook_current()
+        for p, item in items:
+            if p.future.done():
+                continue
+            cost = sum(
+                (
+                    pricebook.cost(
+                        a["model"], item.decision.created_at, a["input_tokens"], a["output_tokens"]
+                    )
+                    for a in p.attempts
+                ),
+                Decimal(0),
+            )
+            p.future.set_result(f"{cost:.6f}")
+
+
+# What charging an outcome reads of its decision (telemetry.services).
+_OUTCOME_NEEDS = (
+    "id",
+    "created_at",
+    "application_id",
+    "application",
+    "team",
+    "task_class",
+    "model",
+    "tier",
+    "budget_holds",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    call: ChatCall
+    attempts: list[dict[str, Any]]
+    final_status: str
+    future: Future[str]
+
+
+outcome_writer = OutcomeWriter()
+
+
+def _models_list(authorization: str) -> dict[str, Any]:
+    """GET /v1/models: ``auto``, the routed task classes, the active models."""
+    close_old_connections()
+    api_key_authenticate(authorization, "decide")
+    snapshot = registry_cache.snapshot()
+    data: list[dict[str, Any]] = [
+        {"id": "auto", "object": "model", "created": 0, "owned_by": "switchyard"}
+    ]
+    data += [
+        {"id": slug, "object": "model", "created": 0, "owned_by": "switchyard:task-class"}
+        for slug in sorted(snapshot.task_classes)
+        if slug in snapshot.routes
+    ]
+    data += [
+        {
+            "id": m.slug,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.provider,
+            "x_switchyard": {"tier": m.tier, "locality": m.locality},
+        }
+        for m in sorted(snapshot.models.values(), key=lambda m: (m.tier, m.slug))
+        if m.status == "active"
+    ]
+    return {"object": "list", "data": data}
+
+
+# --- the ASGI application ----------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._connections: list[Any] = []  # the pool threads' database connections
+
+    def _connections_close(self) -> None:
+        with self._pool_lock:
+            shared, self._connections = self._connections, []
+        for connection in shared:
+            connection.close()
+
+    def _job(self, fn: Callable[..., Any], *args: Any) -> Any:
+        connection = connections["default"]
+        if not getattr(connection, "_gateway_shared", False):
+            # Closed at shutdown from the event loop's thread (see _lifespan).
+            connection.inc_thread_sharing()
+            connection._gateway_shared = True  # type: ignore[attr-defined]
+            with self._pool_lock:
+                self._connections.append(connection)
+        return fn(*args)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=int(settings.SWITCHYARD_GATEWAY_THREADS),
+                        thread_name_prefix="gateway",
+                    )
+        return self._pool
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), self._job, fn, *args)
+
+    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
+        """Record the outcome (settles the holds, charges the cost): the cost in USD, or
+        None if it could not be stored (logged; the holds are released when they expire)."""
+        for i, attempt in enumerate(attempts):
+            metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
+            metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
+            if attempt.ttft_ms is not None:
+                metrics.GATEWAY_TTFT_SECONDS.observe(attempt.ttft_ms / 1000)
+            if i < len(attempts) - 1:
+                metrics.GATEWAY_ESCALATIONS.labels(attempt.model.slug).inc()
+        try:
+            return await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
+        except Exception:
+            metrics.GATEWAY_OUTCOME_FAILURES.inc()
+            logger.exception("gateway: outcome of %s not recorded", call.decided.decision_id)
+            return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            if path == "/v1/chat/completions":
+                if method != "POST":
+                    raise ApiError(405, "method_not_allowed", "Use POST.")
+                await self._chat(scope, receive, send)
+            elif path == "/v1/models":
+                if method != "GET":
+                    raise ApiError(405, "method_not_allowed", "Use GET.")
+                await self._models(scope, send)
+            elif path == "/healthz":
+                await _json(send, 200, {"status": "ok"})
+            else:
+                raise ApiError(404, "not_found", f"No route for {path}.")
+        except ApiError as exc:
+            await _json(send, exc.status_code, openai_error_body(exc))
+        except DatabaseError:
+            logger.warning("gateway: database unavailable", exc_info=True)
+            error = ApiError(503, "database_unavailable", "The database is unreachable; retry.")
+            await _json(send, 503, openai_error_body(error), [(b"retry-after", b"1")])
+        except Exception:
+            logger.exception("gateway request failed")
+            error = ApiError(500, "server_error", "Internal error; it has been logged.")
+            await _json(send, 500, openai_error_body(error))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await upstreams.close()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                    self._pool = None
+                await asyncio.to_thread(self._connections_close)
+                await asyncio.to_thread(outcome_writer.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        authorization = _headers(scope).get("authorization", "")
+        await _json(send, 200, await self._in_thread(_models_list, authorization))
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter_ns()
+        headers = _headers(scope)
+        raw = await _read_body(receive, int(settings.SWITCHYARD_MAX_BODY_BYTES))
+        call: ChatCall = await self._in_thread(
+            _decide, headers.get("authorization", ""), raw, headers, started
+        )
+        if call.stream:
+            await self._chat_stream(call, receive, send)
+        else:
+            await self._chat_plain(call, send)
+
+    async def _chat_plain(self, call: ChatCall, send: Send) -> None:
+        attempts: list[Attempt] = []
+        answer: bytes | None = None
+        last: UpstreamFailed | None = None
+        for index, model in enumerate(_chain(call)):
+            attempt = Attempt(model)
+            attempts.append(attempt)
+            began = time.perf_counter()
+            try:
+                answer = await _attempt_plain(call, attempt, attempts[:-1])
+            except UpstreamFailed as exc:
+                attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
+            finally:
+                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+            if answer is not None or not _escalates(call, index, last):
+                break
+        final = "ok" if answer is not None else attempts[-1].status
+        cost = await self._recorded(call, attempts, final)
+        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
+        if answer is not None:
+            await _respond(send, 200, answer, extra)
+            return
+        assert last is not None
+        await _json(send, *_upstream_error(last, attempts), extra)
+
+    async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
+        attempts: list[Attempt] = []
+        for index, model in enumerate(_chain(call)):
+            attempt = Attempt(model)
+            attempts.append(attempt)
+            began = time.perf_counter()
+            try:
+                lines = await self._open_stream(call, attempt, attempts[:-1])
+            except UpstreamFailed as exc:
+                attempt.status, attempt.escalation_reason = exc.status, exc.reason
+                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+                if _escalates(call, index, exc):
+                    continue
+                cost = await self._recorded(call, attempts, attempt.status)
+                extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
+                await _json(send, *_upstream_error(exc, attempts), extra)
+                return
+            await self._relay(call, attempts, began, lines, receive, send)
+            return
+        raise AssertionError("the last model never escalates")  # pragma: no cover
+
+    async def _open_stream(self, call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> _Lines:
+        """The upstream's SSE lines, once its first data line has arrived (a failure before
+        it can still escalate invisibly to the client)."""
+        model = attempt.model
+        refusal = await upstreams.url_refusal(model.base_url)
+        if refusal:
+            raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+        client = upstreams.client(model.base_url)
+        try:
+            response = await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body=_upstream_body(call, model, failed),
+                options={"timeout": _timeout_s(model)},
+                stream=True,
+            )
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise _failure(exc) from exc
+        lines = _Lines(response)
+        try:
+            await lines.peek()
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            await response.aclose()
+            raise _failure(exc) from exc
+        if lines.first is None:
+            await response.aclose()
+            raise UpstreamFailed("error", "empty stream", retryable=True)
+        return lines
+
+    async def _pump(
+        self, call: ChatCall, attempt: Attempt, began: float, lines: _Lines, send: Send
+    ) -> str:
+        """Relay the upstream's chunks; '' when it finished, else what went wrong."""
+        try:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return ""
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    return "unreadable stream chunk"
+                content = _content_chars(chunk)
+                if content and attempt.ttft_ms is None:
+                    attempt.ttft_ms = round((time.perf_counter() - began) * 1000)
+                attempt.streamed_chars += content
+                if isinstance(chunk, dict) and chunk.get("usage"):
+                    attempt.input_tokens, attempt.output_tokens = _usage(chunk)
+                    if not call.include_usage and not chunk.get("choices"):
+                        continue  # the usage chunk the gateway asked for itself
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            return _failure(exc).reason
+        except OSError:
+            return "client disconnected"
+        return "stream ended without [DONE]"
+
+    async def _relay(
+        self,
+        call: ChatCall,
+        attempts: list[Attempt],
+        began: float,
+        lines: _Lines,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        attempt = attempts[-1]
+        extra = _switchyard_headers(call, attempt.model, len(attempts) - 1, None)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    *_SECURITY_HEADERS,
+                    *extra,
+                ],
+            }
+        )
+        # A client that goes away stops the upstream call too (its tokens cost money).
+        pump = asyncio.ensure_future(self._pump(call, attempt, began, lines, send))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            gone.cancel()
+            await lines.response.aclose()
+        failure = "client disconnected" if pump.cancelled() else pump.result()
+        if failure and not attempt.output_tokens:
+            # No usage chunk came: estimate what was produced (as the decision API does).
+            attempt.input_tokens = call.decided.input_tokens
+            attempt.output_tokens = -(-attempt.streamed_chars // 4)
+        attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+        if failure:
+            attempt.status = "error"
+            attempt.escalation_reason = f"mid-stream: {failure}"
+        await self._recorded(call, attempts, attempt.status)
+        tail = b"data: [DONE]\n\n"
+        if failure:
+            error = ApiError(
+                502,
+                "upstream_failed",
+                f"The model {attempt.model.slug} failed mid-stream ({failure}); the answer "
+                f"is incomplete (decision {call.decided.decision_id}).",
+            )
+            tail = b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+        try:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except OSError:
+            pass
+
+
+class _Lines:
+    """An upstream SSE response, line by line, with the first data line read ahead."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+        self.first: str | None = None
+
+    async def peek(self) -> None:
+        async for line in self._lines:
+            if line.startswith("data:"):
+                self.first = line
+                return
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        if self.first is not None:
+            yield self.first
+        async for line in self._lines:
+            yield line
+
+
+def _content_chars(chunk: Any) -> int:
+    """Characters of content a stream chunk carries."""
+    if not isinstance(chunk, dict):
+        return 0
+    total = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+    return total
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _upstream_error(failure: UpstreamFailed, attempts: list[Attempt]) -> tuple[int, Any]:
+    account = "; ".join(f"{a.model.slug}: {a.escalation_reason}" for a in attempts)
+    if not failure.retryable and failure.http_status in (400, 422):
+        error = ApiError(400, "upstream_rejected", f"The model refused the request ({account}).")
+        return 400, openai_error_body(error)
+    status = 504 if failure.status == "timeout" else 502
+    error = ApiError(
+        status, "upstream_failed", f"Every model the decision allows failed ({account})."
+    )
+    return status, openai_error_body(error)
+
+
+def _switchyard_headers(
+    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"x-switchyard-decision-id", str(call.decided.decision_id).encode()),
+        (b"x-switchyard-model", model.slug.encode()),
+        (b"x-switchyard-tier", str(model.tier).encode()),
+        (b"x-switchyard-escalations", str(escalations).encode()),
+        (b"x-switchyard-cache", b"miss"),
+    ]
+    if cost is not None:
+        headers.append((b"x-switchyard-cost-usd", cost.encode()))
+    return headers
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "bad_request", "The client went away.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", "The request body is too large.")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *_SECURITY_HEADERS,
+                *(extra or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(
+    send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _respond(send, status, orjson.dumps(payload), extra)
+
+
+application = Gateway()
