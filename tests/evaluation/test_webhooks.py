@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.test import Client
 
 from evaluation.models import DeliveryStatus, Handoff, WebhookDelivery
@@ -306,8 +307,10 @@ def test_lost_retry_messages_are_picked_up(
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         next_attempt_at=timezone.now() - timedelta(minutes=5)
     )
-    with django_capture_on_commit_callbacks() as sent:
-        assert handoffs.webhook_deliveries_due() == [delivery.pk]
+    with transaction.atomic():  # a transactional test: hold the on-commit send back
+        with django_capture_on_commit_callbacks() as sent:
+            assert handoffs.webhook_deliveries_due() == [delivery.pk]
+        transaction.set_rollback(True)  # captured, not enqueued
     assert len(sent) == 1
 
 
