@@ -629,8 +629,11 @@ def budget_burns(*, now: datetime | None = None, task_class: str = "") -> list[B
         if spent >= limit:
             burn.exhaustion_at = now
         elif burn.rate_per_day > 0:
-            at = now + timedelta(days=(limit - spent) / burn.rate_per_day)
-            burn.exhaustion_at = at if at < end else None
+            days_left = (limit - spent) / burn.rate_per_day
+            # A trickle of spend projects exhaustion centuries away (past datetime's range):
+            # only a date inside the period is one.
+            if days_left < (end - now).total_seconds() / 86400:
+                burn.exhaustion_at = now + timedelta(days=days_left)
         burns.append(burn)
     return burns
 

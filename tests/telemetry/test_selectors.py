@@ -131,3 +131,23 @@ def test_the_escalation_band_comes_from_settings(settings: Any) -> None:
     assert judged() == ["info"] and drawn() == [20.0, 50.0]
     help_text = next(c.help for c in _charts("overview") if c.name == "escalation")
     assert "Below 20 %" in help_text and "Above 50 %" in help_text
+
+
+def test_a_trickle_of_spend_projects_no_exhaustion_instead_of_crashing(db: Any) -> None:
+    """A tiny spend against a large limit projects exhaustion past datetime's range (the
+    landing page answered 500 on a fresh install after one cheap local decision)."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from controlplane import services
+    from controlplane.models import BudgetSpend
+
+    b = services.budget_create(
+        name="vast", scope="global", period="day", limit_usd=Decimal("1000000000")
+    )
+    BudgetSpend.objects.create(
+        budget=b, period_start=b.period_start(timezone.now()), spent_usd=Decimal("0.00000004")
+    )
+    (burn,) = budget_burns()
+    assert burn.rate_per_day > 0 and burn.exhaustion_at is None
