@@ -189,6 +189,7 @@ class Sent:
     decision_id: str = ""
     seconds: float = 0.0
     answer: str = ""
+    retried_503: int = 0
 
 
 def _bodies(run: str, count: int, *, keyed: Any) -> list[Sent]:
@@ -233,7 +234,15 @@ async def _send_all(
                 in_flight += 1
                 started = time.monotonic()
                 try:
-                    response = await client.post("/api/v1/decisions", json=item.body)
+                    # A 503 says "nothing was decided; retry" (Retry-After): a client retries
+                    # it. Were a 503'd request stored after all, its retry would store it
+                    # twice, which _verify_stored catches.
+                    for _ in range(5):
+                        response = await client.post("/api/v1/decisions", json=item.body)
+                        if response.status_code != 503:
+                            break
+                        item.retried_503 += 1
+                        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 except httpx.HTTPError as exc:
                     item.status = -1
                     item.answer = repr(exc)
