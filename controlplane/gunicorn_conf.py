@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# Each worker borrows database connections from a bounded pool (controlplane/settings.py):
+# however many threads serve requests, a worker holds at most this many plus its recorder's.
+os.environ.setdefault("DATABASE_POOL_SIZE", "8")
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "8"))
 worker_class = "gthread"

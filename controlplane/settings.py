@@ -77,7 +77,26 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": database_config(env_str("DATABASE_URL", EMBEDDED_DATABASE_URL))}
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
+# Who holds a connection shows in pg_stat_activity (the recorder names its own).
+_DB_OPTIONS = DATABASES["default"]["OPTIONS"]
+assert isinstance(_DB_OPTIONS, dict)
+_DB_OPTIONS.setdefault("application_name", "switchyard")
+# Connections of the servers (gunicorn_conf.py turns this on): with DATABASE_POOL_SIZE > 0
+# each process borrows from a bounded psycopg pool and a request gives its connection back
+# when it ends, so a server holds at most workers × (pool + recorder) connections however
+# many threads serve requests (one persistent connection per thread would let WEB_THREADS
+# exhaust PostgreSQL's max_connections). Commands, workers and tests keep one persistent
+# connection per thread.
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 0)
+if DATABASE_POOL_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # pooled: Django returns it after each request
+    _DB_OPTIONS["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": float(env_str("DATABASE_POOL_TIMEOUT_S", "10")),
+    }  # CONN_HEALTH_CHECKS: a connection PostgreSQL dropped is replaced, not handed out
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -5,7 +5,8 @@ deciding and recording together (≈0.7 ms of ≈1.4 ms CPU per request). The de
 endpoint needs none of them — no session, no CSRF (bearer keys), no templates — so this
 thin WSGI layer answers that one URL itself, with the same pipeline as the DRF view
 (``routing.services.decision_create``), the same JSON error shape and the same security
-headers, and hands every other request to Django unchanged.
+headers, and hands every other request to Django unchanged. Like Django, it ends each
+request with ``close_old_connections()``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from controlplane.errors import ApiError, error_body
 from routing.services import decision_create
@@ -106,7 +107,14 @@ def decision_endpoint(environ: dict[str, Any], start_response: StartResponse) ->
 def with_fast_path(django_app: WsgiApp) -> WsgiApp:
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == PATH:
-            return decision_endpoint(environ, start_response)
+            try:
+                return decision_endpoint(environ, start_response)
+            finally:
+                # What Django does when a request ends (request_finished), which this path
+                # skips: a pooled connection the request borrowed (an idempotency look-up)
+                # goes back to the pool, and an unusable one is dropped. Without it every
+                # request thread kept a connection of its own for good.
+                close_old_connections()
         return django_app(environ, start_response)
 
     return application

@@ -62,6 +62,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connections
 
+from controlplane.db import pooled_connection_release
 from controlplane.errors import ApiError
 from controlplane.services import model_url_validate
 from routing import metrics
@@ -670,7 +671,10 @@ class Gateway:
             connection._gateway_shared = True  # type: ignore[attr-defined]
             with self._pool_lock:
                 self._connections.append(connection)
-        return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            pooled_connection_release()
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

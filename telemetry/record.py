@@ -22,6 +22,7 @@ from django.db import DataError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from controlplane.authentication import ApiPrincipal
+from controlplane.db import pooled_connection_release
 from controlplane.errors import ApiError
 from controlplane.roles import ADMIN, user_has_role
 from routing.engine import Decision, DecisionRequest
@@ -184,12 +185,14 @@ def stored_decision(application_id: int, request_id: str) -> tuple[str, dict[str
             {"request_id": ["contains a character that cannot be stored"]},
         ) from exc
     except (OperationalError, InterfaceError):
-        # The fast path skips Django's per-request connection checks: a thread's connection
-        # may have died with a database restart since its last use. Reopen it once.
+        # A thread's persistent connection may have died with a database restart since its
+        # last use. Reopen it once.
         if connection.in_atomic_block:
             raise
         connection.close()
         return _stored_decision_read(application_id, request_id)
+    finally:
+        pooled_connection_release()  # the decision may now wait for its commit
 
 
 def _stored_decision_read(

@@ -205,10 +205,10 @@ def connection_params() -> dict[str, Any]:
         "host": settings_dict.get("HOST") or None,
         "port": settings_dict.get("PORT") or None,
         "connect_timeout": 2,
-        "application_name": "switchyard-recorder",
     }
     options = {k: v for k, v in settings_dict.get("OPTIONS", {}).items() if isinstance(v, str)}
     params.update(options)
+    params["application_name"] = "switchyard-recorder"
     return {k: v for k, v in params.items() if v is not None}
 
 

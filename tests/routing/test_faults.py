@@ -38,16 +38,72 @@ def _install_faults(env: dict[str, str]) -> None:
         commit_faults.install(conn)  # disarmed until a test arms it
 
 
+POOL_SIZE = 8  # database connections each web worker may borrow (DATABASE_POOL_SIZE)
+
+
+class ConnectionWatch:
+    """Samples the server's PostgreSQL connections (pg_stat_activity, by application_name)
+    every 50 ms over one connection of its own: the most ever held at once."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.peak: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
+                    while not self._stop.wait(0.05):
+                        rows = conn.execute(
+                            "SELECT application_name, count(*) FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend' "
+                            "AND application_name LIKE 'switchyard%' GROUP BY 1"
+                        ).fetchall()
+                        for name, count in rows:
+                            self.peak[name] = max(self.peak.get(name, 0), int(count))
+                        self.samples += 1
+            except psycopg.Error:
+                self._stop.wait(0.2)  # PostgreSQL restarting (a test's fault): reconnect
+
+    def reset(self) -> None:
+        self.peak = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     env = {
         "SWITCHYARD_RECORD_TIMEOUT_S": "20",
         # Enough request threads per worker that over 100 decisions can wait for one
-        # group commit (the big-batch fault test).
+        # group commit (the big-batch fault test), and far more threads than connections.
         "WEB_THREADS": "160",
+        "DATABASE_POOL_SIZE": str(POOL_SIZE),
     }
     with live_server("faults", env, _install_faults) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def watch(server: Server) -> Iterator[ConnectionWatch]:
+    watching = ConnectionWatch(server.db_url)
+    yield watching
+    watching.stop()
+
+
+def _assert_connections_bounded(watch: ConnectionWatch) -> None:
+    """However many request threads wait (160 per worker), the two web workers hold at
+    most their pools' connections and one recorder connection each (plus a writer being
+    replaced): the faults never pile up connections until PostgreSQL refuses new ones."""
+    assert watch.samples > 0
+    assert watch.peak.get("switchyard", 0) <= 2 * POOL_SIZE, watch.peak
+    assert watch.peak.get("switchyard-recorder", 0) <= 4, watch.peak
 
 
 @dataclass
@@ -294,12 +350,14 @@ def _verify_stored(server: Server, run: str, sent: list[Sent]) -> None:
 
 
 @pytest.fixture
-def faults(server: Server) -> Iterator[psycopg.Connection[Any]]:
+def faults(server: Server, watch: ConnectionWatch) -> Iterator[psycopg.Connection[Any]]:
+    watch.reset()
     with psycopg.connect(server.db_url, autocommit=True) as conn:
         fired_before = commit_faults.fired(conn)
         yield conn
         commit_faults.disarm(conn)
         assert commit_faults.fired(conn) >= fired_before
+    _assert_connections_bounded(watch)
 
 
 def test_three_failed_commits_under_400_keyed_decisions_from_16_clients(
