@@ -283,6 +283,10 @@ class BudgetLeases:
         share = Decimal(repr(settings.SWITCHYARD_BUDGET_LEASE_SHARE))
         life = self.lease_s
         with conn.transaction(), conn.cursor() as cursor:
+            # No fsync of its own: a decision holding from this lease is written later, and
+            # its synchronous COMMIT flushes the WAL up to and past this one; a lease no
+            # decision used that is lost in a crash held nothing.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute(
                 """
                 INSERT INTO controlplane_budgetspend
@@ -364,6 +368,8 @@ class BudgetLeases:
             _CENT_FRACTION
         )
         with conn.transaction(), conn.cursor() as cursor:
+            # No fsync: a give-back lost in a crash stays held until the lease expires.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute(
                 "UPDATE controlplane_budgetlease SET unused_usd = %s "
                 "WHERE id = %s AND unused_usd IS NULL RETURNING budget_id, period_start",
