@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -55,8 +54,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx2
-import openai
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -69,6 +66,12 @@ from routing.engine import ModelInfo
 from routing.schemas import decision_input_decode
 from routing.services import Decided, api_key_authenticate, decision_make
 from routing.snapshot import registry_cache
+from routing.upstream_http import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ _ERROR_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+# Upstream credentials are not in the registry yet: a placeholder, as before.
+_UPSTREAM_HEADERS = {"Authorization": "Bearer switchyard"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
@@ -288,49 +293,19 @@ class UpstreamFailed(Exception):
 
 @dataclass
 class _Upstreams:
-    """Pooled async HTTP clients per process and event loop, an ``openai`` client per base
-    URL and pool on top; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``.
+    """The process's pooled upstream HTTP client (``routing.upstream_http``, one per event
+    loop); allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``."""
 
-    The connections are split over ``SWITCHYARD_GATEWAY_HTTP_SHARDS`` pools, calls taking
-    them in turn: the HTTP pool scans all its connections (a readability check each) on
-    every request and release, which with 250 connections in one pool cost more than the
-    rest of the gateway together."""
-
-    pools: list[httpx2.AsyncClient] = field(default_factory=list)
+    http: UpstreamClient | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    clients: dict[tuple[str, int], openai.AsyncOpenAI] = field(default_factory=dict)
     checked: dict[str, tuple[float, str]] = field(default_factory=dict)
-    turn: int = 0
 
-    def client(self, base_url: str) -> openai.AsyncOpenAI:
+    def client(self) -> UpstreamClient:
         loop = asyncio.get_running_loop()
-        if not self.pools or self.loop is not loop:
-            shards = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_SHARDS))
-            size = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_POOL) // shards)
-            tls = ssl.create_default_context()  # one for all pools: each costs ~20 ms
-            self.pools = [
-                httpx2.AsyncClient(
-                    limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-                    follow_redirects=False,
-                    trust_env=False,
-                    verify=tls,
-                )
-                for _ in range(shards)
-            ]
+        if self.http is None or self.loop is not loop:
+            self.http = UpstreamClient(limit=int(settings.SWITCHYARD_GATEWAY_HTTP_POOL))
             self.loop = loop
-            self.clients = {}
-        self.turn = (self.turn + 1) % len(self.pools)
-        key = (base_url, self.turn)
-        client = self.clients.get(key)
-        if client is None:
-            client = openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key="switchyard",  # upstream credentials: not in the registry yet
-                http_client=self.pools[self.turn],
-                max_retries=0,
-            )
-            self.clients[key] = client
-        return client
+        return self.http
 
     async def url_refusal(self, base_url: str) -> str:
         """'' if the URL passes the allowlist (resolving its host), else why not."""
@@ -347,10 +322,9 @@ class _Upstreams:
         return refusal
 
     async def close(self) -> None:
-        for pool in self.pools:
-            await pool.aclose()
-        self.pools = []
-        self.clients = {}
+        if self.http is not None:
+            self.http.close()
+            self.http = None
 
 
 upstreams = _Upstreams()
@@ -390,21 +364,38 @@ def _upstream_body(call: ChatCall, model: ModelInfo, failed: list[Attempt]) -> d
     return body
 
 
-def _failure(exc: Exception) -> UpstreamFailed:
-    if isinstance(exc, openai.APITimeoutError):
+def _failure(exc: UpstreamError) -> UpstreamFailed:
+    if isinstance(exc, UpstreamTimeout):
         return UpstreamFailed("timeout", "timeout", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamFailed("error", "connection failed", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        return UpstreamFailed(
-            "error", f"HTTP {code}", retryable=code in _RETRYABLE_STATUS, http_status=code
+    return UpstreamFailed("error", f"connection failed: {exc}", retryable=True)
+
+
+def _status_failure(status: int) -> UpstreamFailed:
+    return UpstreamFailed(
+        "error", f"HTTP {status}", retryable=status in _RETRYABLE_STATUS, http_status=status
+    )
+
+
+async def _upstream_post(
+    call: ChatCall, attempt: Attempt, failed: list[Attempt]
+) -> UpstreamResponse:
+    """Send the attempt's request; the response once its headers arrived (2xx only)."""
+    model = attempt.model
+    refusal = await upstreams.url_refusal(model.base_url)
+    if refusal:
+        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+    body = orjson.dumps(_upstream_body(call, model, failed))
+    url = model.base_url.rstrip("/") + "/chat/completions"
+    try:
+        response = await upstreams.client().post(
+            url, body, timeout=_timeout_s(model), headers=_UPSTREAM_HEADERS
         )
-    if isinstance(exc, httpx2.TimeoutException):
-        return UpstreamFailed("timeout", "timeout", retryable=True)
-    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
-        return UpstreamFailed("error", f"connection failed: {type(exc).__name__}", retryable=True)
-    raise exc
+    except UpstreamError as exc:
+        raise _failure(exc) from exc
+    if not 200 <= response.status < 300:
+        response.close()
+        raise _status_failure(response.status)
+    return response
 
 
 def _usage(data: Any) -> tuple[int, int]:
@@ -434,21 +425,11 @@ def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
 
 
 async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> bytes:
-    model = attempt.model
-    refusal = await upstreams.url_refusal(model.base_url)
-    if refusal:
-        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
-    client = upstreams.client(model.base_url)
+    response = await _upstream_post(call, attempt, failed)
     try:
-        response = await client.post(
-            "/chat/completions",
-            cast_to=httpx2.Response,
-            body=_upstream_body(call, model, failed),
-            options={"timeout": _timeout_s(model)},
-        )
-    except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        raw = await response.read()
+    except UpstreamError as exc:
         raise _failure(exc) from exc
-    raw = response.content
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -815,29 +796,15 @@ class Gateway:
     async def _open_stream(self, call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> _Lines:
         """The upstream's SSE lines, once its first data line has arrived (a failure before
         it can still escalate invisibly to the client)."""
-        model = attempt.model
-        refusal = await upstreams.url_refusal(model.base_url)
-        if refusal:
-            raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
-        client = upstreams.client(model.base_url)
-        try:
-            response = await client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body=_upstream_body(call, model, failed),
-                options={"timeout": _timeout_s(model)},
-                stream=True,
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise _failure(exc) from exc
+        response = await _upstream_post(call, attempt, failed)
         lines = _Lines(response)
         try:
             await lines.peek()
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            await response.aclose()
+        except UpstreamError as exc:
+            response.close()
             raise _failure(exc) from exc
         if lines.first is None:
-            await response.aclose()
+            response.close()
             raise UpstreamFailed("error", "empty stream", retryable=True)
         return lines
 
@@ -871,7 +838,7 @@ class Gateway:
                         "more_body": True,
                     }
                 )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        except UpstreamError as exc:
             return _failure(exc).reason
         except OSError:
             return "client disconnected"
@@ -909,7 +876,7 @@ class Gateway:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
             gone.cancel()
-            await lines.response.aclose()
+            lines.response.close()
         failure = "client disconnected" if pump.cancelled() else pump.result()
         if failure and not attempt.output_tokens:
             # No usage chunk came: estimate what was produced (as the decision API does).
@@ -938,9 +905,9 @@ class Gateway:
 class _Lines:
     """An upstream SSE response, line by line, with the first data line read ahead."""
 
-    def __init__(self, response: httpx2.Response) -> None:
+    def __init__(self, response: UpstreamResponse) -> None:
         self.response = response
-        self._lines = response.aiter_lines()
+        self._lines = response.iter_lines()
         self.first: str | None = None
 
     async def peek(self) -> None:
