@@ -174,7 +174,17 @@ def _wrk_script(path: Path, secret: str, ids_dir: Path | None) -> None:
 
 def _wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -48,7 +48,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -63,6 +63,7 @@ from controlplane.errors import ApiError
 from controlplane.services import model_url_validate
 from routing import metrics
 from routing.engine import ModelInfo
+from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
 from routing.services import Decided, api_key_authenticate, decision_make
 from routing.snapshot import registry_cache
@@ -132,6 +133,8 @@ class ChatCall:
     stream: bool
     include_usage: bool  # the client asked for the usage chunk
     pinned: bool
+    # Every dated price per model (the snapshot's): the cost header without a query.
+    schedules: Mapping[str, Sequence[DatedPrice]] = field(default_factory=dict)
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -248,7 +251,9 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ChatCall(made, body, stream, include_usage, pinned is not None)
+    return ChatCall(
+        made, body, stream, include_usage, pinned is not None, registry_cache.schedules()
+    )
 
 
 # --- upstream calls ----------------------------------------------------------------------
@@ -444,6 +449,24 @@ async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]
 def _chain(call: ChatCall) -> list[ModelInfo]:
     decision = call.decided.decision
     return [decision.model, *(f.model for f in decision.fallbacks)]
+
+
+def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
+    """What the attempts cost at the prices in force at decision time (the same rule and
+    prices the outcome is charged with), formatted for ``x-switchyard-cost-usd``."""
+    at = call.decided.created_at
+    total = sum(
+        (
+            price_cost_usd(
+                price_in_force(call.schedules.get(a.model.slug, ()), at),
+                a.input_tokens,
+                a.output_tokens,
+            )
+            for a in attempts
+        ),
+        Decimal(0),
+    )
+    return f"{total:.6f}"
 
 
 def _escalates(call: ChatCall, index: int, failure: UpstreamFailed | None) -> bool:
@@ -669,7 +692,13 @@ class Gateway:
 
     async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
         """Record the outcome (settles the holds, charges the cost): the cost in USD, or
-        None if it could not be stored (logged; the holds are released when they expire)."""
+        None if it could not be stored (logged; the holds are released when they expire).
+
+        Awaited after the answer was sent unless ``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``:
+        the decision itself was committed before any model was called, so every answered
+        call is on record; its outcome follows by one group commit (a process killed in
+        between leaves the decision without outcome, its holds released after the
+        reservation TTL, as for a caller of the decision API that never reports)."""
         for i, attempt in enumerate(attempts):
             metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
             metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
@@ -764,13 +793,21 @@ class Gateway:
             if answer is not None or not _escalates(call, index, last):
                 break
         final = "ok" if answer is not None else attempts[-1].status
-        cost = await self._recorded(call, attempts, final)
-        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
-        if answer is not None:
-            await _respond(send, 200, answer, extra)
-            return
-        assert last is not None
-        await _json(send, *_upstream_error(last, attempts), extra)
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, final)
+        extra = _switchyard_headers(
+            call, attempts[-1].model, len(attempts) - 1, _cost(call, attempts)
+        )
+        try:
+            if answer is not None:
+                await _respond(send, 200, answer, extra)
+            else:
+                assert last is not None
+                await _json(send, *_upstream_error(last, attempts), extra)
+        finally:
+            if not before:
+                await self._recorded(call, attempts, final)
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -785,9 +822,15 @@ class Gateway:
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
                 if _escalates(call, index, exc):
                     continue
-                cost = await self._recorded(call, attempts, attempt.status)
-                extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
-                await _json(send, *_upstream_error(exc, attempts), extra)
+                before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+                if before:
+                    await self._recorded(call, attempts, attempt.status)
+                extra = _switchyard_headers(call, model, len(attempts) - 1, _cost(call, attempts))
+                try:
+                    await _json(send, *_upstream_error(exc, attempts), extra)
+                finally:
+                    if not before:
+                        await self._recorded(call, attempts, attempt.status)
                 return
             await self._relay(call, attempts, began, lines, receive, send)
             return
@@ -886,7 +929,9 @@ class Gateway:
         if failure:
             attempt.status = "error"
             attempt.escalation_reason = f"mid-stream: {failure}"
-        await self._recorded(call, attempts, attempt.status)
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, attempt.status)
         tail = b"data: [DONE]\n\n"
         if failure:
             error = ApiError(
@@ -900,6 +945,9 @@ class Gateway:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except OSError:
             pass
+        finally:
+            if not before:
+                await self._recorded(call, attempts, attempt.status)
 
 
 class _Lines:

@@ -435,6 +435,12 @@ class RegistryCache:
         assert self._snapshot is not None
         return self._snapshot
 
+    def schedules(self) -> dict[str, list[ModelPrice]]:
+        """Every dated price per model slug, oldest first (routing.pricing)."""
+        self._refresh()
+        assert self._static is not None
+        return self._static.schedules
+
     def extras(self, task_class: str) -> TaskClassExtras | None:
         self._refresh()
         assert self._static is not None

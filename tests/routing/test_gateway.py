@@ -120,8 +120,16 @@ SUPPORT = {"X-Switchyard-Task-Class": "support"}
 ASK = [{"role": "user", "content": "My router keeps dropping the connection. What can I do?"}]
 
 
-def outcome_of(decision_id: str) -> DecisionOutcome:
-    return DecisionOutcome.objects.get(decision_id=decision_id)
+def outcome_of(decision_id: str, wait_s: float = 5.0) -> DecisionOutcome:
+    """The call's outcome: group-committed right after the answer was sent, so it may
+    land a moment after the client has read it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        outcome = DecisionOutcome.objects.filter(decision_id=decision_id).first()
+        if outcome is not None:
+            return outcome
+        assert time.monotonic() < deadline, f"no outcome for {decision_id}"
+        time.sleep(0.02)
 
 
 def test_plain_completion_is_decided_called_and_recorded(
@@ -459,6 +467,7 @@ def test_budgets_are_held_then_settled_with_the_real_cost(
     decision_id = raw.headers["x-switchyard-decision-id"]
     record = DecisionRecord.objects.get(id=decision_id)
     assert record.budget_holds, "the decision held its worst case"
+    outcome_of(decision_id)
     recorder.close()  # its leases give back what they did not use
     row = BudgetSpend.objects.get(budget=b, period_start=b.period_start(timezone.now()))
     assert row.spent_usd == Decimal(raw.headers["x-switchyard-cost-usd"]) > 0
@@ -581,3 +590,19 @@ def test_a_route_that_does_not_escalate_on_errors_is_obeyed(
         outcome = outcome_of(failed.value.response.headers["x-switchyard-decision-id"])
         assert outcome.attempt_count == 1 and outcome.final_model == "mistral-small-hosted"
     assert fleet.state.stats()["models"]["gpt-4o"]["requests"] == 0  # type: ignore[index]
+
+
+def test_recording_before_the_answer_when_configured(
+    registry: dict[str, Any], gateway_url: str, settings: Any
+) -> None:
+    settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = True
+    client = client_for(gateway_url, registry["secret"])
+    for stream in (False, True):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
+        )
+        if stream:
+            list(raw.parse())  # the stream's last event comes after the outcome's COMMIT
+        decision_id = raw.headers["x-switchyard-decision-id"]
+        outcome = DecisionOutcome.objects.get(decision_id=decision_id)  # no waiting
+        assert outcome.final_status == "ok"
