@@ -221,6 +221,14 @@ SWITCHYARD_GATEWAY_URL_CHECK_S = float(env_str("SWITCHYARD_GATEWAY_URL_CHECK_S",
 # (one more commit on every answer's latency).
 SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = env_bool("SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER", False)
 
+# Per-model circuit breakers (routing/circuits.py): consecutive failed upstream calls that
+# open a model's circuit, how long it stays open, and how long a half-open probe may take.
+SWITCHYARD_CIRCUIT_FAILURES = env_int("SWITCHYARD_CIRCUIT_FAILURES", 5)
+SWITCHYARD_CIRCUIT_COOLDOWN_S = float(env_str("SWITCHYARD_CIRCUIT_COOLDOWN_S", "30"))
+SWITCHYARD_CIRCUIT_PROBE_TIMEOUT_S = float(env_str("SWITCHYARD_CIRCUIT_PROBE_TIMEOUT_S", "60"))
+# The gateway's answer cache (routing/answer_cache.py): Redis, the broker's server unless set.
+SWITCHYARD_ANSWER_CACHE_URL = env_str("SWITCHYARD_ANSWER_CACHE_URL", CELERY_BROKER_URL)
+
 # --- Evaluation (sweeps, proposals, model calls)
 
 # Optional: a directory of RouteLLM-format recordings (gsm8k_responses.csv) that the replay

@@ -55,6 +55,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connections
@@ -62,7 +63,9 @@ from django.db import DatabaseError, close_old_connections, connections
 from controlplane.errors import ApiError
 from controlplane.services import model_url_validate
 from routing import metrics
-from routing.engine import ModelInfo
+from routing.answer_cache import AnswerCache, CachedAnswer, cache_key, cacheable
+from routing.circuit_board import board as circuits
+from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
 from routing.services import Decided, api_key_authenticate, decision_make
@@ -135,6 +138,18 @@ class ChatCall:
     pinned: bool
     # Every dated price per model (the snapshot's): the cost header without a query.
     schedules: Mapping[str, Sequence[DatedPrice]] = field(default_factory=dict)
+    cache: CacheLookup | None = None  # the class is cacheable (routing.answer_cache)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """A cacheable call: where its answer is (or goes) and, on a hit, the answer."""
+
+    key: str
+    ttl_s: int
+    lookup_ms: float
+    hit: CachedAnswer | None = None
+    hit_model: ModelInfo | None = None
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -251,9 +266,54 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    cache = None if stream else _cache_lookup(made, task_class, pinned, body)
     return ChatCall(
-        made, body, stream, include_usage, pinned is not None, registry_cache.schedules()
+        made, body, stream, include_usage, pinned is not None, registry_cache.schedules(), cache
     )
+
+
+answer_cache = AnswerCache(settings.SWITCHYARD_ANSWER_CACHE_URL)
+
+
+def _cache_lookup(
+    made: Decided, task_class: str, pinned: str | None, body: dict[str, Any]
+) -> CacheLookup | None:
+    """For a cacheable class (and a request it may cache): the key and what the cache holds.
+    Streamed requests bypass the cache. A cache that fails to answer is a miss."""
+    extras = registry_cache.extras(task_class)
+    if extras is None or not cacheable(
+        extras.answer_cache_ttl_s, extras.answer_cache_personal_data, made.sensitive
+    ):
+        return None
+    key = cache_key(
+        team=made.team,
+        task_class=task_class,
+        routing_version=made.decision.routing_table_version,
+        pinned=pinned,
+        body=body,
+    )
+    began = time.perf_counter()
+    try:
+        hit = answer_cache.get(key)
+    except redis.RedisError:
+        metrics.GATEWAY_CACHE.labels("error").inc()
+        logger.warning("gateway: answer cache unavailable", exc_info=True)
+        hit = None
+    lookup_ms = (time.perf_counter() - began) * 1000
+    model = registry_cache.snapshot().models.get(hit.model) if hit is not None else None
+    if model is None:  # a miss, or the model that answered left the registry
+        metrics.GATEWAY_CACHE.labels("miss").inc()
+        return CacheLookup(key, extras.answer_cache_ttl_s, lookup_ms)
+    metrics.GATEWAY_CACHE.labels("hit").inc()
+    return CacheLookup(key, extras.answer_cache_ttl_s, lookup_ms, hit, model)
+
+
+def _cache_store(cache: CacheLookup, answer: CachedAnswer) -> None:
+    try:
+        answer_cache.put(cache.key, answer, cache.ttl_s)
+    except redis.RedisError:
+        metrics.GATEWAY_CACHE.labels("error").inc()
+        logger.warning("gateway: answer not cached", exc_info=True)
 
 
 # --- upstream calls ----------------------------------------------------------------------
@@ -446,6 +506,22 @@ async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]
     return raw
 
 
+def _skipped(attempt: Attempt) -> UpstreamFailed:
+    """The model's circuit is open: not called, recorded as a failed attempt (no tokens,
+    no cost) so the call escalates as for an outage."""
+    attempt.status, attempt.escalation_reason = "error", CIRCUIT_OPEN
+    return UpstreamFailed("error", CIRCUIT_OPEN, retryable=True)
+
+
+def _circuit_report(model: ModelInfo, failure: UpstreamFailed | None) -> None:
+    """Tell the model's circuit how the call went: an answer — even an unusable one, or a
+    refusal of the request itself (a 4xx other than 429) — shows the upstream alive."""
+    if failure is None or failure.status == "invalid_output" or not failure.retryable:
+        circuits.success(model.slug)
+    else:
+        circuits.failure(model.slug, failure.reason)
+
+
 def _chain(call: ChatCall) -> list[ModelInfo]:
     decision = call.decided.decision
     return [decision.model, *(f.model for f in decision.fallbacks)]
@@ -569,7 +645,7 @@ class OutcomeWriter:
                         decision=record,
                         attempts=p.attempts,  # type: ignore[arg-type]
                         final_status=p.final_status,
-                        validation={"gateway": "stream" if p.call.stream else "plain"},
+                        validation=_validation(p.call),
                     ),
                 )
             )
@@ -611,6 +687,17 @@ _OUTCOME_NEEDS = (
     "tier",
     "budget_holds",
 )
+
+
+def _validation(call: ChatCall) -> dict[str, Any]:
+    """What the outcome records about how the gateway answered (a cache hit: the spend the
+    cached answer saved, read by the dashboards)."""
+    validation: dict[str, Any] = {"gateway": "stream" if call.stream else "plain"}
+    if call.cache is not None:
+        validation["cache"] = "hit" if call.cache.hit is not None else "miss"
+        if call.cache.hit is not None:
+            validation["saved_usd"] = call.cache.hit.cost_usd
+    return validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,8 +860,26 @@ class Gateway:
         )
         if call.stream:
             await self._chat_stream(call, receive, send)
+        elif call.cache is not None and call.cache.hit is not None:
+            await self._chat_cached(call, call.cache, send)
         else:
             await self._chat_plain(call, send)
+
+    async def _chat_cached(self, call: ChatCall, cache: CacheLookup, send: Send) -> None:
+        """A cache hit: the stored answer, recorded as one attempt of the model that produced
+        it with no tokens (cost 0) and the lookup's latency."""
+        assert cache.hit is not None and cache.hit_model is not None
+        attempt = Attempt(cache.hit_model, latency_ms=round(cache.lookup_ms))
+        attempts = [attempt]
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, "ok")
+        extra = _switchyard_headers(call, cache.hit_model, 0, _cost(call, attempts), cache="hit")
+        try:
+            await _respond(send, 200, cache.hit.body, extra)
+        finally:
+            if not before:
+                await self._recorded(call, attempts, "ok")
 
     async def _chat_plain(self, call: ChatCall, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -783,13 +888,18 @@ class Gateway:
         for index, model in enumerate(_chain(call)):
             attempt = Attempt(model)
             attempts.append(attempt)
-            began = time.perf_counter()
-            try:
-                answer = await _attempt_plain(call, attempt, attempts[:-1])
-            except UpstreamFailed as exc:
-                attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
-            finally:
-                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+            if not circuits.allow(model.slug):
+                last = _skipped(attempt)
+            else:
+                began = time.perf_counter()
+                last = None
+                try:
+                    answer = await _attempt_plain(call, attempt, attempts[:-1])
+                except UpstreamFailed as exc:
+                    attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
+                finally:
+                    attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+                _circuit_report(model, last)
             if answer is not None or not _escalates(call, index, last):
                 break
         final = "ok" if answer is not None else attempts[-1].status
@@ -808,6 +918,10 @@ class Gateway:
         finally:
             if not before:
                 await self._recorded(call, attempts, final)
+        if answer is not None and call.cache is not None:
+            model = attempts[-1].model
+            cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
+            await self._in_thread(_cache_store, call.cache, cached)
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -816,7 +930,13 @@ class Gateway:
             attempts.append(attempt)
             began = time.perf_counter()
             try:
-                lines = await self._open_stream(call, attempt, attempts[:-1])
+                if not circuits.allow(model.slug):
+                    raise _skipped(attempt)
+                try:
+                    lines = await self._open_stream(call, attempt, attempts[:-1])
+                except UpstreamFailed as failed:
+                    _circuit_report(model, failed)
+                    raise
             except UpstreamFailed as exc:
                 attempt.status, attempt.escalation_reason = exc.status, exc.reason
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
@@ -929,6 +1049,9 @@ class Gateway:
         if failure:
             attempt.status = "error"
             attempt.escalation_reason = f"mid-stream: {failure}"
+        if failure != "client disconnected":
+            reason = UpstreamFailed("error", attempt.escalation_reason, retryable=True)
+            _circuit_report(attempt.model, reason if failure else None)
         before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
         if before:
             await self._recorded(call, attempts, attempt.status)
@@ -1006,14 +1129,14 @@ def _upstream_error(failure: UpstreamFailed, attempts: list[Attempt]) -> tuple[i
 
 
 def _switchyard_headers(
-    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None
+    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None, cache: str = "miss"
 ) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"x-switchyard-decision-id", str(call.decided.decision_id).encode()),
         (b"x-switchyard-model", model.slug.encode()),
         (b"x-switchyard-tier", str(model.tier).encode()),
         (b"x-switchyard-escalations", str(escalations).encode()),
-        (b"x-switchyard-cache", b"miss"),
+        (b"x-switchyard-cache", cache.encode()),
     ]
     if cost is not None:
         headers.append((b"x-switchyard-cost-usd", cost.encode()))

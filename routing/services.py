@@ -48,7 +48,7 @@ from routing.engine import (
     estimated_cost_usd,
 )
 from routing.learned import learned_template
-from routing.pii import request_free_text_stored, request_scan
+from routing.pii import request_free_text_stored, request_scan, request_sensitive
 from routing.pinning import PinRefused, decision_pinned
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
@@ -230,6 +230,8 @@ class Decided:
     created_at: datetime
     input_tokens: int
     response: dict[str, Any]
+    team: str = ""  # the team the call is charged to
+    sensitive: bool = False  # personal/confidential data: detected, declared or undecidable
 
 
 def decision_make(
@@ -352,7 +354,8 @@ def decision_make(
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)
     metrics.ACTIVE_VERSION.set(decision.routing_table_version)
-    return Decided(decision, decision_id, created_at, input_tokens, response)
+    is_sensitive = request_sensitive(scan.types, scan.failed, data.data_classification)
+    return Decided(decision, decision_id, created_at, input_tokens, response, team, is_sensitive)
 
 
 def _pinned(

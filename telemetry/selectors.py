@@ -179,6 +179,31 @@ def rollup_frame(filters: DashboardFilters, *, daily: bool | None = None) -> pd.
     return frame
 
 
+@dataclass(frozen=True)
+class CacheSavings:
+    hits: int
+    saved_usd: float
+
+
+def answer_cache_savings(filters: DashboardFilters) -> CacheSavings:
+    """The gateway's answer-cache hits in the filtered range and the spend they saved (what
+    producing each reused answer had cost; routing.answer_cache records it on the hit's
+    outcome)."""
+    where, params = _where(filters, time_column="created_at", alias="d")
+    sql = (
+        "SELECT count(*), coalesce(sum((o.validation->>'saved_usd')::numeric), 0)::float8 "  # noqa: S608
+        "FROM telemetry_outcome o JOIN telemetry_decision d "
+        "ON d.id = o.decision_id AND d.created_at = o.decision_created_at "
+        "WHERE o.validation->>'cache' = 'hit' "
+        "AND o.decision_created_at >= %(start)s AND o.decision_created_at < %(end)s "
+        f"AND {where}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return CacheSavings(hits=int(row[0]), saved_usd=float(row[1]))
+
+
 def escalation_frame(filters: DashboardFilters, *, routed_model: str) -> pd.DataFrame:
     """Per bucket: outcomes and escalations of the requests the router sent to
     ``routed_model``, whichever model finally served them (a model page's view of its

@@ -22,12 +22,14 @@ import orjson
 import pytest
 import uvicorn
 from django.utils import timezone
+from openai.types.chat import ChatCompletionMessageParam
 
 from controlplane import services
 from controlplane.generation import generation_bump
 from controlplane.models import Application, BudgetSpend, ModelEndpoint, TaskClass, Team
 from evaluation.fleet import RunningFleet, fleet_start
 from routing import metrics
+from routing.circuit_board import board as circuits
 from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
 from routing.schemas import decision_input_decode
 from routing.services import Decided, decision_make
@@ -67,7 +69,9 @@ def gateway_url() -> Iterator[str]:
 
 def registry_create(base_url: str) -> dict[str, Any]:
     """Fleet models (local tier 1, cloud tiers 2 and 3); ``support`` routed to the tier-2
-    model with the tier-3 one as fallback (output cap 24), ``redact`` local-only."""
+    model with the tier-3 one as fallback (output cap 24), ``redact`` local-only. Every
+    circuit closed (the breakers live in the process and in Redis across tests)."""
+    circuits.reset()
     local = factories.model_create(
         slug="llama-3.1-8b-local", provider_model="llama-3.1-8b-local", base_url=base_url
     )
@@ -117,7 +121,9 @@ def client_for(gateway_url: str, secret: str, **kwargs: Any) -> openai.OpenAI:
 
 
 SUPPORT = {"X-Switchyard-Task-Class": "support"}
-ASK = [{"role": "user", "content": "My router keeps dropping the connection. What can I do?"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "My router keeps dropping the connection. What can I do?"}
+]
 
 
 def outcome_of(decision_id: str, wait_s: float = 5.0) -> DecisionOutcome:

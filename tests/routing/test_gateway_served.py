@@ -5,7 +5,6 @@ its own PostgreSQL with the demo registry, the replay fleet as upstream; the off
 from __future__ import annotations
 
 import time
-
 from collections.abc import Iterator
 
 import httpx
