@@ -209,6 +209,18 @@ def _wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, An
     }
 
 
+def _warm_up(url: str, script: Path) -> None:
+    """Until throughput stops climbing (at most ~30 s): imports, snapshots, key caches and
+    pools in every worker — LiteLLM's second worker can still be importing for half a
+    minute after the proxy first answers on a loaded machine."""
+    previous = 0.0
+    for _ in range(10):
+        rps = _wrk(url, 3, 16, script)["ok_rps"]
+        if previous and rps <= previous * 1.15:
+            return
+        previous = rps
+
+
 def _ids_written(ids_dir: Path) -> list[str]:
     ids: list[str] = []
     for path in ids_dir.glob("ids-*.txt"):
@@ -305,8 +317,16 @@ def _measure(
     warm = work / f"{name}-warm.lua"
     _wrk_script(warm, secret, None)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    _wrk(url, 3, 16, warm)  # warm-up: imports, snapshots, key caches, pools in every worker
-    saturation = _wrk(url, args.seconds, 64, script)
+    _warm_up(url, warm)
+    # Saturation: the better of 16 and 64 connections (the same for both sides).
+    runs = [_wrk(url, args.seconds, connections, script) for connections in (16, 64)]
+    saturation = max(runs, key=lambda r: r["ok_rps"])
+    saturation["runs"] = [
+        {"connections": r["connections"], "ok_rps": r["ok_rps"], "non_2xx": r["non_2xx"]}
+        for r in runs
+    ]
+    saturation["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    saturation["socket_errors"] = sum(r["socket_errors"] for r in runs)
     ids = _ids_written(ids_dir)
     time.sleep(1)
     steady = _steady(port, secret, args.steady_seconds)
