@@ -67,7 +67,6 @@ class CircuitBoard:
         self._lock = threading.Lock()
         self._circuits: dict[str, Circuit] = {}
         self._client: redis.Redis | None = None
-        self._shown: frozenset[str] = frozenset()
 
     def _circuit(self, slug: str) -> Circuit:
         circuit = self._circuits.get(slug)
@@ -129,7 +128,7 @@ class CircuitBoard:
             pipe.execute()
         except redis.RedisError:
             logger.warning("circuit of %s not shared (Redis unavailable)", slug, exc_info=True)
-        self._show()
+        self.show()
 
     def sync(self) -> None:
         """Adopt transitions other processes made since ours (the registry refresh calls
@@ -159,20 +158,20 @@ class CircuitBoard:
                     circuit.reason = view.reason
                     circuit.changed_at = changed_at
                     circuit.failures = 0
-        self._show()
+        self.show()
 
-    def _show(self) -> None:
+    def show(self) -> None:
+        """Show the circuits open now to this process's engine and /metrics."""
         from routing.snapshot import registry_cache
 
         now = time.time()
         with self._lock:
             states = {slug: c.current(now) for slug, c in self._circuits.items()}
+            untils = [c.until for slug, c in self._circuits.items() if states[slug] == "open"]
         for slug, state in states.items():
             metrics.CIRCUIT_STATE.labels(slug).set(_STATE_VALUE[state])
         open_now = frozenset(slug for slug, state in states.items() if state == "open")
-        if open_now != self._shown:
-            self._shown = open_now
-            registry_cache.circuits_set(open_now)
+        registry_cache.circuits_set(open_now, min(untils, default=float("inf")))
 
     def reset(self) -> None:
         """Forget every breaker (tests; an operator's 'close all')."""
@@ -184,7 +183,7 @@ class CircuitBoard:
                 store.delete(key)
         except redis.RedisError:
             logger.warning("circuits not reset in Redis", exc_info=True)
-        self._show()
+        self.show()
 
 
 def _view(key: bytes, fields: dict[bytes, bytes]) -> CircuitView | None:

@@ -355,16 +355,19 @@ class RegistryCache:
         self._inputs: tuple[Any, ...] | None = None
         self._prices_until = float("inf")  # epoch seconds of the next dated price
         self._circuits_open: frozenset[str] = frozenset()  # routing/circuit_board.py
+        self._circuits_until = float("inf")  # epoch seconds: the first of them turns half-open
 
     def invalidate(self) -> None:
         with self._lock:
             self._generation = None
             self._checked_at = 0.0
 
-    def circuits_set(self, open_models: frozenset[str]) -> None:
+    def circuits_set(self, open_models: frozenset[str], until: float = float("inf")) -> None:
         """Models whose circuit is open (routing/circuit_board.py): the engine routes around
-        them until the set changes again."""
+        them until the set changes again; ``until``: when the first cool-down ends (the
+        snapshot asks the board again then, as it re-prices at a dated price)."""
         with self._lock:
+            self._circuits_until = until
             if open_models == self._circuits_open:
                 return
             self._circuits_open = open_models
@@ -465,8 +468,13 @@ class RegistryCache:
 
     def snapshot(self) -> Snapshot:
         self._refresh()
-        if time.time() >= self._prices_until:
+        now = time.time()
+        if now >= self._prices_until:
             self._reprice_now()
+        if now >= self._circuits_until:
+            from routing.circuit_board import board
+
+            board.show()
         assert self._snapshot is not None
         return self._snapshot
 
