@@ -142,6 +142,11 @@ class TaskClass(models.Model):
         default=False,
         help_text="Also cache answers to requests with personal (or confidential) data",
     )
+    condense_above_tokens = models.PositiveIntegerField(
+        default=0,
+        help_text="Gateway: a request sent to a frontier model with more context than this "
+        "(estimated tokens) has it condensed by a local model first; 0 = never",
+    )
     local_when_down = models.BooleanField(
         default=False,
         help_text="When every model of its route is unavailable (open circuits), answer with "

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +65,14 @@ from controlplane.services import model_url_validate
 from routing import metrics
 from routing.answer_cache import AnswerCache, CachedAnswer, cache_key, cacheable
 from routing.circuit_board import board as circuits
+from routing.condense import (
+    FRONTIER_TIER,
+    condensed_messages,
+    condenser_pick,
+    condensing_body,
+    context_split,
+    estimate_tokens,
+)
 from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
@@ -139,6 +147,11 @@ class ChatCall:
     # Every dated price per model (the snapshot's): the cost header without a query.
     schedules: Mapping[str, Sequence[DatedPrice]] = field(default_factory=dict)
     cache: CacheLookup | None = None  # the class is cacheable (routing.answer_cache)
+    # Context condensing (routing.condense): the local model and the threshold, when the
+    # class enables it and the decision chose a frontier model; what it did, once done.
+    condenser: ModelInfo | None = None
+    condense_above: int = 0
+    condensed: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +280,27 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     cache = None if stream else _cache_lookup(made, task_class, pinned, body)
+    extras = registry_cache.extras(task_class)
+    chosen = made.decision.model
+    condenser = None
+    if (
+        extras is not None
+        and extras.condense_above_tokens > 0
+        and chosen.locality == "cloud"
+        and chosen.tier >= FRONTIER_TIER
+        and (cache is None or cache.hit is None)
+    ):
+        condenser = condenser_pick(snapshot.models.values())
     return ChatCall(
-        made, body, stream, include_usage, pinned is not None, registry_cache.schedules(), cache
+        made,
+        body,
+        stream,
+        include_usage,
+        pinned is not None,
+        registry_cache.schedules(),
+        cache,
+        condenser,
+        extras.condense_above_tokens if extras is not None else 0,
     )
 
 
@@ -506,6 +538,76 @@ async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]
     return raw
 
 
+async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
+    """The call with its long context condensed by ``local`` (routing.condense), or as it
+    was: context under the threshold, not condensable, or the local call failed (which is
+    recorded too)."""
+    messages = call.body.get("messages")
+    if not isinstance(messages, list):
+        return call
+    context, last, transcript = context_split(messages)
+    before = estimate_tokens(transcript)
+    if not context or before <= call.condense_above:
+        return call
+    record: dict[str, Any] = {"model": local.slug, "input_tokens_before": before}
+    began = time.perf_counter()
+    summary = ""
+    usage = (0, 0)
+    if not circuits.allow(local.slug):
+        record["error"] = CIRCUIT_OPEN
+    else:
+        cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
+        request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
+        failure: UpstreamFailed | None = None
+        try:
+            refusal = await upstreams.url_refusal(local.base_url)
+            if refusal:
+                raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+            response = await upstreams.client().post(
+                local.base_url.rstrip("/") + "/chat/completions",
+                request,
+                timeout=_timeout_s(local),
+                headers=_UPSTREAM_HEADERS,
+            )
+            if not 200 <= response.status < 300:
+                response.close()
+                raise _status_failure(response.status)
+            payload = orjson.loads(await response.read())
+            usage = _usage(payload)
+            summary = payload["choices"][0]["message"]["content"] or ""
+        except UpstreamError as exc:
+            failure = _failure(exc)
+        except UpstreamFailed as exc:
+            failure = exc
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            failure = UpstreamFailed("invalid_output", "unreadable answer", retryable=True)
+        _circuit_report(local, failure)
+        if failure is not None:
+            record["error"] = failure.reason
+    record["latency_ms"] = round((time.perf_counter() - began) * 1000)
+    after = estimate_tokens(summary)
+    if not summary.strip() or after >= before:
+        record.setdefault("error", "no shorter context")
+        metrics.GATEWAY_CONDENSED.labels("failed").inc()
+        return replace(call, condensed=record)
+    frontier = call.decided.decision.model
+    at = call.decided.created_at
+    saved = price_cost_usd(
+        price_in_force(call.schedules.get(frontier.slug, ()), at), before - after, 0
+    )
+    spent = price_cost_usd(price_in_force(call.schedules.get(local.slug, ()), at), *usage)
+    record.update(
+        input_tokens_after=after,
+        condense_input_tokens=usage[0],
+        condense_output_tokens=usage[1],
+        condense_cost_usd=f"{spent:.6f}",
+        saved_usd=f"{saved - spent:.6f}",
+    )
+    metrics.GATEWAY_CONDENSED.labels("ok").inc()
+    body = {**call.body, "messages": condensed_messages(summary, last)}
+    return replace(call, body=body, condensed=record)
+
+
 def _skipped(attempt: Attempt) -> UpstreamFailed:
     """The model's circuit is open: not called, recorded as a failed attempt (no tokens,
     no cost) so the call escalates as for an outage."""
@@ -697,6 +799,8 @@ def _validation(call: ChatCall) -> dict[str, Any]:
         validation["cache"] = "hit" if call.cache.hit is not None else "miss"
         if call.cache.hit is not None:
             validation["saved_usd"] = call.cache.hit.cost_usd
+    if call.condensed is not None:
+        validation["condensed"] = dict(call.condensed)
     return validation
 
 
@@ -858,6 +962,8 @@ class Gateway:
         call: ChatCall = await self._in_thread(
             _decide, headers.get("authorization", ""), raw, headers, started
         )
+        if call.condenser is not None:
+            call = await _condensed(call, call.condenser)
         if call.stream:
             await self._chat_stream(call, receive, send)
         elif call.cache is not None and call.cache.hit is not None:

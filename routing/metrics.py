@@ -94,3 +94,8 @@ CIRCUIT_OPENED = Counter(
     "Times a model's circuit opened (consecutive upstream failures or a failed probe)",
     ["model"],
 )
+GATEWAY_CONDENSED = Counter(
+    "switchyard_gateway_condensed_total",
+    "Long contexts a local model condensed before a frontier call, by result (ok, failed)",
+    ["result"],
+)

@@ -96,6 +96,7 @@ class TaskClassExtras:
     prompt_retention_days: int
     answer_cache_ttl_s: int = 0  # the gateway's answer cache (routing.answer_cache); 0 = off
     answer_cache_personal_data: bool = False
+    condense_above_tokens: int = 0  # context condensing (routing.condense); 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,7 @@ def _static_load(now: datetime) -> _Static:
             prompt_retention_days=tc.prompt_retention_days,
             answer_cache_ttl_s=tc.answer_cache_ttl_s,
             answer_cache_personal_data=tc.answer_cache_personal_data,
+            condense_above_tokens=tc.condense_above_tokens,
         )
     budgets = tuple(
         Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")

@@ -180,28 +180,45 @@ def rollup_frame(filters: DashboardFilters, *, daily: bool | None = None) -> pd.
 
 
 @dataclass(frozen=True)
-class CacheSavings:
-    hits: int
-    saved_usd: float
+class GatewaySavings:
+    cache_hits: int
+    cache_saved_usd: float
+    condensed: int  # calls whose context a local model condensed
+    condensed_tokens: int  # input tokens of context removed
+    condense_saved_usd: float  # frontier input spend saved, net of the local calls
 
 
-def answer_cache_savings(filters: DashboardFilters) -> CacheSavings:
-    """The gateway's answer-cache hits in the filtered range and the spend they saved (what
-    producing each reused answer had cost; routing.answer_cache records it on the hit's
-    outcome)."""
+def gateway_savings(filters: DashboardFilters) -> GatewaySavings:
+    """What the gateway saved in the filtered range: answers reused from its answer cache
+    (what producing each had cost) and long contexts condensed before a frontier call
+    (routing/gateway.py records both on the outcome's ``validation``)."""
     where, params = _where(filters, time_column="created_at", alias="d")
     sql = (
-        "SELECT count(*), coalesce(sum((o.validation->>'saved_usd')::numeric), 0)::float8 "  # noqa: S608
+        "SELECT count(*) FILTER (WHERE o.validation->>'cache' = 'hit'), "  # noqa: S608
+        "coalesce(sum((o.validation->>'saved_usd')::numeric) "
+        "FILTER (WHERE o.validation->>'cache' = 'hit'), 0)::float8, "
+        "count(*) FILTER (WHERE o.validation->'condensed' ? 'input_tokens_after'), "
+        "coalesce(sum((o.validation->'condensed'->>'input_tokens_before')::bigint "
+        "- (o.validation->'condensed'->>'input_tokens_after')::bigint) "
+        "FILTER (WHERE o.validation->'condensed' ? 'input_tokens_after'), 0), "
+        "coalesce(sum((o.validation->'condensed'->>'saved_usd')::numeric) "
+        "FILTER (WHERE o.validation->'condensed' ? 'saved_usd'), 0)::float8 "
         "FROM telemetry_outcome o JOIN telemetry_decision d "
         "ON d.id = o.decision_id AND d.created_at = o.decision_created_at "
-        "WHERE o.validation->>'cache' = 'hit' "
+        "WHERE (o.validation ? 'cache' OR o.validation ? 'condensed') "
         "AND o.decision_created_at >= %(start)s AND o.decision_created_at < %(end)s "
         f"AND {where}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    return CacheSavings(hits=int(row[0]), saved_usd=float(row[1]))
+    return GatewaySavings(
+        cache_hits=int(row[0]),
+        cache_saved_usd=float(row[1]),
+        condensed=int(row[2]),
+        condensed_tokens=int(row[3]),
+        condense_saved_usd=float(row[4]),
+    )
 
 
 def escalation_frame(filters: DashboardFilters, *, routed_model: str) -> pd.DataFrame:
