@@ -54,6 +54,7 @@ SUM_COLUMNS = (
     "decisions", "outcomes", "successes", "escalations", "input_tokens", "output_tokens",
     "cost_usd", "baseline_cost_usd", "quality_sum", "quality_count", "latency_sum_ms",
     *LATENCY_BUCKET_FIELDS,
+    "cache_hits", "cache_saved_usd", "condensed", "condensed_tokens", "condense_saved_usd",
 )  # fmt: skip
 
 
@@ -188,36 +189,15 @@ class GatewaySavings:
     condense_saved_usd: float  # frontier input spend saved, net of the local calls
 
 
-def gateway_savings(filters: DashboardFilters) -> GatewaySavings:
-    """What the gateway saved in the filtered range: answers reused from its answer cache
-    (what producing each had cost) and long contexts condensed before a frontier call
-    (routing/gateway.py records both on the outcome's ``validation``)."""
-    where, params = _where(filters, time_column="created_at", alias="d")
-    sql = (
-        "SELECT count(*) FILTER (WHERE o.validation->>'cache' = 'hit'), "  # noqa: S608
-        "coalesce(sum((o.validation->>'saved_usd')::numeric) "
-        "FILTER (WHERE o.validation->>'cache' = 'hit'), 0)::float8, "
-        "count(*) FILTER (WHERE o.validation->'condensed' ? 'input_tokens_after'), "
-        "coalesce(sum((o.validation->'condensed'->>'input_tokens_before')::bigint "
-        "- (o.validation->'condensed'->>'input_tokens_after')::bigint) "
-        "FILTER (WHERE o.validation->'condensed' ? 'input_tokens_after'), 0), "
-        "coalesce(sum((o.validation->'condensed'->>'saved_usd')::numeric) "
-        "FILTER (WHERE o.validation->'condensed' ? 'saved_usd'), 0)::float8 "
-        "FROM telemetry_outcome o JOIN telemetry_decision d "
-        "ON d.id = o.decision_id AND d.created_at = o.decision_created_at "
-        "WHERE (o.validation ? 'cache' OR o.validation ? 'condensed') "
-        "AND o.decision_created_at >= %(start)s AND o.decision_created_at < %(end)s "
-        f"AND {where}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+def gateway_savings(frame: pd.DataFrame) -> GatewaySavings:
+    """What the gateway saved, from the rollup frame: answers reused from its answer cache
+    (what producing each had cost) and long contexts condensed before a frontier call."""
     return GatewaySavings(
-        cache_hits=int(row[0]),
-        cache_saved_usd=float(row[1]),
-        condensed=int(row[2]),
-        condensed_tokens=int(row[3]),
-        condense_saved_usd=float(row[4]),
+        cache_hits=int(frame["cache_hits"].sum()),
+        cache_saved_usd=float(frame["cache_saved_usd"].sum()),
+        condensed=int(frame["condensed"].sum()),
+        condensed_tokens=int(frame["condensed_tokens"].sum()),
+        condense_saved_usd=float(frame["condense_saved_usd"].sum()),
     )
 
 

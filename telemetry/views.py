@@ -199,7 +199,7 @@ def _dashboard(
         context["item"] = context["charts"][0]
         return render(request, f"{template}#chart-card", context)
     context["headline"] = selectors.headline(frame)
-    context["gateway_savings"] = selectors.gateway_savings(filters)
+    context["gateway_savings"] = selectors.gateway_savings(frame)
     if focus == "overview":
         # The landing page says what to do next: a fresh install how to send its first
         # decision, and whoever lands here that proposals wait for a review.

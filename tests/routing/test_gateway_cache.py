@@ -21,6 +21,7 @@ from evaluation.fleet import RunningFleet
 from routing.gateway import answer_cache
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
+from telemetry.rollups import rollups_rebuild
 from tests import factories
 from tests.routing.test_gateway import (  # noqa: F401
     ASK,
@@ -173,6 +174,7 @@ def test_the_dashboard_shows_the_spend_the_cache_saved(
         ids.append(raw.headers["x-switchyard-decision-id"])
     saved = sum((Decimal(outcome_of(i).validation.get("saved_usd", "0")) for i in ids), Decimal())
     assert saved > 0
+    rollups_rebuild()  # the dashboards read rollups (Celery beat refreshes them)
     viewer = Client()
     viewer.force_login(factories.user_create("Viewer"))
     html = viewer.get("/?range=24h").content.decode()

@@ -17,6 +17,7 @@ from controlplane.generation import generation_bump
 from controlplane.models import TaskClass
 from evaluation.fleet import RunningFleet
 from routing.snapshot import registry_cache
+from telemetry.rollups import rollups_rebuild
 from tests import factories
 from tests.routing.test_gateway import (  # noqa: F401
     ASK,
@@ -90,6 +91,7 @@ def test_a_long_context_is_condensed_locally_before_the_frontier_call(
     ).json()["usage"]["prompt_tokens"]
     assert outcome.input_tokens < full
     # The overview shows the saving.
+    rollups_rebuild()  # the dashboards read rollups (Celery beat refreshes them)
     viewer = Client()
     viewer.force_login(factories.user_create("Viewer"))
     html = viewer.get("/?range=24h").content.decode()
