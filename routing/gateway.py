@@ -76,7 +76,7 @@ from routing.condense import (
 from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
-from routing.services import Decided, api_key_authenticate, decision_make
+from routing.services import RECORD_FOR_OUTCOME, Decided, api_key_authenticate, decision_make
 from routing.snapshot import registry_cache
 from routing.upstream_http import (
     UpstreamClient,
@@ -726,17 +726,28 @@ class OutcomeWriter:
         )
 
         close_old_connections()
-        ids = [p.call.decided.decision_id for p in batch]
-        times = [p.call.decided.created_at for p in batch]
-        records = {
-            r.id: r
-            for r in DecisionRecord.objects.filter(
-                id__in=ids, created_at__gte=min(times), created_at__lte=max(times)
-            ).only(*_OUTCOME_NEEDS)
-        }
+        # The decisions as stored (decision_make kept the columns charging reads, their
+        # budget holds included); only a call made without them is read back.
+        missing = [p for p in batch if p.call.decided.stored is None]
+        records = {}
+        if missing:
+            times = [p.call.decided.created_at for p in missing]
+            records = {
+                r.id: r
+                for r in DecisionRecord.objects.filter(
+                    id__in=[p.call.decided.decision_id for p in missing],
+                    created_at__gte=min(times),
+                    created_at__lte=max(times),
+                ).only(*RECORD_FOR_OUTCOME)
+            }
         items = []
         for p in batch:
-            record = records.get(p.call.decided.decision_id)
+            stored = p.call.decided.stored
+            record = (
+                DecisionRecord(**stored)
+                if stored is not None
+                else records.get(p.call.decided.decision_id)
+            )
             if record is None:
                 p.future.set_exception(RuntimeError("decision record not found"))
                 continue
@@ -775,20 +786,6 @@ class OutcomeWriter:
                 Decimal(0),
             )
             p.future.set_result(f"{cost:.6f}")
-
-
-# What charging an outcome reads of its decision (telemetry.services).
-_OUTCOME_NEEDS = (
-    "id",
-    "created_at",
-    "application_id",
-    "application",
-    "team",
-    "task_class",
-    "model",
-    "tier",
-    "budget_holds",
-)
 
 
 def _validation(call: ChatCall) -> dict[str, Any]:
