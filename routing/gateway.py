@@ -17,23 +17,28 @@ One request:
    for ``auto``, else ``SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS``). Anything else: 404
    ``model_not_found``.
 3. The decision pipeline of ``POST /api/v1/decisions`` (``routing.services.decision_make``:
-   PII gate on every message, engine, recorder with budget holds) runs in a thread pool; the
-   prompt it scans and retains is the messages' text.
-4. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
-   cached briefly) is called with the official ``openai`` client over one pooled async HTTP
-   client per process, no retries of its own, the model's timeout, and the output cap
-   (``max_tokens`` ≤ the decision's ``max_output_tokens``).
-5. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
+   PII gate on every message, engine — which routes around models whose circuit is open
+   (``routing.circuit_board``) — recorder with budget holds) runs in a thread pool; the
+   prompt it scans and retains is the messages' text. For a cacheable class the answer
+   cache is looked up (``routing.answer_cache``): a hit is answered from it.
+4. For a frontier model and a class that condenses, a long context is condensed by a local
+   model first (``routing.condense``).
+5. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
+   cached briefly) is called through ``routing.upstream_http`` (pooled keep-alive HTTP/1.1),
+   no retries of its own, the model's timeout, and the output cap (``max_tokens`` ≤ the
+   decision's ``max_output_tokens``); a model whose circuit is open is skipped.
+6. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
    carrying the context: the original messages plus a system note naming the failed model
    and why. A stream that already reached the client cannot be re-sent: a failure after the
    first chunk ends it with an OpenAI error event (the client raises; it never hangs).
-6. Every attempt (status, tokens, latency, time to first token for streams) and the final
-   status are recorded through ``telemetry.services.outcome_report`` — which settles the
-   decision's budget holds and charges the real cost — before the answer (or the stream's
-   end) is sent.
+   Every result goes to the model's circuit.
 7. The upstream's body is answered unchanged, with ``x-switchyard-decision-id``, ``-model``,
    ``-tier``, ``-cost-usd`` (plain answers; a stream's cost is on its decision record),
-   ``-escalations`` and ``-cache`` (``miss``: no answer cache yet).
+   ``-escalations`` and ``-cache`` (``hit`` / ``miss``).
+8. Every attempt (status, tokens, latency, time to first token for streams) and the final
+   status are recorded through ``telemetry.services.outcome_report_batch`` — which settles
+   the decision's budget holds and charges the real cost — group-committed right after the
+   answer was sent (``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``: before).
 
 Extension points left for the cascade and output-check work (issue 12): see
 ``_output_check`` (JSON Schema, output checks, logprob confidence, cascade decision).
