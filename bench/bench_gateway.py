@@ -482,6 +482,7 @@ def _litellm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_LOG": "ERROR",
             "LITELLM_TELEMETRY": "False",
+            "PYTHONUNBUFFERED": "1",
             "PATH": f"{LITELLM_VENV / 'bin'}:{env.get('PATH', '')}",
         }
     )
@@ -505,7 +506,7 @@ def _litellm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         start_new_session=True,
     )
     try:
-        _wait(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", 180, proxy)
+        _wait(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", 300, proxy)
         side, _ = _measure(LITELLM_PORT, LITELLM_KEY, args, work, "litellm", record=False)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         tail = (work / "litellm.log").read_text(errors="replace").strip().splitlines()[-5:]
