@@ -19,20 +19,27 @@ class SteadyResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     bodies_2xx: list[bytes] = field(default_factory=list)
+    captured: list[str] = field(default_factory=list)  # ``capture_header`` of each 2xx
     errors: int = 0
     seconds: float = 0.0
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _read_response(
+    reader: asyncio.StreamReader, capture: bytes = b""
+) -> tuple[int, bytes, str]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
     length = 0
+    captured = ""
     for line in lines[1:]:
-        if line.lower().startswith(b"content-length:"):
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
+        elif capture and lower.startswith(capture + b":"):
+            captured = line.split(b":", 1)[1].strip().decode()
     body = await reader.readexactly(length) if length else b""
-    return status, body
+    return status, body, captured
 
 
 async def _steady(
@@ -44,8 +51,10 @@ async def _steady(
     rate: float,
     seconds: float,
     connections: int,
+    capture_header: str = "",
 ) -> SteadyResult:
     result = SteadyResult()
+    capture = capture_header.lower().encode()
     total = int(rate * seconds)
     queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
     header_blob = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -66,7 +75,7 @@ async def _steady(
             try:
                 writer.write(request)
                 await writer.drain()
-                status, payload = await _read_response(reader)
+                status, payload, captured = await _read_response(reader, capture)
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
                 reader, writer = await asyncio.open_connection(host, port)
@@ -75,6 +84,8 @@ async def _steady(
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if 200 <= status < 300:
                 result.bodies_2xx.append(payload)
+                if captured:
+                    result.captured.append(captured)
 
     workers = [asyncio.create_task(worker()) for _ in range(connections)]
     start = time.perf_counter()
@@ -102,8 +113,11 @@ def steady_run(
     rate: float,
     seconds: float,
     connections: int = 32,
+    capture_header: str = "",
 ) -> SteadyResult:
-    return asyncio.run(_steady(host, port, path, headers, bodies, rate, seconds, connections))
+    return asyncio.run(
+        _steady(host, port, path, headers, bodies, rate, seconds, connections, capture_header)
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:

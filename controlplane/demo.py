@@ -283,6 +283,9 @@ def demo_registry_load() -> None:
                     "description": desc,
                     "output_schema": FIELD_SCHEMA if schema else None,
                     "prompt_retention_days": 0 if policy == "local_only" else 30,
+                    # Repeated questions of a routine class: answered from the gateway's
+                    # answer cache for an hour.
+                    "answer_cache_ttl_s": 3600 if slug == "intent-detection" else 0,
                 },
             )
         if not RoutingTableVersion.objects.exists():

@@ -132,6 +132,26 @@ class TaskClass(models.Model):
     prompt_retention_days = models.PositiveIntegerField(
         default=0, help_text="Days to keep request prompts; 0 = never store prompts"
     )
+    answer_cache_ttl_s = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(30 * 86400)],
+        help_text="Gateway answer cache: seconds an answer is reused for the same normalised "
+        "request; 0 = not cacheable",
+    )
+    answer_cache_personal_data = models.BooleanField(
+        default=False,
+        help_text="Also cache answers to requests with personal (or confidential) data",
+    )
+    condense_above_tokens = models.PositiveIntegerField(
+        default=0,
+        help_text="Gateway: a request sent to a frontier model with more context than this "
+        "(estimated tokens) has it condensed by a local model first; 0 = never",
+    )
+    local_when_down = models.BooleanField(
+        default=False,
+        help_text="When every model of its route is unavailable (open circuits), answer with "
+        "a local model (degraded but working while offline)",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

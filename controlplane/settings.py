@@ -233,9 +233,20 @@ SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS = env_str("SWITCHYARD_GATEWAY_DEFAULT_TASK
 # Per worker: upstream connections kept (one pooled client), threads deciding/recording,
 # and how long a model URL's allowlist check (with DNS resolution) is reused.
 SWITCHYARD_GATEWAY_HTTP_POOL = env_int("SWITCHYARD_GATEWAY_HTTP_POOL", 1024)
-SWITCHYARD_GATEWAY_HTTP_SHARDS = env_int("SWITCHYARD_GATEWAY_HTTP_SHARDS", 16)
 SWITCHYARD_GATEWAY_THREADS = env_int("SWITCHYARD_GATEWAY_THREADS", 32)
 SWITCHYARD_GATEWAY_URL_CHECK_S = float(env_str("SWITCHYARD_GATEWAY_URL_CHECK_S", "30"))
+# The decision is committed before any model is called; its outcome (attempts, cost, the
+# holds settled) is group-committed right after the answer was sent. 1: before it instead
+# (one more commit on every answer's latency).
+SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = env_bool("SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER", False)
+
+# Per-model circuit breakers (routing/circuits.py): consecutive failed upstream calls that
+# open a model's circuit, how long it stays open, and how long a half-open probe may take.
+SWITCHYARD_CIRCUIT_FAILURES = env_int("SWITCHYARD_CIRCUIT_FAILURES", 5)
+SWITCHYARD_CIRCUIT_COOLDOWN_S = float(env_str("SWITCHYARD_CIRCUIT_COOLDOWN_S", "30"))
+SWITCHYARD_CIRCUIT_PROBE_TIMEOUT_S = float(env_str("SWITCHYARD_CIRCUIT_PROBE_TIMEOUT_S", "60"))
+# The gateway's answer cache (routing/answer_cache.py): Redis, the broker's server unless set.
+SWITCHYARD_ANSWER_CACHE_URL = env_str("SWITCHYARD_ANSWER_CACHE_URL", CELERY_BROKER_URL)
 
 # --- Evaluation (sweeps, proposals, model calls)
 

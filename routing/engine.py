@@ -55,6 +55,7 @@ BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 TIER_VALUES: Final = enums.values(enums.Tier)
 LOCALITY_VALUES: Final = enums.values(enums.Locality)
 MODEL_STATUS_VALUES: Final = enums.values(enums.ModelStatus)
+CIRCUIT_OPEN: Final = "circuit open"
 RISK_VALUES: Final = enums.values(enums.Risk)
 DATA_POLICY_VALUES: Final = enums.values(enums.DataPolicy)
 LATENCY_CLASS_VALUES: Final = enums.values(enums.LatencyClass)
@@ -102,6 +103,8 @@ class ModelInfo:
     input_usd_per_mtok: float
     output_usd_per_mtok: float
     p95_latency_ms: float | None = None
+    # Its circuit is open (routing/circuits.py: consecutive upstream failures): not chosen.
+    circuit_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,8 @@ class TaskClassInfo:
     default_output_cap: int = 1024
     latency_class: str = "interactive"  # "interactive" | "batch"
     quality_target: float = 0.8
+    # When every route model is unavailable (open circuits), degrade to a local model.
+    local_when_down: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +663,8 @@ def _rejection(
         return f"tier {m.tier} above max tier {max_tier} under budget downgrade"
     if m.status != "active":
         return f"model {m.status}"
+    if m.circuit_open:
+        return CIRCUIT_OPEN
     if conditions is not None:
         failure = _route_condition_failure(conditions, request, prompt)
         if failure:
@@ -700,9 +707,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
     4. Candidate chain = primary + fallbacks in order.  Under a downgrade, chain models
        within the max tier go first.  If no chain model is eligible and a downgrade or
        local-only is in effect, the registry's active models (local ones if local-only)
-       within the max tier are appended, highest tier first, then cheapest.
+       within the max tier are appended, highest tier first, then cheapest; likewise the
+       active local models when route models were rejected for an open circuit and the
+       task class allows degrading (``local_when_down``).
     5. Each candidate is accepted or rejected with a reason, checked in this order: cloud
-       model while local-only; tier above the downgrade max tier; status not active; route
+       model while local-only; tier above the downgrade max tier; status not active; open
+       circuit; route
        conditions (primary only); prompt + output cap over the context window; p95 latency
        over the latency budget; estimated cost over ``max_cost_usd``.
     6. The first accepted candidate is selected (none: :class:`NoEligibleModel`).
@@ -826,11 +836,13 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
     candidates: list[Candidate] = []
     accepted: list[_ChainEntry] = []
     primary_reason = ""
+    outage = False  # a route model was rejected because its circuit is open
     for entry in chain:
         m = entry.model
         if m is None:
             reason = "model not in registry"
         else:
+            outage = outage or m.circuit_open
             reason = _rejection(
                 m,
                 entry.cap,
@@ -854,10 +866,11 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
 
     # Registry models appended when the chain has nothing eligible under a restriction.
     from_registry = False
-    if not accepted and (local_reason or downgrade is not None):
+    degraded = not accepted and outage and plan.task.local_when_down and not local_reason
+    if not accepted and (local_reason or downgrade is not None or degraded):
         from_registry = True
         task = plan.task
-        for m in index.local_ranked if local_reason else index.active_ranked:
+        for m in index.local_ranked if local_reason or degraded else index.active_ranked:
             if m.tier > max_tier or m.slug in plan.chain_slugs:
                 continue
             cap = min(task.default_output_cap, m.max_output_tokens)

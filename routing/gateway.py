@@ -17,23 +17,28 @@ One request:
    for ``auto``, else ``SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS``). Anything else: 404
    ``model_not_found``.
 3. The decision pipeline of ``POST /api/v1/decisions`` (``routing.services.decision_make``:
-   PII gate on every message, engine, recorder with budget holds) runs in a thread pool; the
-   prompt it scans and retains is the messages' text.
-4. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
-   cached briefly) is called with the official ``openai`` client over one pooled async HTTP
-   client per process, no retries of its own, the model's timeout, and the output cap
-   (``max_tokens`` ≤ the decision's ``max_output_tokens``).
-5. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
+   PII gate on every message, engine — which routes around models whose circuit is open
+   (``routing.circuit_board``) — recorder with budget holds) runs in a thread pool; the
+   prompt it scans and retains is the messages' text. For a cacheable class the answer
+   cache is looked up (``routing.answer_cache``): a hit is answered from it.
+4. For a frontier model and a class that condenses, a long context is condensed by a local
+   model first (``routing.condense``).
+5. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
+   cached briefly) is called through ``routing.upstream_http`` (pooled keep-alive HTTP/1.1),
+   no retries of its own, the model's timeout, and the output cap (``max_tokens`` ≤ the
+   decision's ``max_output_tokens``); a model whose circuit is open is skipped.
+6. A 5xx, 429, timeout or connection failure escalates to the decision's next fallback,
    carrying the context: the original messages plus a system note naming the failed model
    and why. A stream that already reached the client cannot be re-sent: a failure after the
    first chunk ends it with an OpenAI error event (the client raises; it never hangs).
-6. Every attempt (status, tokens, latency, time to first token for streams) and the final
-   status are recorded through ``telemetry.services.outcome_report`` — which settles the
-   decision's budget holds and charges the real cost — before the answer (or the stream's
-   end) is sent.
+   Every result goes to the model's circuit.
 7. The upstream's body is answered unchanged, with ``x-switchyard-decision-id``, ``-model``,
    ``-tier``, ``-cost-usd`` (plain answers; a stream's cost is on its decision record),
-   ``-escalations`` and ``-cache`` (``miss``: no answer cache yet).
+   ``-escalations`` and ``-cache`` (``hit`` / ``miss``).
+8. Every attempt (status, tokens, latency, time to first token for streams) and the final
+   status are recorded through ``telemetry.services.outcome_report_batch`` — which settles
+   the decision's budget holds and charges the real cost — group-committed right after the
+   answer was sent (``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``: before).
 
 Extension points left for the cascade and output-check work (issue 12): see
 ``_output_check`` (JSON Schema, output checks, logprob confidence, cascade decision).
@@ -46,18 +51,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx2
-import openai
 import orjson
+import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connections
@@ -66,10 +69,27 @@ from controlplane.db import pooled_connection_release
 from controlplane.errors import ApiError
 from controlplane.services import model_url_validate
 from routing import metrics
-from routing.engine import ModelInfo
+from routing.answer_cache import AnswerCache, CachedAnswer, cache_key, cacheable
+from routing.circuit_board import board as circuits
+from routing.condense import (
+    FRONTIER_TIER,
+    condensed_messages,
+    condenser_pick,
+    condensing_body,
+    context_split,
+    estimate_tokens,
+)
+from routing.engine import CIRCUIT_OPEN, ModelInfo
+from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
-from routing.services import Decided, api_key_authenticate, decision_make
+from routing.services import RECORD_FOR_OUTCOME, Decided, api_key_authenticate, decision_make
 from routing.snapshot import registry_cache
+from routing.upstream_http import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +113,8 @@ _ERROR_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+# Upstream credentials are not in the registry yet: a placeholder, as before.
+_UPSTREAM_HEADERS = {"Authorization": "Bearer switchyard"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
@@ -128,6 +150,25 @@ class ChatCall:
     stream: bool
     include_usage: bool  # the client asked for the usage chunk
     pinned: bool
+    # Every dated price per model (the snapshot's): the cost header without a query.
+    schedules: Mapping[str, Sequence[DatedPrice]] = field(default_factory=dict)
+    cache: CacheLookup | None = None  # the class is cacheable (routing.answer_cache)
+    # Context condensing (routing.condense): the local model and the threshold, when the
+    # class enables it and the decision chose a frontier model; what it did, once done.
+    condenser: ModelInfo | None = None
+    condense_above: int = 0
+    condensed: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """A cacheable call: where its answer is (or goes) and, on a hit, the answer."""
+
+    key: str
+    ttl_s: int
+    lookup_ms: float
+    hit: CachedAnswer | None = None
+    hit_model: ModelInfo | None = None
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -244,7 +285,73 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ChatCall(made, body, stream, include_usage, pinned is not None)
+    cache = None if stream else _cache_lookup(made, task_class, pinned, body)
+    extras = registry_cache.extras(task_class)
+    chosen = made.decision.model
+    condenser = None
+    if (
+        extras is not None
+        and extras.condense_above_tokens > 0
+        and chosen.locality == "cloud"
+        and chosen.tier >= FRONTIER_TIER
+        and (cache is None or cache.hit is None)
+    ):
+        condenser = condenser_pick(snapshot.models.values())
+    return ChatCall(
+        made,
+        body,
+        stream,
+        include_usage,
+        pinned is not None,
+        registry_cache.schedules(),
+        cache,
+        condenser,
+        extras.condense_above_tokens if extras is not None else 0,
+    )
+
+
+answer_cache = AnswerCache(settings.SWITCHYARD_ANSWER_CACHE_URL)
+
+
+def _cache_lookup(
+    made: Decided, task_class: str, pinned: str | None, body: dict[str, Any]
+) -> CacheLookup | None:
+    """For a cacheable class (and a request it may cache): the key and what the cache holds.
+    Streamed requests bypass the cache. A cache that fails to answer is a miss."""
+    extras = registry_cache.extras(task_class)
+    if extras is None or not cacheable(
+        extras.answer_cache_ttl_s, extras.answer_cache_personal_data, made.sensitive
+    ):
+        return None
+    key = cache_key(
+        team=made.team,
+        task_class=task_class,
+        routing_version=made.decision.routing_table_version,
+        pinned=pinned,
+        body=body,
+    )
+    began = time.perf_counter()
+    try:
+        hit = answer_cache.get(key)
+    except redis.RedisError:
+        metrics.GATEWAY_CACHE.labels("error").inc()
+        logger.warning("gateway: answer cache unavailable", exc_info=True)
+        hit = None
+    lookup_ms = (time.perf_counter() - began) * 1000
+    model = registry_cache.snapshot().models.get(hit.model) if hit is not None else None
+    if model is None:  # a miss, or the model that answered left the registry
+        metrics.GATEWAY_CACHE.labels("miss").inc()
+        return CacheLookup(key, extras.answer_cache_ttl_s, lookup_ms)
+    metrics.GATEWAY_CACHE.labels("hit").inc()
+    return CacheLookup(key, extras.answer_cache_ttl_s, lookup_ms, hit, model)
+
+
+def _cache_store(cache: CacheLookup, answer: CachedAnswer) -> None:
+    try:
+        answer_cache.put(cache.key, answer, cache.ttl_s)
+    except redis.RedisError:
+        metrics.GATEWAY_CACHE.labels("error").inc()
+        logger.warning("gateway: answer not cached", exc_info=True)
 
 
 # --- upstream calls ----------------------------------------------------------------------
@@ -289,49 +396,19 @@ class UpstreamFailed(Exception):
 
 @dataclass
 class _Upstreams:
-    """Pooled async HTTP clients per process and event loop, an ``openai`` client per base
-    URL and pool on top; allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``.
+    """The process's pooled upstream HTTP client (``routing.upstream_http``, one per event
+    loop); allowlist checks cached for ``SWITCHYARD_GATEWAY_URL_CHECK_S``."""
 
-    The connections are split over ``SWITCHYARD_GATEWAY_HTTP_SHARDS`` pools, calls taking
-    them in turn: the HTTP pool scans all its connections (a readability check each) on
-    every request and release, which with 250 connections in one pool cost more than the
-    rest of the gateway together."""
-
-    pools: list[httpx2.AsyncClient] = field(default_factory=list)
+    http: UpstreamClient | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    clients: dict[tuple[str, int], openai.AsyncOpenAI] = field(default_factory=dict)
     checked: dict[str, tuple[float, str]] = field(default_factory=dict)
-    turn: int = 0
 
-    def client(self, base_url: str) -> openai.AsyncOpenAI:
+    def client(self) -> UpstreamClient:
         loop = asyncio.get_running_loop()
-        if not self.pools or self.loop is not loop:
-            shards = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_SHARDS))
-            size = max(1, int(settings.SWITCHYARD_GATEWAY_HTTP_POOL) // shards)
-            tls = ssl.create_default_context()  # one for all pools: each costs ~20 ms
-            self.pools = [
-                httpx2.AsyncClient(
-                    limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-                    follow_redirects=False,
-                    trust_env=False,
-                    verify=tls,
-                )
-                for _ in range(shards)
-            ]
+        if self.http is None or self.loop is not loop:
+            self.http = UpstreamClient(limit=int(settings.SWITCHYARD_GATEWAY_HTTP_POOL))
             self.loop = loop
-            self.clients = {}
-        self.turn = (self.turn + 1) % len(self.pools)
-        key = (base_url, self.turn)
-        client = self.clients.get(key)
-        if client is None:
-            client = openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key="switchyard",  # upstream credentials: not in the registry yet
-                http_client=self.pools[self.turn],
-                max_retries=0,
-            )
-            self.clients[key] = client
-        return client
+        return self.http
 
     async def url_refusal(self, base_url: str) -> str:
         """'' if the URL passes the allowlist (resolving its host), else why not."""
@@ -348,10 +425,9 @@ class _Upstreams:
         return refusal
 
     async def close(self) -> None:
-        for pool in self.pools:
-            await pool.aclose()
-        self.pools = []
-        self.clients = {}
+        if self.http is not None:
+            self.http.close()
+            self.http = None
 
 
 upstreams = _Upstreams()
@@ -391,21 +467,38 @@ def _upstream_body(call: ChatCall, model: ModelInfo, failed: list[Attempt]) -> d
     return body
 
 
-def _failure(exc: Exception) -> UpstreamFailed:
-    if isinstance(exc, openai.APITimeoutError):
+def _failure(exc: UpstreamError) -> UpstreamFailed:
+    if isinstance(exc, UpstreamTimeout):
         return UpstreamFailed("timeout", "timeout", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamFailed("error", "connection failed", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        return UpstreamFailed(
-            "error", f"HTTP {code}", retryable=code in _RETRYABLE_STATUS, http_status=code
+    return UpstreamFailed("error", f"connection failed: {exc}", retryable=True)
+
+
+def _status_failure(status: int) -> UpstreamFailed:
+    return UpstreamFailed(
+        "error", f"HTTP {status}", retryable=status in _RETRYABLE_STATUS, http_status=status
+    )
+
+
+async def _upstream_post(
+    call: ChatCall, attempt: Attempt, failed: list[Attempt]
+) -> UpstreamResponse:
+    """Send the attempt's request; the response once its headers arrived (2xx only)."""
+    model = attempt.model
+    refusal = await upstreams.url_refusal(model.base_url)
+    if refusal:
+        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+    body = orjson.dumps(_upstream_body(call, model, failed))
+    url = model.base_url.rstrip("/") + "/chat/completions"
+    try:
+        response = await upstreams.client().post(
+            url, body, timeout=_timeout_s(model), headers=_UPSTREAM_HEADERS
         )
-    if isinstance(exc, httpx2.TimeoutException):
-        return UpstreamFailed("timeout", "timeout", retryable=True)
-    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
-        return UpstreamFailed("error", f"connection failed: {type(exc).__name__}", retryable=True)
-    raise exc
+    except UpstreamError as exc:
+        raise _failure(exc) from exc
+    if not 200 <= response.status < 300:
+        response.close()
+        raise _status_failure(response.status)
+    return response
 
 
 def _usage(data: Any) -> tuple[int, int]:
@@ -435,21 +528,11 @@ def _output_check(call: ChatCall, attempt: Attempt, payload: Any) -> str:
 
 
 async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> bytes:
-    model = attempt.model
-    refusal = await upstreams.url_refusal(model.base_url)
-    if refusal:
-        raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
-    client = upstreams.client(model.base_url)
+    response = await _upstream_post(call, attempt, failed)
     try:
-        response = await client.post(
-            "/chat/completions",
-            cast_to=httpx2.Response,
-            body=_upstream_body(call, model, failed),
-            options={"timeout": _timeout_s(model)},
-        )
-    except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        raw = await response.read()
+    except UpstreamError as exc:
         raise _failure(exc) from exc
-    raw = response.content
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -461,9 +544,113 @@ async def _attempt_plain(call: ChatCall, attempt: Attempt, failed: list[Attempt]
     return raw
 
 
+async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
+    """The call with its long context condensed by ``local`` (routing.condense), or as it
+    was: context under the threshold, not condensable, or the local call failed (which is
+    recorded too)."""
+    messages = call.body.get("messages")
+    if not isinstance(messages, list):
+        return call
+    context, last, transcript = context_split(messages)
+    before = estimate_tokens(transcript)
+    if not context or before <= call.condense_above:
+        return call
+    record: dict[str, Any] = {"model": local.slug, "input_tokens_before": before}
+    began = time.perf_counter()
+    summary = ""
+    usage = (0, 0)
+    if not circuits.allow(local.slug):
+        record["error"] = CIRCUIT_OPEN
+    else:
+        cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
+        request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
+        failure: UpstreamFailed | None = None
+        try:
+            refusal = await upstreams.url_refusal(local.base_url)
+            if refusal:
+                raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
+            response = await upstreams.client().post(
+                local.base_url.rstrip("/") + "/chat/completions",
+                request,
+                timeout=_timeout_s(local),
+                headers=_UPSTREAM_HEADERS,
+            )
+            if not 200 <= response.status < 300:
+                response.close()
+                raise _status_failure(response.status)
+            payload = orjson.loads(await response.read())
+            usage = _usage(payload)
+            summary = payload["choices"][0]["message"]["content"] or ""
+        except UpstreamError as exc:
+            failure = _failure(exc)
+        except UpstreamFailed as exc:
+            failure = exc
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            failure = UpstreamFailed("invalid_output", "unreadable answer", retryable=True)
+        _circuit_report(local, failure)
+        if failure is not None:
+            record["error"] = failure.reason
+    record["latency_ms"] = round((time.perf_counter() - began) * 1000)
+    after = estimate_tokens(summary)
+    if not summary.strip() or after >= before:
+        record.setdefault("error", "no shorter context")
+        metrics.GATEWAY_CONDENSED.labels("failed").inc()
+        return replace(call, condensed=record)
+    frontier = call.decided.decision.model
+    at = call.decided.created_at
+    saved = price_cost_usd(
+        price_in_force(call.schedules.get(frontier.slug, ()), at), before - after, 0
+    )
+    spent = price_cost_usd(price_in_force(call.schedules.get(local.slug, ()), at), *usage)
+    record.update(
+        input_tokens_after=after,
+        condense_input_tokens=usage[0],
+        condense_output_tokens=usage[1],
+        condense_cost_usd=f"{spent:.6f}",
+        saved_usd=f"{saved - spent:.6f}",
+    )
+    metrics.GATEWAY_CONDENSED.labels("ok").inc()
+    body = {**call.body, "messages": condensed_messages(summary, last)}
+    return replace(call, body=body, condensed=record)
+
+
+def _skipped(attempt: Attempt) -> UpstreamFailed:
+    """The model's circuit is open: not called, recorded as a failed attempt (no tokens,
+    no cost) so the call escalates as for an outage."""
+    attempt.status, attempt.escalation_reason = "error", CIRCUIT_OPEN
+    return UpstreamFailed("error", CIRCUIT_OPEN, retryable=True)
+
+
+def _circuit_report(model: ModelInfo, failure: UpstreamFailed | None) -> None:
+    """Tell the model's circuit how the call went: an answer — even an unusable one, or a
+    refusal of the request itself (a 4xx other than 429) — shows the upstream alive."""
+    if failure is None or failure.status == "invalid_output" or not failure.retryable:
+        circuits.success(model.slug)
+    else:
+        circuits.failure(model.slug, failure.reason)
+
+
 def _chain(call: ChatCall) -> list[ModelInfo]:
     decision = call.decided.decision
     return [decision.model, *(f.model for f in decision.fallbacks)]
+
+
+def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
+    """What the attempts cost at the prices in force at decision time (the same rule and
+    prices the outcome is charged with), formatted for ``x-switchyard-cost-usd``."""
+    at = call.decided.created_at
+    total = sum(
+        (
+            price_cost_usd(
+                price_in_force(call.schedules.get(a.model.slug, ()), at),
+                a.input_tokens,
+                a.output_tokens,
+            )
+            for a in attempts
+        ),
+        Decimal(0),
+    )
+    return f"{total:.6f}"
 
 
 def _escalates(call: ChatCall, index: int, failure: UpstreamFailed | None) -> bool:
@@ -545,17 +732,28 @@ class OutcomeWriter:
         )
 
         close_old_connections()
-        ids = [p.call.decided.decision_id for p in batch]
-        times = [p.call.decided.created_at for p in batch]
-        records = {
-            r.id: r
-            for r in DecisionRecord.objects.filter(
-                id__in=ids, created_at__gte=min(times), created_at__lte=max(times)
-            ).only(*_OUTCOME_NEEDS)
-        }
+        # The decisions as stored (decision_make kept the columns charging reads, their
+        # budget holds included); only a call made without them is read back.
+        missing = [p for p in batch if p.call.decided.stored is None]
+        records = {}
+        if missing:
+            times = [p.call.decided.created_at for p in missing]
+            records = {
+                r.id: r
+                for r in DecisionRecord.objects.filter(
+                    id__in=[p.call.decided.decision_id for p in missing],
+                    created_at__gte=min(times),
+                    created_at__lte=max(times),
+                ).only(*RECORD_FOR_OUTCOME)
+            }
         items = []
         for p in batch:
-            record = records.get(p.call.decided.decision_id)
+            stored = p.call.decided.stored
+            record = (
+                DecisionRecord(**stored)
+                if stored is not None
+                else records.get(p.call.decided.decision_id)
+            )
             if record is None:
                 p.future.set_exception(RuntimeError("decision record not found"))
                 continue
@@ -566,7 +764,7 @@ class OutcomeWriter:
                         decision=record,
                         attempts=p.attempts,  # type: ignore[arg-type]
                         final_status=p.final_status,
-                        validation={"gateway": "stream" if p.call.stream else "plain"},
+                        validation=_validation(p.call),
                     ),
                 )
             )
@@ -596,18 +794,17 @@ class OutcomeWriter:
             p.future.set_result(f"{cost:.6f}")
 
 
-# What charging an outcome reads of its decision (telemetry.services).
-_OUTCOME_NEEDS = (
-    "id",
-    "created_at",
-    "application_id",
-    "application",
-    "team",
-    "task_class",
-    "model",
-    "tier",
-    "budget_holds",
-)
+def _validation(call: ChatCall) -> dict[str, Any]:
+    """What the outcome records about how the gateway answered (a cache hit: the spend the
+    cached answer saved, read by the dashboards)."""
+    validation: dict[str, Any] = {"gateway": "stream" if call.stream else "plain"}
+    if call.cache is not None:
+        validation["cache"] = "hit" if call.cache.hit is not None else "miss"
+        if call.cache.hit is not None:
+            validation["saved_usd"] = call.cache.hit.cost_usd
+    if call.condensed is not None:
+        validation["condensed"] = dict(call.condensed)
+    return validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,7 +889,13 @@ class Gateway:
 
     async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
         """Record the outcome (settles the holds, charges the cost): the cost in USD, or
-        None if it could not be stored (logged; the holds are released when they expire)."""
+        None if it could not be stored (logged; the holds are released when they expire).
+
+        Awaited after the answer was sent unless ``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``:
+        the decision itself was committed before any model was called, so every answered
+        call is on record; its outcome follows by one group commit (a process killed in
+        between leaves the decision without outcome, its holds released after the
+        reservation TTL, as for a caller of the decision API that never reports)."""
         for i, attempt in enumerate(attempts):
             metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
             metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
@@ -765,10 +968,30 @@ class Gateway:
         call: ChatCall = await self._in_thread(
             _decide, headers.get("authorization", ""), raw, headers, started
         )
+        if call.condenser is not None:
+            call = await _condensed(call, call.condenser)
         if call.stream:
             await self._chat_stream(call, receive, send)
+        elif call.cache is not None and call.cache.hit is not None:
+            await self._chat_cached(call, call.cache, send)
         else:
             await self._chat_plain(call, send)
+
+    async def _chat_cached(self, call: ChatCall, cache: CacheLookup, send: Send) -> None:
+        """A cache hit: the stored answer, recorded as one attempt of the model that produced
+        it with no tokens (cost 0) and the lookup's latency."""
+        assert cache.hit is not None and cache.hit_model is not None
+        attempt = Attempt(cache.hit_model, latency_ms=round(cache.lookup_ms))
+        attempts = [attempt]
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, "ok")
+        extra = _switchyard_headers(call, cache.hit_model, 0, _cost(call, attempts), cache="hit")
+        try:
+            await _respond(send, 200, cache.hit.body, extra)
+        finally:
+            if not before:
+                await self._recorded(call, attempts, "ok")
 
     async def _chat_plain(self, call: ChatCall, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -777,23 +1000,40 @@ class Gateway:
         for index, model in enumerate(_chain(call)):
             attempt = Attempt(model)
             attempts.append(attempt)
-            began = time.perf_counter()
-            try:
-                answer = await _attempt_plain(call, attempt, attempts[:-1])
-            except UpstreamFailed as exc:
-                attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
-            finally:
-                attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+            if not circuits.allow(model.slug):
+                last = _skipped(attempt)
+            else:
+                began = time.perf_counter()
+                last = None
+                try:
+                    answer = await _attempt_plain(call, attempt, attempts[:-1])
+                except UpstreamFailed as exc:
+                    attempt.status, attempt.escalation_reason, last = exc.status, exc.reason, exc
+                finally:
+                    attempt.latency_ms = round((time.perf_counter() - began) * 1000)
+                _circuit_report(model, last)
             if answer is not None or not _escalates(call, index, last):
                 break
         final = "ok" if answer is not None else attempts[-1].status
-        cost = await self._recorded(call, attempts, final)
-        extra = _switchyard_headers(call, attempts[-1].model, len(attempts) - 1, cost)
-        if answer is not None:
-            await _respond(send, 200, answer, extra)
-            return
-        assert last is not None
-        await _json(send, *_upstream_error(last, attempts), extra)
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, final)
+        extra = _switchyard_headers(
+            call, attempts[-1].model, len(attempts) - 1, _cost(call, attempts)
+        )
+        try:
+            if answer is not None:
+                await _respond(send, 200, answer, extra)
+            else:
+                assert last is not None
+                await _json(send, *_upstream_error(last, attempts), extra)
+        finally:
+            if not before:
+                await self._recorded(call, attempts, final)
+        if answer is not None and call.cache is not None:
+            model = attempts[-1].model
+            cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
+            await self._in_thread(_cache_store, call.cache, cached)
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -802,15 +1042,27 @@ class Gateway:
             attempts.append(attempt)
             began = time.perf_counter()
             try:
-                lines = await self._open_stream(call, attempt, attempts[:-1])
+                if not circuits.allow(model.slug):
+                    raise _skipped(attempt)
+                try:
+                    lines = await self._open_stream(call, attempt, attempts[:-1])
+                except UpstreamFailed as failed:
+                    _circuit_report(model, failed)
+                    raise
             except UpstreamFailed as exc:
                 attempt.status, attempt.escalation_reason = exc.status, exc.reason
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
                 if _escalates(call, index, exc):
                     continue
-                cost = await self._recorded(call, attempts, attempt.status)
-                extra = _switchyard_headers(call, model, len(attempts) - 1, cost)
-                await _json(send, *_upstream_error(exc, attempts), extra)
+                before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+                if before:
+                    await self._recorded(call, attempts, attempt.status)
+                extra = _switchyard_headers(call, model, len(attempts) - 1, _cost(call, attempts))
+                try:
+                    await _json(send, *_upstream_error(exc, attempts), extra)
+                finally:
+                    if not before:
+                        await self._recorded(call, attempts, attempt.status)
                 return
             await self._relay(call, attempts, began, lines, receive, send)
             return
@@ -819,29 +1071,15 @@ class Gateway:
     async def _open_stream(self, call: ChatCall, attempt: Attempt, failed: list[Attempt]) -> _Lines:
         """The upstream's SSE lines, once its first data line has arrived (a failure before
         it can still escalate invisibly to the client)."""
-        model = attempt.model
-        refusal = await upstreams.url_refusal(model.base_url)
-        if refusal:
-            raise UpstreamFailed("error", f"URL refused: {refusal}", retryable=True)
-        client = upstreams.client(model.base_url)
-        try:
-            response = await client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body=_upstream_body(call, model, failed),
-                options={"timeout": _timeout_s(model)},
-                stream=True,
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise _failure(exc) from exc
+        response = await _upstream_post(call, attempt, failed)
         lines = _Lines(response)
         try:
             await lines.peek()
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            await response.aclose()
+        except UpstreamError as exc:
+            response.close()
             raise _failure(exc) from exc
         if lines.first is None:
-            await response.aclose()
+            response.close()
             raise UpstreamFailed("error", "empty stream", retryable=True)
         return lines
 
@@ -875,7 +1113,7 @@ class Gateway:
                         "more_body": True,
                     }
                 )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+        except UpstreamError as exc:
             return _failure(exc).reason
         except OSError:
             return "client disconnected"
@@ -913,7 +1151,7 @@ class Gateway:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
             gone.cancel()
-            await lines.response.aclose()
+            lines.response.close()
         failure = "client disconnected" if pump.cancelled() else pump.result()
         if failure and not attempt.output_tokens:
             # No usage chunk came: estimate what was produced (as the decision API does).
@@ -923,7 +1161,12 @@ class Gateway:
         if failure:
             attempt.status = "error"
             attempt.escalation_reason = f"mid-stream: {failure}"
-        await self._recorded(call, attempts, attempt.status)
+        if failure != "client disconnected":
+            reason = UpstreamFailed("error", attempt.escalation_reason, retryable=True)
+            _circuit_report(attempt.model, reason if failure else None)
+        before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+        if before:
+            await self._recorded(call, attempts, attempt.status)
         tail = b"data: [DONE]\n\n"
         if failure:
             error = ApiError(
@@ -937,14 +1180,17 @@ class Gateway:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except OSError:
             pass
+        finally:
+            if not before:
+                await self._recorded(call, attempts, attempt.status)
 
 
 class _Lines:
     """An upstream SSE response, line by line, with the first data line read ahead."""
 
-    def __init__(self, response: httpx2.Response) -> None:
+    def __init__(self, response: UpstreamResponse) -> None:
         self.response = response
-        self._lines = response.aiter_lines()
+        self._lines = response.iter_lines()
         self.first: str | None = None
 
     async def peek(self) -> None:
@@ -995,14 +1241,14 @@ def _upstream_error(failure: UpstreamFailed, attempts: list[Attempt]) -> tuple[i
 
 
 def _switchyard_headers(
-    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None
+    call: ChatCall, model: ModelInfo, escalations: int, cost: str | None, cache: str = "miss"
 ) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"x-switchyard-decision-id", str(call.decided.decision_id).encode()),
         (b"x-switchyard-model", model.slug.encode()),
         (b"x-switchyard-tier", str(model.tier).encode()),
         (b"x-switchyard-escalations", str(escalations).encode()),
-        (b"x-switchyard-cache", b"miss"),
+        (b"x-switchyard-cache", cache.encode()),
     ]
     if cost is not None:
         headers.append((b"x-switchyard-cost-usd", cost.encode()))

@@ -76,3 +76,26 @@ def metrics_payload() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+GATEWAY_CACHE = Counter(
+    "switchyard_gateway_answer_cache_total",
+    "Answer cache lookups of cacheable gateway calls by result (hit, miss, error)",
+    ["result"],
+)
+CIRCUIT_STATE = Gauge(
+    "switchyard_model_circuit_state",
+    "Circuit of a model's upstream as this process sees it: 0 closed, 1 half-open, 2 open",
+    ["model"],
+    multiprocess_mode="livemax",
+)
+CIRCUIT_OPENED = Counter(
+    "switchyard_model_circuit_opened_total",
+    "Times a model's circuit opened (consecutive upstream failures or a failed probe)",
+    ["model"],
+)
+GATEWAY_CONDENSED = Counter(
+    "switchyard_gateway_condensed_total",
+    "Long contexts a local model condensed before a frontier call, by result (ok, failed)",
+    ["result"],
+)

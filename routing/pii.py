@@ -1179,3 +1179,12 @@ def request_free_text_stored(
         metadata=metadata,
         expires=expires or bool(query),
     )
+
+
+def request_sensitive(
+    pii_types: Sequence[str], detection_failed: bool, classification: str | None
+) -> bool:
+    """Whether a request carries personal (or confidential) data: detected, declared
+    (``personal``, ``confidential`` or an unknown label), or undecidable (detection failed)
+    — the cases the engine keeps on local models."""
+    return bool(pii_types) or detection_failed or classification not in (None, "public", "internal")

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -48,7 +48,7 @@ from routing.engine import (
     estimated_cost_usd,
 )
 from routing.learned import learned_template
-from routing.pii import request_free_text_stored, request_scan
+from routing.pii import request_free_text_stored, request_scan, request_sensitive
 from routing.pinning import PinRefused, decision_pinned
 from routing.schemas import DecisionInput, decision_input_decode
 from routing.snapshot import KeyInfo, registry_cache
@@ -230,6 +230,18 @@ class Decided:
     created_at: datetime
     input_tokens: int
     response: dict[str, Any]
+    team: str = ""  # the team the call is charged to
+    sensitive: bool = False  # personal/confidential data: detected, declared or undecidable
+    # The stored row's columns that charging an outcome reads (``RECORD_FOR_OUTCOME``), its
+    # budget holds included: the gateway charges without reading the row back.
+    stored: dict[str, Any] | None = None
+
+
+# What telemetry.services needs of a decision to charge its outcome.
+RECORD_FOR_OUTCOME = (
+    "id", "created_at", "application_id", "application", "team", "task_class", "model", "tier",
+    "budget_holds",
+)  # fmt: skip
 
 
 def decision_make(
@@ -352,7 +364,12 @@ def decision_make(
     metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
     metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)
     metrics.ACTIVE_VERSION.set(decision.routing_table_version)
-    return Decided(decision, decision_id, created_at, input_tokens, response)
+    is_sensitive = request_sensitive(scan.types, scan.failed, data.data_classification)
+    columns = cast(dict[str, Any], row)  # budget_holds as the recorder's admission set them
+    as_stored = {name: columns[name] for name in RECORD_FOR_OUTCOME}
+    return Decided(
+        decision, decision_id, created_at, input_tokens, response, team, is_sensitive, as_stored
+    )
 
 
 def _pinned(

@@ -94,6 +94,9 @@ class TaskClassExtras:
     """What the API needs beside the engine's view of a task class."""
 
     prompt_retention_days: int
+    answer_cache_ttl_s: int = 0  # the gateway's answer cache (routing.answer_cache); 0 = off
+    answer_cache_personal_data: bool = False
+    condense_above_tokens: int = 0  # context condensing (routing.condense); 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +201,14 @@ def _static_load(now: datetime) -> _Static:
             default_output_cap=tc.default_output_cap,
             latency_class=tc.latency_class,
             quality_target=float(tc.quality_target),
+            local_when_down=tc.local_when_down,
         )
-        extras[tc.slug] = TaskClassExtras(prompt_retention_days=tc.prompt_retention_days)
+        extras[tc.slug] = TaskClassExtras(
+            prompt_retention_days=tc.prompt_retention_days,
+            answer_cache_ttl_s=tc.answer_cache_ttl_s,
+            answer_cache_personal_data=tc.answer_cache_personal_data,
+            condense_above_tokens=tc.condense_above_tokens,
+        )
     budgets = tuple(
         Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
     )
@@ -305,11 +314,17 @@ def _snapshot_from(
     budgets: tuple[BudgetState, ...],
     p95: dict[str, float],
     quality: dict[tuple[str, str], float],
+    circuits_open: frozenset[str] = frozenset(),
 ) -> Snapshot:
     models = static.models
     if p95:
         models = {
             slug: replace(m, p95_latency_ms=p95[slug]) if slug in p95 else m
+            for slug, m in models.items()
+        }
+    if circuits_open:
+        models = {
+            slug: replace(m, circuit_open=True) if slug in circuits_open else m
             for slug, m in models.items()
         }
     return snapshot_build(
@@ -341,11 +356,26 @@ class RegistryCache:
         self._refresher: threading.Thread | None = None
         self._inputs: tuple[Any, ...] | None = None
         self._prices_until = float("inf")  # epoch seconds of the next dated price
+        self._circuits_open: frozenset[str] = frozenset()  # routing/circuit_board.py
+        self._circuits_until = float("inf")  # epoch seconds: the first of them turns half-open
 
     def invalidate(self) -> None:
         with self._lock:
             self._generation = None
             self._checked_at = 0.0
+
+    def circuits_set(self, open_models: frozenset[str], until: float = float("inf")) -> None:
+        """Models whose circuit is open (routing/circuit_board.py): the engine routes around
+        them until the set changes again; ``until``: when the first cool-down ends (the
+        snapshot asks the board again then, as it re-prices at a dated price)."""
+        with self._lock:
+            self._circuits_until = until
+            if open_models == self._circuits_open:
+                return
+            self._circuits_open = open_models
+            if self._static is not None and self._snapshot is not None:
+                budgets, p95, quality = self._inputs or ((), {}, {})
+                self._snapshot = _snapshot_from(self._static, budgets, p95, quality, open_models)
 
     def _refresh(self) -> None:
         check_s = settings.SWITCHYARD_SNAPSHOT_CHECK_S
@@ -370,6 +400,8 @@ class RegistryCache:
     def _refresh_loop(self, check_s: float) -> None:
         from django.db import connection
 
+        from routing.circuit_board import board
+
         while True:
             time.sleep(check_s)
             try:
@@ -377,6 +409,10 @@ class RegistryCache:
             except Exception:  # keep serving the last good snapshot; retry next tick
                 logger.warning("registry refresh failed", exc_info=True)
                 connection.close()
+            try:
+                board.sync()  # circuits opened or closed by other processes
+            except Exception:
+                logger.warning("circuit sync failed", exc_info=True)
 
     def _refresh_now(self, *, force: bool) -> None:
         now_mono = time.monotonic()
@@ -407,7 +443,9 @@ class RegistryCache:
                 inputs = (budgets, p95, quality)
                 # Rebuild only when something moved: a rebuild holds the GIL for a moment.
                 if reload_static or reprice or inputs != self._inputs:
-                    self._snapshot = _snapshot_from(self._static, budgets, p95, quality)
+                    self._snapshot = _snapshot_from(
+                        self._static, budgets, p95, quality, self._circuits_open
+                    )
                     self._inputs = inputs
                 self._budgets_at = now_mono
             self._checked_at = now_mono
@@ -426,14 +464,27 @@ class RegistryCache:
             until = self._static.prices_until
             self._prices_until = until.timestamp() if until is not None else float("inf")
             budgets, p95, quality = self._inputs or ((), {}, {})
-            self._snapshot = _snapshot_from(self._static, budgets, p95, quality)
+            self._snapshot = _snapshot_from(
+                self._static, budgets, p95, quality, self._circuits_open
+            )
 
     def snapshot(self) -> Snapshot:
         self._refresh()
-        if time.time() >= self._prices_until:
+        now = time.time()
+        if now >= self._prices_until:
             self._reprice_now()
+        if now >= self._circuits_until:
+            from routing.circuit_board import board
+
+            board.show()
         assert self._snapshot is not None
         return self._snapshot
+
+    def schedules(self) -> dict[str, list[ModelPrice]]:
+        """Every dated price per model slug, oldest first (routing.pricing)."""
+        self._refresh()
+        assert self._static is not None
+        return self._static.schedules
 
     def extras(self, task_class: str) -> TaskClassExtras | None:
         self._refresh()

@@ -159,6 +159,14 @@ class RollupSums(models.Model):
     quality_sum = models.FloatField(default=0)
     quality_count = models.IntegerField(default=0)
     latency_sum_ms = models.BigIntegerField(default=0)
+    # What the OpenAI-compatible gateway saved (routing/gateway.py records it on the
+    # outcome's validation): answers reused from its cache and what producing them had
+    # cost; contexts condensed before a frontier call, the input tokens and net spend saved.
+    cache_hits = models.IntegerField(default=0)
+    cache_saved_usd = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    condensed = models.IntegerField(default=0)
+    condensed_tokens = models.BigIntegerField(default=0)
+    condense_saved_usd = models.DecimalField(max_digits=18, decimal_places=8, default=0)
 
     class Meta:
         abstract = True

@@ -67,7 +67,13 @@ _COLUMNS = (
     "successes", "escalations", "input_tokens", "output_tokens", "cost_usd",
     "baseline_cost_usd", "quality_sum", "quality_count", "latency_sum_ms",
     *LATENCY_BUCKET_FIELDS,
+    "cache_hits", "cache_saved_usd", "condensed", "condensed_tokens", "condense_saved_usd",
 )  # fmt: skip
+
+# A decimal amount as the gateway writes it (outcome validation is also client input: any
+# other value counts as nothing rather than failing the rollup).
+_AMOUNT = r"'^[0-9]{1,9}(\.[0-9]{1,12})?$'"
+_INT = r"'^[0-9]{1,12}$'"
 
 # The baseline model's dated prices as [effective_from, until) ranges
 # (routing.pricing.price_ranges, the one "price in force at t" rule): the savings figure
@@ -88,7 +94,17 @@ rows AS (
            o.input_tokens, o.output_tokens, o.cost_usd, o.quality_score,
            o.latency_ms AS o_latency,
            (o.input_tokens * b.input_usd_per_mtok + o.output_tokens * b.output_usd_per_mtok)
-               / 1000000 AS baseline_cost
+               / 1000000 AS baseline_cost,
+           o.validation->>'cache' = 'hit' AS cache_hit,
+           CASE WHEN o.validation->>'cache' = 'hit' AND o.validation->>'saved_usd' ~ {_AMOUNT}
+                THEN (o.validation->>'saved_usd')::numeric END AS cache_saved,
+           CASE WHEN o.validation->'condensed'->>'input_tokens_before' ~ {_INT}
+                 AND o.validation->'condensed'->>'input_tokens_after' ~ {_INT}
+                THEN (o.validation->'condensed'->>'input_tokens_before')::bigint
+                     - (o.validation->'condensed'->>'input_tokens_after')::bigint
+           END AS condensed_tokens,
+           CASE WHEN o.validation->'condensed'->>'saved_usd' ~ {_AMOUNT}
+                THEN (o.validation->'condensed'->>'saved_usd')::numeric END AS condense_saved
     FROM telemetry_decision d
     LEFT JOIN telemetry_outcome o
         ON o.decision_id = d.id AND o.decision_created_at = d.created_at
@@ -109,7 +125,12 @@ SELECT hour, team, application, task_class, model, tier, routed_model,
        coalesce(sum(quality_score), 0),
        count(quality_score),
        coalesce(sum(o_latency), 0),
-       {_bucket_expressions()}
+       {_bucket_expressions()},
+       count(*) FILTER (WHERE cache_hit),
+       coalesce(sum(cache_saved), 0),
+       count(condensed_tokens),
+       coalesce(sum(condensed_tokens), 0),
+       coalesce(sum(condense_saved), 0)
 FROM rows
 GROUP BY hour, team, application, task_class, model, tier, routed_model
 """  # noqa: S608 (column names are constants)

@@ -54,6 +54,7 @@ SUM_COLUMNS = (
     "decisions", "outcomes", "successes", "escalations", "input_tokens", "output_tokens",
     "cost_usd", "baseline_cost_usd", "quality_sum", "quality_count", "latency_sum_ms",
     *LATENCY_BUCKET_FIELDS,
+    "cache_hits", "cache_saved_usd", "condensed", "condensed_tokens", "condense_saved_usd",
 )  # fmt: skip
 
 
@@ -177,6 +178,27 @@ def rollup_frame(filters: DashboardFilters, *, daily: bool | None = None) -> pd.
     frame["tier"] = frame["tier"].astype("int64")
     frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True)
     return frame
+
+
+@dataclass(frozen=True)
+class GatewaySavings:
+    cache_hits: int
+    cache_saved_usd: float
+    condensed: int  # calls whose context a local model condensed
+    condensed_tokens: int  # input tokens of context removed
+    condense_saved_usd: float  # frontier input spend saved, net of the local calls
+
+
+def gateway_savings(frame: pd.DataFrame) -> GatewaySavings:
+    """What the gateway saved, from the rollup frame: answers reused from its answer cache
+    (what producing each had cost) and long contexts condensed before a frontier call."""
+    return GatewaySavings(
+        cache_hits=int(frame["cache_hits"].sum()),
+        cache_saved_usd=float(frame["cache_saved_usd"].sum()),
+        condensed=int(frame["condensed"].sum()),
+        condensed_tokens=int(frame["condensed_tokens"].sum()),
+        condense_saved_usd=float(frame["condense_saved_usd"].sum()),
+    )
 
 
 def escalation_frame(filters: DashboardFilters, *, routed_model: str) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from evaluation.selectors import (
     output_checks_for,
     proposal_waiting_count,
 )
+from routing.circuit_board import circuit_view
 from telemetry import figures, selectors
 from telemetry.forms import DashboardFilterForm, filters_query
 from telemetry.selectors import RoutingChange
@@ -198,6 +199,7 @@ def _dashboard(
         context["item"] = context["charts"][0]
         return render(request, f"{template}#chart-card", context)
     context["headline"] = selectors.headline(frame)
+    context["gateway_savings"] = selectors.gateway_savings(frame)
     if focus == "overview":
         # The landing page says what to do next: a fresh install how to send its first
         # decision, and whoever lands here that proposals wait for a review.
@@ -256,7 +258,11 @@ def model_page(request: HttpRequest, slug: str) -> HttpResponse:
         focus="model",
         title=f"Model · {model.slug}",
         fixed={"model": slug},
-        extra={"model": model, "routes": selectors.active_routes(model=slug)},
+        extra={
+            "model": model,
+            "routes": selectors.active_routes(model=slug),
+            "circuit": circuit_view(slug),
+        },
     )
 
 

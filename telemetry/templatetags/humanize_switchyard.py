@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django import template
 
@@ -48,3 +48,11 @@ def duration_label(value: timedelta) -> str:
         days = hours // 24
         return "1 day" if days == 1 else f"{days} days"
     return "1 hour" if hours == 1 else f"{hours} hours"
+
+
+@register.filter
+def epoch_time(value: float | None) -> str:
+    """Seconds since the epoch as a UTC time of day (circuit transitions)."""
+    if not value:
+        return "—"
+    return datetime.fromtimestamp(float(value), tz=UTC).strftime("%H:%M:%S UTC")

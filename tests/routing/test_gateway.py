@@ -22,12 +22,14 @@ import orjson
 import pytest
 import uvicorn
 from django.utils import timezone
+from openai.types.chat import ChatCompletionMessageParam
 
 from controlplane import services
 from controlplane.generation import generation_bump
 from controlplane.models import Application, BudgetSpend, ModelEndpoint, TaskClass, Team
 from evaluation.fleet import RunningFleet, fleet_start
 from routing import metrics
+from routing.circuit_board import board as circuits
 from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
 from routing.schemas import decision_input_decode
 from routing.services import Decided, decision_make
@@ -67,7 +69,9 @@ def gateway_url() -> Iterator[str]:
 
 def registry_create(base_url: str) -> dict[str, Any]:
     """Fleet models (local tier 1, cloud tiers 2 and 3); ``support`` routed to the tier-2
-    model with the tier-3 one as fallback (output cap 24), ``redact`` local-only."""
+    model with the tier-3 one as fallback (output cap 24), ``redact`` local-only. Every
+    circuit closed (the breakers live in the process and in Redis across tests)."""
+    circuits.reset()
     local = factories.model_create(
         slug="llama-3.1-8b-local", provider_model="llama-3.1-8b-local", base_url=base_url
     )
@@ -117,11 +121,21 @@ def client_for(gateway_url: str, secret: str, **kwargs: Any) -> openai.OpenAI:
 
 
 SUPPORT = {"X-Switchyard-Task-Class": "support"}
-ASK = [{"role": "user", "content": "My router keeps dropping the connection. What can I do?"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "My router keeps dropping the connection. What can I do?"}
+]
 
 
-def outcome_of(decision_id: str) -> DecisionOutcome:
-    return DecisionOutcome.objects.get(decision_id=decision_id)
+def outcome_of(decision_id: str, wait_s: float = 5.0) -> DecisionOutcome:
+    """The call's outcome: group-committed right after the answer was sent, so it may
+    land a moment after the client has read it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        outcome = DecisionOutcome.objects.filter(decision_id=decision_id).first()
+        if outcome is not None:
+            return outcome
+        assert time.monotonic() < deadline, f"no outcome for {decision_id}"
+        time.sleep(0.02)
 
 
 def test_plain_completion_is_decided_called_and_recorded(
@@ -459,6 +473,7 @@ def test_budgets_are_held_then_settled_with_the_real_cost(
     decision_id = raw.headers["x-switchyard-decision-id"]
     record = DecisionRecord.objects.get(id=decision_id)
     assert record.budget_holds, "the decision held its worst case"
+    outcome_of(decision_id)
     recorder.close()  # its leases give back what they did not use
     row = BudgetSpend.objects.get(budget=b, period_start=b.period_start(timezone.now()))
     assert row.spent_usd == Decimal(raw.headers["x-switchyard-cost-usd"]) > 0
@@ -581,3 +596,19 @@ def test_a_route_that_does_not_escalate_on_errors_is_obeyed(
         outcome = outcome_of(failed.value.response.headers["x-switchyard-decision-id"])
         assert outcome.attempt_count == 1 and outcome.final_model == "mistral-small-hosted"
     assert fleet.state.stats()["models"]["gpt-4o"]["requests"] == 0  # type: ignore[index]
+
+
+def test_recording_before_the_answer_when_configured(
+    registry: dict[str, Any], gateway_url: str, settings: Any
+) -> None:
+    settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = True
+    client = client_for(gateway_url, registry["secret"])
+    for stream in (False, True):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
+        )
+        if stream:
+            list(raw.parse())  # the stream's last event comes after the outcome's COMMIT
+        decision_id = raw.headers["x-switchyard-decision-id"]
+        outcome = DecisionOutcome.objects.get(decision_id=decision_id)  # no waiting
+        assert outcome.final_status == "ok"

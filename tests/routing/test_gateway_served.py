@@ -4,6 +4,7 @@ its own PostgreSQL with the demo registry, the replay fleet as upstream; the off
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -45,10 +46,15 @@ def test_an_openai_client_only_changes_base_url_and_key(served: LiveServer) -> N
     assert text == plain.parse().choices[0].message.content
     for raw in (plain, streamed):
         decision_id = raw.headers["x-switchyard-decision-id"]
-        detail = httpx.get(
-            f"{served.url}/api/v1/decisions/{decision_id}",
-            headers={"Authorization": f"Bearer {served.secret}"},
-        ).json()
+        deadline = time.monotonic() + 5  # the outcome is committed just after the answer
+        while True:
+            detail = httpx.get(
+                f"{served.url}/api/v1/decisions/{decision_id}",
+                headers={"Authorization": f"Bearer {served.secret}"},
+            ).json()
+            if detail.get("outcome") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert detail["outcome"]["final_status"] == "ok"
         assert detail["outcome"]["final_model"] == raw.headers["x-switchyard-model"]
         assert detail["outcome"]["output_tokens"] > 0

@@ -1,0 +1,182 @@
+"""The gateway's answer cache (routing/answer_cache.py) over real HTTP: the official openai
+client in front, the replay fleet behind, Redis (the broker's server) as the store, decisions
+and outcomes in PostgreSQL."""
+
+# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from django.test import Client
+from openai.types.chat import ChatCompletionMessageParam
+
+from controlplane.generation import generation_bump
+from controlplane.models import TaskClass
+from evaluation.fleet import RunningFleet
+from routing.gateway import answer_cache
+from routing.snapshot import registry_cache
+from telemetry.models import DecisionRecord
+from telemetry.rollups import rollups_rebuild
+from tests import factories
+from tests.routing.test_gateway import (  # noqa: F401
+    ASK,
+    SUPPORT,
+    client_for,
+    fleet,
+    gateway_url,
+    outcome_of,
+    registry_create,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _cacheable(ttl_s: int, *, personal: bool = False) -> None:
+    TaskClass.objects.filter(slug="support").update(
+        answer_cache_ttl_s=ttl_s, answer_cache_personal_data=personal
+    )
+    generation_bump()
+    registry_cache.invalidate()
+
+
+def _fleet_calls(fleet: RunningFleet) -> int:
+    stats = httpx.get(f"{fleet.url}/admin/stats").json()
+    return sum(m["requests"] for m in stats["models"].values())
+
+
+@pytest.fixture
+def registry(fleet: RunningFleet) -> dict[str, Any]:
+    fleet.state.reset()
+    store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
+    for key in store.scan_iter("sy:answer:*"):
+        store.delete(key)
+    answer_cache.close()
+    return registry_create(f"{fleet.url}/v1")
+
+
+def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    first = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT
+    )
+    assert first.headers["x-switchyard-cache"] == "miss"
+    calls = _fleet_calls(fleet)
+    # The same request, normalised: surrounding spaces, another end user, metadata.
+    padded: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": f"  {ASK[0]['content']}\n"}
+    ]
+    second = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=padded,
+        extra_headers=SUPPORT,
+        user="someone-else",
+        metadata={"trace": "x"},
+    )
+    assert second.headers["x-switchyard-cache"] == "hit"
+    assert _fleet_calls(fleet) == calls, "a hit calls no model"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.headers["x-switchyard-model"] == first.headers["x-switchyard-model"]
+    assert Decimal(second.headers["x-switchyard-cost-usd"]) == 0
+    # Both calls are decided and recorded; the hit's outcome says what it saved.
+    first_id = first.headers["x-switchyard-decision-id"]
+    hit_id = second.headers["x-switchyard-decision-id"]
+    assert DecisionRecord.objects.filter(id__in=[first_id, hit_id]).count() == 2
+    paid, hit = outcome_of(first_id), outcome_of(hit_id)
+    assert paid.cost_usd > 0 and paid.validation["cache"] == "miss"
+    assert hit.final_status == "ok" and hit.cost_usd == 0
+    assert hit.validation["cache"] == "hit"
+    assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
+    assert hit.attempts[0]["input_tokens"] == hit.attempts[0]["output_tokens"] == 0
+    assert hit.attempts[0]["latency_ms"] < paid.attempts[0]["latency_ms"] + 1000
+    # Another question, another temperature, or a stream: not the cached answer.
+    other: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "How do I reset my password?"}
+    ]
+    for kwargs in ({"messages": other}, {"messages": ASK, "temperature": 0.2}):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", extra_headers=SUPPORT, **kwargs
+        )
+        assert raw.headers["x-switchyard-cache"] == "miss"
+    streamed = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
+    )
+    list(streamed.parse())
+    assert streamed.headers["x-switchyard-cache"] == "miss"
+    # The entry lives as long as the class says.
+    store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
+    ttls = [store.ttl(k) for k in store.scan_iter("sy:answer:*")]
+    assert ttls and all(500 < t <= 600 for t in ttls)
+
+
+def test_classes_not_marked_cacheable_are_never_cached(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    client = client_for(gateway_url, registry["secret"])
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT
+        )
+        assert raw.headers["x-switchyard-cache"] == "miss"
+    assert _fleet_calls(fleet) == 2
+    assert "cache" not in outcome_of(raw.headers["x-switchyard-decision-id"]).validation
+
+
+def test_personal_data_is_cached_only_where_the_class_allows_it(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    personal: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Please call me back at jane.doe@example.com"}
+    ]
+    declared = {**SUPPORT, "X-Switchyard-Data-Classification": "personal"}
+    for messages, headers in ((personal, SUPPORT), (ASK, declared)):
+        for _ in range(2):
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=messages, extra_headers=headers
+            )
+            assert raw.headers["x-switchyard-cache"] == "miss"
+    assert _fleet_calls(fleet) == 4
+    _cacheable(600, personal=True)
+    for expected in ("miss", "hit"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=personal, extra_headers=SUPPORT
+        )
+        assert raw.headers["x-switchyard-cache"] == expected
+    assert raw.headers["x-switchyard-tier"] == "1", "personal data still stays local"
+
+
+def test_the_dashboard_shows_the_spend_the_cache_saved(
+    registry: dict[str, Any],
+    gateway_url: str,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    ids = []
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT
+        )
+        ids.append(raw.headers["x-switchyard-decision-id"])
+    saved = sum((Decimal(outcome_of(i).validation.get("saved_usd", "0")) for i in ids), Decimal())
+    assert saved > 0
+    rollups_rebuild()  # the dashboards read rollups (Celery beat refreshes them)
+    viewer = Client()
+    viewer.force_login(factories.user_create("Viewer"))
+    html = viewer.get("/?range=24h").content.decode()
+    assert 'data-kpi="cache-saved"' in html
+    assert "2 answers reused" in html

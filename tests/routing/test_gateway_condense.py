@@ -1,0 +1,131 @@
+"""Context condensing (routing/condense.py) over real HTTP: the replay fleet's local model
+condenses a long context before the frontier model is called; what it saved is recorded and
+shown on the dashboards."""
+
+# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from django.test import Client
+from openai.types.chat import ChatCompletionMessageParam
+
+from controlplane.generation import generation_bump
+from controlplane.models import TaskClass
+from evaluation.fleet import RunningFleet
+from routing.snapshot import registry_cache
+from telemetry.rollups import rollups_rebuild
+from tests import factories
+from tests.routing.test_gateway import (  # noqa: F401
+    ASK,
+    SUPPORT,
+    client_for,
+    fleet,
+    gateway_url,
+    outcome_of,
+    registry_create,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+LOCAL = "llama-3.1-8b-local"
+RESEARCH = {"X-Switchyard-Task-Class": "research"}
+DOCUMENT = " ".join(
+    f"Clause {i}: the supplier delivers batch {i} within {i + 3} working days, penalties "
+    f"of {i}% apply after that, and the buyer may cancel batch {i} in writing."
+    for i in range(1, 25)
+)
+LONG: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": f"Contract excerpt:\n{DOCUMENT}"},
+    {"role": "user", "content": "Which clause covers batch 7?"},
+    {"role": "assistant", "content": "Clause 7 covers batch 7."},
+    {"role": "user", "content": "What penalty applies if batch 7 is late?"},
+]
+
+
+@pytest.fixture
+def registry(fleet: RunningFleet) -> dict[str, Any]:
+    fleet.state.reset()
+    made = registry_create(f"{fleet.url}/v1")
+    research = factories.task_class_create(slug="research", condense_above_tokens=200)
+    support = TaskClass.objects.get(slug="support")
+    redact = TaskClass.objects.get(slug="redact")
+    factories.routing_table_create(
+        {
+            research: (made["big"], []),
+            support: (made["mid"], ["gpt-4o"]),
+            redact: (made["local"], []),
+        }
+    )
+    generation_bump()
+    registry_cache.invalidate()
+    return made
+
+
+def _calls(fleet: RunningFleet, slug: str) -> int:
+    models = httpx.get(f"{fleet.url}/admin/stats").json()["models"]
+    return int(models.get(slug, {}).get("requests", 0))
+
+
+def test_a_long_context_is_condensed_locally_before_the_frontier_call(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    client = client_for(gateway_url, registry["secret"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers=RESEARCH
+    )
+    assert raw.headers["x-switchyard-model"] == "gpt-4o"
+    assert raw.parse().choices[0].message.content
+    assert _calls(fleet, LOCAL) == 1 and _calls(fleet, "gpt-4o") == 1
+    outcome = outcome_of(raw.headers["x-switchyard-decision-id"])
+    condensed = outcome.validation["condensed"]
+    assert condensed["model"] == LOCAL and "error" not in condensed
+    assert condensed["input_tokens_before"] > 200 > condensed["input_tokens_after"] > 0
+    assert Decimal(condensed["saved_usd"]) > 0
+    # The frontier model was sent the condensed context: fewer input tokens than the full
+    # request costs it.
+    full = httpx.post(
+        f"{fleet.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": LONG}
+    ).json()["usage"]["prompt_tokens"]
+    assert outcome.input_tokens < full
+    # The overview shows the saving.
+    rollups_rebuild()  # the dashboards read rollups (Celery beat refreshes them)
+    viewer = Client()
+    viewer.force_login(factories.user_create("Viewer"))
+    html = viewer.get("/?range=24h").content.decode()
+    assert 'data-kpi="condense-saved"' in html and "in 1 frontier calls" in html
+
+
+def test_short_contexts_and_non_frontier_models_are_not_condensed(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    TaskClass.objects.filter(slug="support").update(condense_above_tokens=10)
+    generation_bump()
+    registry_cache.invalidate()
+    client = client_for(gateway_url, registry["secret"])
+    short = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=RESEARCH
+    )
+    mid = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers=SUPPORT
+    )  # the tier-2 model: no condensing, however long
+    assert mid.headers["x-switchyard-model"] == "mistral-small-hosted"
+    assert _calls(fleet, LOCAL) == 0
+    for raw in (short, mid):
+        assert "condensed" not in outcome_of(raw.headers["x-switchyard-decision-id"]).validation
+
+
+def test_a_failed_condensing_call_leaves_the_request_whole(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    fleet.state.configure(LOCAL, fail_rate=None, down=True)
+    client = client_for(gateway_url, registry["secret"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers=RESEARCH
+    )
+    assert raw.headers["x-switchyard-model"] == "gpt-4o"
+    assert raw.parse().choices[0].message.content
+    condensed = outcome_of(raw.headers["x-switchyard-decision-id"]).validation["condensed"]
+    assert condensed["error"] == "HTTP 503" and "input_tokens_after" not in condensed
