@@ -421,6 +421,13 @@ class LearnedRouterStatus(models.TextChoices):
     RETIRED = "retired", "retired"
 
 
+class LearnedRouterRule(models.TextChoices):
+    """How the threshold picks a model (``routing.learned.RULES``, ``learned_choice``)."""
+
+    SUCCESS = "success", "predicted success at least the threshold"
+    GAIN = "gain", "predicted loss against the best at most the threshold"
+
+
 class LearnedRouter(models.Model):
     """One trained version of a task class's learned router, as inspectable data: per model
     the logistic-regression coefficients (JSON floats, never a pickle), the feature-hashing
@@ -439,7 +446,11 @@ class LearnedRouter(models.Model):
     coefficients = models.JSONField()
     threshold = models.FloatField(
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="Route to the cheapest model whose predicted success is at least this",
+        help_text="rule success: route to the cheapest model whose predicted success is at "
+        "least this; rule gain: the cheapest predicted to lose at most this against the best",
+    )
+    rule = models.CharField(
+        max_length=10, choices=LearnedRouterRule.choices, default=LearnedRouterRule.SUCCESS
     )
     l2 = models.FloatField(help_text="L2 penalty of the fit")
     window_start = models.DateTimeField()
@@ -470,6 +481,9 @@ class LearnedRouter(models.Model):
             models.CheckConstraint(
                 condition=Q(threshold__gte=0) & Q(threshold__lte=1),
                 name="learned_router_threshold_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(rule__in=["success", "gain"]), name="learned_router_rule_valid"
             ),
         ]
 

@@ -402,6 +402,7 @@ def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
         hashing=router.hashing,
         threshold=router.threshold,
         coefficients=router.coefficients,
+        rule=router.rule,
     )
 
 

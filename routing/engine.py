@@ -18,7 +18,12 @@ from typing import Final, Literal
 
 from routing import enums
 from routing.confidence import PRIOR_BY_TIER
-from routing.learned import LearnedRouterInfo, predict_success, request_features
+from routing.learned import (
+    LearnedRouterInfo,
+    learned_choice,
+    predict_success,
+    request_features,
+)
 
 __all__ = [
     "BUDGET_SCOPE_VALUES",
@@ -1002,10 +1007,11 @@ def _decide_learned(
     pii: tuple[str, ...],
 ) -> Decision:
     """Learned routing (no policy or budget restriction in effect): among the route's
-    eligible models, the cheapest whose predicted success clears the class threshold;
-    when none does, the strongest (highest tier, then dearest). Fallbacks are the dearer
-    eligible models, cheapest first. Confidence is the chosen model's predicted success
-    (its calibrated class estimate when the router has no model for it)."""
+    eligible models, the one the router's rule picks (``routing.learned.learned_choice``:
+    the cheapest predicted to succeed, or to lose at most the threshold against the best);
+    when none qualifies, the strongest (highest tier, then dearest). Fallbacks are the
+    dearer eligible models, cheapest first. Confidence is the chosen model's predicted
+    success (its calibrated class estimate when the router has no model for it)."""
     features = request_features(
         learned.spec,
         request.prompt,
@@ -1016,12 +1022,8 @@ def _decide_learned(
     tokens = request.input_tokens
     ranked = sorted(accepted, key=lambda e: (_entry_cost(e, tokens), e.tier, e.slug))
     threshold = learned.threshold
-    chosen: _ChainEntry | None = None
-    for entry in ranked:
-        p = predicted.get(entry.slug)
-        if p is not None and p >= threshold:
-            chosen = entry
-            break
+    pick = learned_choice(learned, predicted, [e.slug for e in ranked])
+    chosen = next((e for e in ranked if e.slug == pick), None)
     cleared = chosen is not None
     if chosen is None:
         chosen = max(ranked, key=lambda e: (e.tier, _entry_cost(e, tokens)))
@@ -1050,7 +1052,12 @@ def _decide_learned(
         else:
             reason = f"eligible fallback ({shown})"
         path.append(Candidate(c.model, c.tier, True, reason))
-    if cleared:
+    if cleared and learned.rule == "gain":
+        reason = (
+            f"Learned router v{learned.version} for {plan.task.slug}: {slug} is the cheapest"
+            f" eligible model predicted within {threshold:.2f} of the best ({p_chosen:.2f})."
+        )
+    elif cleared:
         reason = (
             f"Learned router v{learned.version} for {plan.task.slug}: {slug} is the cheapest"
             f" eligible model predicted to succeed ({p_chosen:.2f} >= {threshold:.2f})."
