@@ -394,6 +394,17 @@ def graded_counts() -> dict[tuple[str, str], SuccessCount]:
     }
 
 
+def graded_estimates(task_class: str) -> dict[str, float]:
+    """The calibrated success estimate of every registry model on ``task_class`` (what a
+    decision's confidence is without a learned prediction, routing.confidence)."""
+    from controlplane.models import ModelEndpoint
+    from routing.confidence import success_probabilities
+
+    tiers = dict(ModelEndpoint.objects.values_list("slug", "tier"))
+    estimates = success_probabilities(graded_counts(), tiers, [task_class])
+    return {model: p for (model, _), p in estimates.items()}
+
+
 def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
     """The engine's router from stored data (ValueError if malformed)."""
     return learned_router_from_data(

@@ -237,3 +237,75 @@ def learned_choice(
     else:
         floor = router.threshold
     return next((s for s in known if predicted[s] >= floor), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibrating the threshold to a target
+# --------------------------------------------------------------------------------------------
+
+THRESHOLD_GRID: Final = tuple(i / 100 for i in range(101))
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdPoint:
+    """What a threshold would do to a set of requests."""
+
+    threshold: float
+    strongest_share: float  # share routed to the last (strongest) model of the ladder
+    expected_success: float  # mean predicted success of the chosen models
+    mean_cost: float  # mean relative cost of the chosen models
+
+
+def threshold_curve(
+    router: LearnedRouterInfo,
+    predictions: Sequence[Mapping[str, float]],
+    ladder: Sequence[str],
+    costs: Mapping[str, float],
+    fallback_success: Mapping[str, float],
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> list[ThresholdPoint]:
+    """Every threshold of ``grid`` applied to the requests' predicted successes
+    (``ladder``: the route's models, cheapest first). A model the router has no prediction
+    for counts with ``fallback_success`` (its calibrated class estimate)."""
+    n = max(1, len(predictions))
+    out = []
+    for t in grid:
+        probe = LearnedRouterInfo(
+            router.task_class, router.version, router.spec, t, (), router.rule
+        )
+        strongest = 0
+        success = 0.0
+        cost = 0.0
+        for p in predictions:
+            chosen = learned_choice(probe, p, ladder) or ladder[-1]
+            strongest += chosen == ladder[-1]
+            success += p.get(chosen, fallback_success.get(chosen, 0.0))
+            cost += costs.get(chosen, 0.0)
+        out.append(ThresholdPoint(t, strongest / n, success / n, cost / n))
+    return out
+
+
+def threshold_for_target(
+    points: Sequence[ThresholdPoint], *, kind: str, target: float
+) -> tuple[ThresholdPoint, bool]:
+    """The point of ``points`` that meets the target, and whether it is met.
+
+    - ``strong_share``: the share on the strongest model closest to ``target`` (ties: the
+      cheaper, then the threshold nearer the middle of the grid's range); met within 0.02.
+    - ``quality``: the cheapest point whose expected success is at least ``target``
+      (ties: the higher expected success); none: the one with the highest expected
+      success, not met."""
+    if not points:
+        raise ValueError("no thresholds to choose from")
+    if kind == "strong_share":
+        best = min(
+            points,
+            key=lambda p: (round(abs(p.strongest_share - target), 6), p.mean_cost, p.threshold),
+        )
+        return best, abs(best.strongest_share - target) <= 0.02
+    if kind == "quality":
+        meeting = [p for p in points if p.expected_success >= target]
+        if meeting:
+            return min(meeting, key=lambda p: (p.mean_cost, -p.expected_success)), True
+        return max(points, key=lambda p: (p.expected_success, -p.mean_cost)), False
+    raise ValueError(f"unknown target kind {kind!r}")

@@ -341,9 +341,16 @@ def learned_router_rethreshold(router: LearnedRouter, *, threshold: float) -> Le
         )
 
 
-def learned_router_propose(router: LearnedRouter, *, user: Any = None) -> Proposal | None:
+def learned_router_propose(
+    router: LearnedRouter,
+    *,
+    user: Any = None,
+    calibration: dict[str, Any] | None = None,
+    title: str | None = None,
+) -> Proposal | None:
     """Propose routing ``router``'s class by it (a Reviewer approves; see proposal_apply).
-    None when an equivalent proposal is already open."""
+    None when an equivalent proposal is already open. ``calibration``: the evidence of a
+    threshold re-calibrated to a target (``evaluation.services.thresholds``)."""
     from evaluation.services.proposals import proposal_create
 
     if router.status != LearnedRouterStatus.CANDIDATE:
@@ -371,10 +378,13 @@ def learned_router_propose(router: LearnedRouter, *, user: Any = None) -> Propos
         "window": [router.window_start.isoformat(), router.window_end.isoformat()],
         "samples": router.samples,
         "metrics": router.metrics,
+        "rule": router.rule,
         "example_sample_ids": [],
     }
+    if calibration is not None:
+        evidence["calibration"] = calibration
     share = router.metrics.get("routing", {}).get("strongest_share")
-    title = (
+    title = title or (
         f"{task_class.slug}: route by learned router v{router.version}"
         f" (threshold {router.threshold:.2f}"
         + (f", {share:.0%} to the strongest model)" if share is not None else ")")

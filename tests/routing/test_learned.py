@@ -228,3 +228,27 @@ def test_rule_values_are_the_models_choices() -> None:
     from routing.learned import RULES
 
     assert tuple(LearnedRouterRule.values) == RULES
+
+
+def test_threshold_curve_and_targets() -> None:
+    from routing.learned import threshold_curve, threshold_for_target
+
+    router = _router(0.8)
+    prompts = ["hard"] * 3 + ["what is two plus two"] * 7
+    predictions = [predict_success(router, request_features(SPEC, p)) for p in prompts]
+    ladder = ["local", "mid", "big"]
+    costs = {"local": 0.01, "mid": 0.1, "big": 1.0}
+    points = threshold_curve(router, predictions, ladder, costs, {"big": 0.97})
+    assert [p.threshold for p in points][:3] == [0.0, 0.01, 0.02]
+    # Rule success: a higher threshold never sends less to the strongest model.
+    shares = [p.strongest_share for p in points]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+    share, met = threshold_for_target(points, kind="strong_share", target=0.3)
+    assert met and share.strongest_share == pytest.approx(0.3)
+    quality, met = threshold_for_target(points, kind="quality", target=0.9)
+    assert met and quality.expected_success >= 0.9
+    assert all(p.expected_success < 0.9 for p in points if p.mean_cost < quality.mean_cost)
+    best, met = threshold_for_target(points, kind="quality", target=0.999)
+    assert not met and best.expected_success == max(p.expected_success for p in points)
+    with pytest.raises(ValueError, match="kind"):
+        threshold_for_target(points, kind="latency", target=0.1)
