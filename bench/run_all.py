@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [
     "bench_engine.py",
+    "bench_strategies.py",
     "bench_pii.py",
     "bench_decision_api.py",
     "bench_dashboards.py",

@@ -24,6 +24,7 @@ from routing.learned import (
     predict_success,
     request_features,
 )
+from routing.semantic import SemanticMatch, SemanticRouterInfo
 
 __all__ = [
     "BUDGET_SCOPE_VALUES",
@@ -54,7 +55,7 @@ __all__ = [
     "snapshot_build",
 ]
 
-Strategy = Literal["rule", "policy", "budget", "fallback", "learned"]
+Strategy = Literal["rule", "policy", "budget", "fallback", "learned", "semantic"]
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
 TIER_VALUES: Final = enums.values(enums.Tier)
@@ -241,6 +242,7 @@ class _Plan:
     base_budgets: tuple[_BudgetEntry, ...]  # global + this task class, in snapshot order
     quality: Mapping[str, float]  # calibrated success probability by model slug
     learned: LearnedRouterInfo | None = None  # when the route's strategy is "learned"
+    semantic: SemanticRouterInfo | None = None  # when the route's strategy is "semantic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,7 @@ class Snapshot:
     quality: dict[tuple[str, str], float] = field(default_factory=dict)
     index: SnapshotIndex | None = field(default=None, repr=False, compare=False)
     learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # by task class
+    semantic: dict[str, SemanticRouterInfo] = field(default_factory=dict)  # by task class
 
     @classmethod
     def build(
@@ -284,6 +287,7 @@ class Snapshot:
         budgets: Iterable[BudgetState] = (),
         quality: Mapping[tuple[str, str], float] | None = None,
         learned: Mapping[str, LearnedRouterInfo] | None = None,
+        semantic: Mapping[str, SemanticRouterInfo] | None = None,
     ) -> Snapshot:
         """Same as :func:`snapshot_build`."""
         return snapshot_build(
@@ -294,6 +298,7 @@ class Snapshot:
             budgets=budgets,
             quality=quality,
             learned=learned,
+            semantic=semantic,
         )
 
 
@@ -490,6 +495,7 @@ def _build_index(
     budgets: tuple[BudgetState, ...],
     quality: Mapping[tuple[str, str], float],
     learned: Mapping[str, LearnedRouterInfo] | None = None,
+    semantic: Mapping[str, SemanticRouterInfo] | None = None,
 ) -> SnapshotIndex:
     entries = [_budget_entry(i, b) for i, b in enumerate(budgets)]
     global_budgets = tuple(e for e in entries if e.state.scope == "global")
@@ -546,6 +552,7 @@ def _build_index(
             base_budgets=tuple(base),
             quality=quality_by_task.get(slug, {}),
             learned=(learned or {}).get(slug) if route.strategy == "learned" else None,
+            semantic=(semantic or {}).get(slug) if route.strategy == "semantic" else None,
         )
 
     active_ranked = tuple(
@@ -574,6 +581,7 @@ def snapshot_build(
     budgets: Iterable[BudgetState] = (),
     quality: Mapping[tuple[str, str], float] | None = None,
     learned: Mapping[str, LearnedRouterInfo] | None = None,
+    semantic: Mapping[str, SemanticRouterInfo] | None = None,
 ) -> Snapshot:
     """Validate the inputs and build a :class:`Snapshot` with its precomputed index.
 
@@ -588,6 +596,7 @@ def snapshot_build(
     budget_tuple = tuple(budgets)
     quality_map = dict(quality) if quality else {}
     learned_map = dict(learned) if learned else {}
+    semantic_map = dict(semantic) if semantic else {}
     _validate(model_map, task_map, budget_tuple)
     return Snapshot(
         version=version,
@@ -596,8 +605,11 @@ def snapshot_build(
         routes=route_map,
         budgets=budget_tuple,
         quality=quality_map,
-        index=_build_index(model_map, task_map, route_map, budget_tuple, quality_map, learned_map),
+        index=_build_index(
+            model_map, task_map, route_map, budget_tuple, quality_map, learned_map, semantic_map
+        ),
         learned=learned_map,
+        semantic=semantic_map,
     )
 
 
@@ -611,6 +623,7 @@ def _index_of(snapshot: Snapshot) -> SnapshotIndex:
             snapshot.budgets,
             snapshot.quality,
             snapshot.learned,
+            snapshot.semantic,
         )
     return index
 
@@ -724,7 +737,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        selected model's output cap (min of task class default and model maximum).
 
     A route with strategy ``learned`` and an active learned router, with no local-only or
-    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead.
+    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead. A route
+    with strategy ``semantic`` (same conditions) first matches the prompt against its
+    semantic routes (``routing.semantic``): when the best route's similarity clears its
+    threshold and its model was accepted, that model is selected (strategy ``semantic``,
+    the other accepted candidates as fallbacks); otherwise the rule decides and the reason
+    says why no semantic route was taken.
     """
     index = snapshot.index
     if index is None:
@@ -886,6 +904,17 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
         return _decide_learned(
             request, snapshot, plan, learned, accepted, candidates, actions, views, pii
         )
+    semantic_note = ""
+    semantic = plan.semantic
+    if semantic is not None and not local_reason and downgrade is None:
+        views = tuple([e.view for e in applicable])
+        match = semantic.match(request.prompt)
+        target = _semantic_entry(match, accepted)
+        if match is not None and target is not None:
+            return _decide_semantic(
+                snapshot, plan, match, target, accepted, candidates, actions, views, pii
+            )
+        semantic_note = _semantic_miss(match, accepted)
     chosen = accepted[0]
     model = chosen.model
     assert model is not None  # accepted entries always carry a model
@@ -940,6 +969,8 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
 
     if strategy == "rule":
         reason = f"Routed {task_slug} to {slug} by routing table v{snapshot.version} rule."
+        if semantic_note:
+            reason = f"{semantic_note} {reason}"
     elif strategy == "fallback":
         reason = f"Primary {plan.primary_slug} rejected ({primary_reason}): fell back to {slug}."
     elif kind == _KIND_TIER and downgrade is not None:
@@ -1074,6 +1105,75 @@ def _decide_learned(
         reason=reason,
         confidence=confidence,
         fallbacks=fallbacks,
+        max_output_tokens=chosen.cap,
+        handoff_required=plan.high_risk,
+        pii_types_found=pii,
+        policy_actions=tuple(actions),
+        budgets=budgets,
+        candidates=tuple(path),
+        routing_table_version=snapshot.version,
+        local_only=False,
+    )
+
+
+def _semantic_entry(match: SemanticMatch | None, accepted: list[_ChainEntry]) -> _ChainEntry | None:
+    """The accepted candidate the matched semantic route sends to, if it matched."""
+    if match is None or not match.matched:
+        return None
+    return next((e for e in accepted if e.slug == match.route.model), None)
+
+
+def _semantic_miss(match: SemanticMatch | None, accepted: list[_ChainEntry]) -> str:
+    if match is None:
+        return "No prompt to match semantic routes against."
+    name, score, threshold = match.route.name, match.score, match.route.threshold
+    if not match.matched:
+        return f"No semantic route matched (best {name!r} {score:.2f} < {threshold:.2f})."
+    return (
+        f"Semantic route {name!r} matched ({score:.2f}) but its model"
+        f" {match.route.model} is not eligible."
+    )
+
+
+def _decide_semantic(
+    snapshot: Snapshot,
+    plan: _Plan,
+    match: SemanticMatch,
+    chosen: _ChainEntry,
+    accepted: list[_ChainEntry],
+    candidates: list[Candidate],
+    actions: list[str],
+    budgets: tuple[BudgetView, ...],
+    pii: tuple[str, ...],
+) -> Decision:
+    """The matched semantic route's model; the other accepted candidates (chain order) are
+    its fallbacks; confidence is the model's calibrated estimate on the class."""
+    model = chosen.model
+    assert model is not None
+    slug = model.slug
+    path: list[Candidate] = []
+    for c in candidates:
+        if c.accepted and c.model == slug:
+            reason = f"selected (semantic route {match.route.name!r}, similarity {match.score:.2f})"
+            path.append(Candidate(c.model, c.tier, True, reason))
+        elif c.accepted:
+            path.append(Candidate(c.model, c.tier, True, "eligible fallback"))
+        else:
+            path.append(c)
+    scores = ", ".join(f"{name} {score:.2f}" for name, score in match.scores)
+    confidence = plan.quality.get(slug)
+    if confidence is None:
+        confidence = DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7)
+    return Decision(
+        model=model,
+        strategy="semantic",
+        reason=(
+            f"Semantic route {match.route.name!r} of {plan.task.slug} matched the prompt"
+            f" (similarity {match.score:.2f} >= {match.route.threshold:.2f}; routes: {scores}):"
+            f" routed to {slug}."
+        ),
+        confidence=min(1.0, max(0.0, confidence)),
+        fallbacks=tuple(e.fallback for e in accepted if e is not chosen and e.fallback is not None),
         max_output_tokens=chosen.cap,
         handoff_required=plan.high_risk,
         pii_types_found=pii,
