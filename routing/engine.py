@@ -55,7 +55,7 @@ __all__ = [
     "snapshot_build",
 ]
 
-Strategy = Literal["rule", "policy", "budget", "fallback", "learned", "semantic"]
+Strategy = Literal["rule", "policy", "budget", "fallback", "learned", "semantic", "llm"]
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
 TIER_VALUES: Final = enums.values(enums.Tier)
@@ -357,6 +357,8 @@ class Decision:
     candidates: tuple[Candidate, ...]
     routing_table_version: int
     local_only: bool
+    # The LLM router's call (routing/llm_router.py), set by the decision pipeline; on the path.
+    router_call: Mapping[str, object] | None = None
 
 
 # --------------------------------------------------------------------------------------------

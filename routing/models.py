@@ -58,3 +58,48 @@ class SemanticRoute(models.Model):
         if not texts:
             raise ValidationError({"utterances": "Give at least one example utterance."})
         self.utterances = texts
+
+
+class LlmRouter(models.Model):
+    """A class decided by asking a small local model (``routing.llm_router``): after the
+    engine's decision, the router model picks among the eligible candidates from their
+    descriptions and the request, within ``timeout_ms`` (else the rule stands). Audited; a
+    change reaches every decider with the registry generation."""
+
+    task_class = models.OneToOneField(TaskClass, on_delete=models.CASCADE, related_name="+")
+    router_model = models.ForeignKey(
+        ModelEndpoint,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="A local model: the request text is sent to it",
+    )
+    timeout_ms = models.PositiveIntegerField(
+        default=800, validators=[MinValueValidator(50), MaxValueValidator(10_000)]
+    )
+    descriptions = models.JSONField(
+        default=dict, blank=True, help_text='What each candidate is good at: {"slug": "text"}'
+    )
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["task_class__slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(timeout_ms__gte=50) & Q(timeout_ms__lte=10_000),
+                name="llm_router_timeout_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class_id}: LLM router {self.router_model_id}"
+
+    def clean(self) -> None:
+        if self.router_model_id and self.router_model.locality != "local":
+            raise ValidationError(
+                {"router_model": "The router model must be local: the request is sent to it."}
+            )
+        if not isinstance(self.descriptions, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.descriptions.items()
+        ):
+            raise ValidationError({"descriptions": 'A map of model slug to text: {"slug": "…"}.'})

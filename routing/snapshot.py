@@ -71,7 +71,8 @@ from routing.engine import (
     snapshot_build,
 )
 from routing.learned import LearnedRouterInfo
-from routing.models import SemanticRoute
+from routing.llm_router import LlmRouterInfo
+from routing.models import LlmRouter, SemanticRoute
 from routing.pricing import next_price_change, price_in_force, price_schedule
 from routing.semantic import SemanticRoute as SemanticRouteInfo
 from routing.semantic import SemanticRouterInfo, backend_factory, semantic_router_build
@@ -113,6 +114,7 @@ class _Static:
     prices_until: datetime | None  # when the next dated price takes effect
     learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # active, by class
     semantic: dict[str, SemanticRouterInfo] = field(default_factory=dict)  # by class
+    llm_routers: dict[str, LlmRouterInfo] = field(default_factory=dict)  # enabled, by class
 
 
 def _models_priced(
@@ -210,6 +212,7 @@ def _static_load(now: datetime) -> _Static:
     models, schedules = _models_load()
     learned = _learned_load()
     semantic = _semantic_load(routes)
+    llm_routers = _llm_routers_load()
     static = _Static(
         version=active.number if active else 0,
         models=models,
@@ -221,6 +224,7 @@ def _static_load(now: datetime) -> _Static:
         prices_until=None,
         learned=learned,
         semantic=semantic,
+        llm_routers=llm_routers,
     )
     return _static_repriced(static, now)
 
@@ -262,6 +266,19 @@ def _semantic_load(routes: dict[str, RouteInfo]) -> dict[str, SemanticRouterInfo
         except ValueError:
             logger.warning("semantic routes of %s do not build; skipped", slug, exc_info=True)
     return out
+
+
+def _llm_routers_load() -> dict[str, LlmRouterInfo]:
+    """The enabled LLM routers by task class (routing.llm_router)."""
+    return {
+        r.task_class.slug: LlmRouterInfo(
+            task_class=r.task_class.slug,
+            router_model=r.router_model.slug,
+            timeout_ms=r.timeout_ms,
+            descriptions={str(k): str(v) for k, v in (r.descriptions or {}).items()},
+        )
+        for r in LlmRouter.objects.filter(enabled=True).select_related("task_class", "router_model")
+    }
 
 
 def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetState, ...]:
@@ -469,6 +486,11 @@ class RegistryCache:
             self._reprice_now()
         assert self._snapshot is not None
         return self._snapshot
+
+    def llm_router(self, task_class: str) -> LlmRouterInfo | None:
+        self._refresh()
+        assert self._static is not None
+        return self._static.llm_routers.get(task_class)
 
     def extras(self, task_class: str) -> TaskClassExtras | None:
         self._refresh()
