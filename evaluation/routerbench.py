@@ -18,6 +18,10 @@ Routers:
   one model per tier predicting its success; the score is the predicted success of the
   weak model minus the strong model's — the ``gain`` rule of ``routing.learned``, so the
   threshold sweep is exactly what the product would route.
+- ``semantic``: the product's semantic router (``routing.semantic``, default hashed TF-IDF
+  backend fitted on the training prompts) with two routes defined by the training prompts
+  as utterances — "weak" (the weak model was enough) and "strong" (only the strong model
+  was right); the score is the weak route's best similarity minus the strong route's.
 - ``cascade`` (GSM8K, where the weak model's answers exist): ``routing.cascade`` on the
   weak model's recorded answer, the learned prediction as its prior.
 
@@ -42,10 +46,11 @@ from evaluation.logreg import design, group_folds, l2_choose, logistic_fit, pred
 from routing.cascade import CascadeAttempt, cascade_judge
 from routing.confidence import brier_score
 from routing.learned import HashingSpec, request_features
+from routing.semantic import HashedTfidf
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
-ROUTERS = ("random", "length", "learned", "cascade", "oracle")
+ROUTERS = ("random", "length", "learned", "semantic", "cascade", "oracle")
 csv.field_size_limit(1 << 26)
 
 
@@ -201,6 +206,40 @@ def learned_scores(
     )
 
 
+def semantic_scores(
+    rows: Sequence[Row], *, train_rows: Sequence[Row] = (), folds: int = 5
+) -> list[float]:
+    """Held-out scores of the two-route semantic router (see the module docstring): each
+    route's score is its most similar example, as ``SemanticRouterInfo.match`` computes it
+    (here for many prompts at once, in blocks)."""
+    everything = [*train_rows, *rows]
+    offset = len(train_rows)
+    if train_rows:
+        splits = [(list(range(offset)), list(range(offset, len(everything))))]
+    else:
+        fold = group_folds([r.group for r in rows], folds)
+        splits = [
+            ([i for i in range(len(rows)) if fold[i] != f],
+             [i for i in range(len(rows)) if fold[i] == f])
+            for f in range(folds)
+        ]  # fmt: skip
+    needs_strong = np.asarray([(not r.weak) and r.strong for r in everything])
+    out = np.zeros(len(rows))
+    for train, test in splits:
+        strong_side = needs_strong[train]
+        if not train or not test or strong_side.all() or not strong_side.any():
+            continue
+        backend = HashedTfidf()
+        backend.fit([everything[i].prompt for i in train])
+        examples = backend.embed([everything[i].prompt for i in train])
+        for start in range(0, len(test), 512):
+            block = test[start : start + 512]
+            similarity = backend.embed([everything[i].prompt for i in block]) @ examples.T
+            score = similarity[:, ~strong_side].max(axis=1) - similarity[:, strong_side].max(axis=1)
+            out[[i - offset for i in block]] = score
+    return [float(v) for v in out]
+
+
 # --------------------------------------------------------------------------------------------
 # Running the routers
 # --------------------------------------------------------------------------------------------
@@ -223,6 +262,7 @@ def evaluate(
         "random": [rng.random() for _ in rows],
         "length": [-float(len(r.prompt)) for r in rows],
         "learned": [w - s for w, s in zip(learned.p_weak, learned.p_strong, strict=True)],
+        "semantic": semantic_scores(rows, train_rows=train_rows, folds=folds),
         "oracle": [1.0 if r.weak or not r.strong else 0.0 for r in rows],
     }
     cascade: list[float] = []

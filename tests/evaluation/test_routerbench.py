@@ -95,16 +95,19 @@ def test_routerbench_holds_out_domains_and_reports_every_router(
     mmlu, gsm8k = results["mmlu"], results["gsm8k"]
     assert isinstance(mmlu, dict) and isinstance(gsm8k, dict)
     assert mmlu["prompts"] == 600 and gsm8k["prompts"] == 240
-    assert set(mmlu) >= {"random", "length", "learned", "oracle"} and "cascade" not in mmlu
-    assert {"random", "length", "learned", "cascade", "oracle"} <= set(gsm8k)
+    assert set(mmlu) >= {"random", "length", "learned", "semantic", "oracle"}
+    assert "cascade" not in mmlu
+    assert {"random", "length", "learned", "semantic", "cascade", "oracle"} <= set(gsm8k)
     for res in (mmlu, gsm8k):
-        for router in ("random", "length", "learned", "oracle"):
+        for router in ("random", "length", "learned", "semantic", "oracle"):
             assert 0.0 <= res[router]["cpt50"] <= 1.0
             assert 0.0 <= res[router]["cpt80"] <= 1.0
     # Held-out domains: the words that make a question hard carry over; the domain does not.
     assert mmlu["learned"]["apgr"] > mmlu["random"]["apgr"] + 0.15
     assert mmlu["learned"]["cpt50"] < 0.4
     assert mmlu["learned"]["brier"] < mmlu["learned"]["brier_base_rate"]
+    # The semantic router's examples carry the hard words too.
+    assert mmlu["semantic"]["apgr"] > mmlu["random"]["apgr"] + 0.05
     # Each fold chose its own penalty on its training part.
     assert len(mmlu["learned"]["l2_chosen"]["weak"]) == 5
     # The cascade reads the weak model's answer: hedges without a number escalate.
