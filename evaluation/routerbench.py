@@ -223,7 +223,7 @@ def semantic_scores(
              [i for i in range(len(rows)) if fold[i] == f])
             for f in range(folds)
         ]  # fmt: skip
-    needs_strong = np.asarray([(not r.weak) and r.strong for r in everything])
+    needs_strong = np.asarray([(not r.weak) and r.strong for r in everything], dtype=bool)
     out = np.zeros(len(rows))
     for train, test in splits:
         strong_side = needs_strong[train]
@@ -235,7 +235,8 @@ def semantic_scores(
         for start in range(0, len(test), 512):
             block = test[start : start + 512]
             similarity = backend.embed([everything[i].prompt for i in block]) @ examples.T
-            score = similarity[:, ~strong_side].max(axis=1) - similarity[:, strong_side].max(axis=1)
+            weak_side = np.logical_not(strong_side)
+            score = similarity[:, weak_side].max(axis=1) - similarity[:, strong_side].max(axis=1)
             out[[i - offset for i in block]] = score
     return [float(v) for v in out]
 
