@@ -30,6 +30,7 @@ from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
 from tests import factories
 from tests.browser import roles_ensure
+from tests.conftest import client_for
 
 CLASS = "multi-step-reasoning"
 
@@ -164,6 +165,11 @@ def test_live_decisions_are_routed_by_the_fleet_router_model(
     call = stored.path["llm_router"]
     assert call["router_model"] == "router-local" and call["status"] == "ok"
     assert call["applied"] and call["answer"] == call["choice"] and call["latency_ms"] > 0
+    viewer = client_for("Viewer")
+    page = viewer.get(f"/decisions/{stored.id}/")
+    assert page.status_code == 200
+    assert b'data-testid="llm-router-call"' in page.content
+    assert b'data-testid="llm-router"' in viewer.get(f"/dashboards/task-classes/{CLASS}/").content
     # Personal data: the restriction decides, the router is not asked.
     personal = post("Call me at +44 20 7946 0958: what is 2 + 2?")
     assert personal["strategy"] == "policy"

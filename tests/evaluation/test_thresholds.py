@@ -66,6 +66,10 @@ def test_share_target_proposes_a_new_threshold_with_evidence(serving: dict[str, 
     assert b"0.20 of traffic on the strongest model" in page.content
     target.refresh_from_db()
     assert target.last_result["status"] == "proposed" and target.last_run_at is not None
+    dashboard = client_for("Viewer").get(f"/dashboards/task-classes/{serving['class'].slug}/")
+    text = dashboard.content.decode()
+    assert "learned router v1" in text and "threshold 0.80" in text
+    assert 'data-testid="threshold-target"' in text and "proposed" in text
     # While it waits for a Reviewer nothing more is proposed.
     assert learned_threshold_calibrate(target)["status"] == "proposal_open"
     services.proposal_approve(proposal=proposal, user=factories.user_create("Reviewer"))

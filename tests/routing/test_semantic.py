@@ -36,6 +36,7 @@ from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
 from tests import factories
 from tests.browser import roles_ensure
+from tests.conftest import client_for
 
 # Generated utterances: a topic's verbs and objects combined with framings.
 TOPICS = {
@@ -265,6 +266,8 @@ def test_decision_api_serves_stored_semantic_routes(client: Client) -> None:
     stored = DecisionRecord.objects.get(id=billing["decision_id"])
     assert stored.strategy == "semantic"
     assert any("semantic route 'billing'" in c["reason"] for c in stored.path["candidates"])
+    page = client_for("Viewer").get("/dashboards/task-classes/support/").content.decode()
+    assert 'data-testid="semantic-routes"' in page and "<td>billing</td>" in page
     weather = post("What will the weather be like in Lisbon tomorrow?")
     assert weather["strategy"] == "rule" and weather["model"]["slug"] == "mid-cloud"
     # An edit reaches the deciders with the registry generation: the legal route now
