@@ -8,6 +8,11 @@
    characters, some with personal data) to /api/v1/decisions.
 5. Steady: an open-loop generator at 300 requests/s; p50/p95/p99 from scheduled send time.
 6. Afterwards the stored decisions are counted: every 2xx must have its row (``lost``).
+7. Strategies: every route switched (a new routing-table version) to ``learned`` (an
+   active stored-format router per class: three models × 4,096 hashed features, weights
+   drawn at random — the cost does not depend on them), then to ``semantic`` (ten semantic
+   routes of 20 generated utterances per class), then back to the rule; 10 s of wrk
+   saturation each. The issue's target: learned ≥ 0.8 × rule in the same run.
 
 Run with ``make bench`` (or ``python -m controlplane.stack exec .venv/bin/python
 bench/bench_decision_api.py``). Writes bench/results/decision_api.json.
@@ -159,6 +164,56 @@ def stored_ids(url: str, ids: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+STRATEGY_SETUP = """
+import random
+from controlplane import services
+from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, VersionStatus
+from evaluation.models import LearnedRouter
+from evaluation.workload import TASK_CLASSES, workload_items
+from routing.learned import HashingSpec
+from routing.models import SemanticRoute
+from django.utils import timezone
+
+strategy = "{strategy}"
+active = RoutingTableVersion.objects.get(status=VersionStatus.ACTIVE)
+routes = list(Route.objects.filter(version=active).select_related("task_class", "primary"))
+rng = random.Random(5)
+spec = HashingSpec()
+now = timezone.now()
+for route in routes:
+    tc = route.task_class
+    models = [route.primary.slug, *route.fallbacks]
+    if strategy == "learned" and not LearnedRouter.objects.filter(task_class=tc).exists():
+        LearnedRouter.objects.create(
+            task_class=tc, version=1, status="active", hashing=spec.as_dict(), threshold=0.8,
+            coefficients={{
+                m: {{"intercept": 1.0, "weights": [rng.gauss(0, 0.3) for _ in range(spec.width)]}}
+                for m in models
+            }},
+            l2=0.0, window_start=now, window_end=now,
+        )
+    if strategy == "semantic" and not SemanticRoute.objects.filter(task_class=tc).exists():
+        for i, other in enumerate(TASK_CLASSES):
+            SemanticRoute.objects.create(
+                task_class=tc, name=other,
+                model=ModelEndpoint.objects.get(slug=models[i % len(models)]),
+                utterances=[item.prompt for item in workload_items(other, size=20)],
+            )
+draft = services.routing_version_draft_create(based_on=active)
+for route in Route.objects.filter(version=draft):
+    route.strategy = strategy
+    route.save(update_fields=["strategy"])
+services.routing_version_activate(version=draft)
+"""
+
+
+def strategy_switch(py: str, env: dict[str, str], strategy: str) -> None:
+    """Every route of the active table switched to ``strategy`` (a new version)."""
+    script = STRATEGY_SETUP.format(strategy=strategy)
+    subprocess.run([py, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True)
+    time.sleep(2)  # every worker's generation check (0.5 s) and snapshot rebuild
+
+
 def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is missing: `make bench` installs it (apt-get install wrk)")
@@ -298,13 +353,31 @@ def main() -> int:
                 "lost": 0,
             },
         }
+        by_strategy: dict[str, list[float]] = {"rule": []}
+        for strategy in ("learned", "semantic", "rule"):
+            strategy_switch(py, env, strategy)
+            run_wrk(f"http://127.0.0.1:{PORT}", 2, 16, script)  # warm the new snapshot
+            run = run_wrk(f"http://127.0.0.1:{PORT}", 10, 32, script)
+            ok = run["requests"] - run["non_2xx"]
+            by_strategy.setdefault(strategy, []).append(
+                round(run["rps"] * ok / max(1, run["requests"]), 1)
+            )
+        by_strategy["rule"].insert(0, result["saturation_rps"])
+        rule_rps = sum(by_strategy["rule"]) / len(by_strategy["rule"])
+        result["saturation_by_strategy"] = {
+            "rps": by_strategy,
+            "learned_vs_rule": round(by_strategy["learned"][0] / rule_rps, 3),
+            "semantic_vs_rule": round(by_strategy["semantic"][0] / rule_rps, 3),
+            "target_learned_vs_rule": 0.8,
+        }
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
         print(
             f"decision API: saturation {result['saturation_rps']}/s, ceiling "
             f"{result['ceiling_rps']}/s, ratio {result['ratio']}, steady "
             f"{result['steady_rps']}/s p50 {result['p50_ms']} ms p95 {result['p95_ms']} ms "
-            f"p99 {result['p99_ms']} ms, lost {result['lost']}"
+            f"p99 {result['p99_ms']} ms, lost {result['lost']}; saturation by strategy "
+            f"{json.dumps(result['saturation_by_strategy'])}"
         )
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)

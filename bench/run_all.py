@@ -3,10 +3,16 @@
 Started by ``make bench`` with the embedded PostgreSQL/Redis up (or DATABASE_URL set).
 Installs wrk (Debian package) if it is missing: the decision API benchmark drives the
 saturation phase with it.
+
+Routing quality (``manage.py routerbench``) runs only when ``ROUTERBENCH_DATA`` names a
+RouteLLM-format directory (for example ``ROUTERBENCH_DATA=../shared/data/routellm``), read
+in place; it writes bench/results/routing_quality.json. Without it, it says it skipped and
+writes nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [
     "bench_engine.py",
+    "bench_strategies.py",
     "bench_pii.py",
     "bench_decision_api.py",
     "bench_dashboards.py",
@@ -31,9 +38,23 @@ def ensure_wrk() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
 
 
+def routerbench() -> bool:
+    """Routing quality on ROUTERBENCH_DATA, if set. False if it failed."""
+    data = os.environ.get("ROUTERBENCH_DATA", "").strip()
+    print("== routerbench", flush=True)
+    if not data:
+        print("routerbench skipped: set ROUTERBENCH_DATA to a RouteLLM-format directory")
+        return True
+    out = ROOT / "bench" / "results" / "routing_quality.json"
+    command = [sys.executable, "manage.py", "routerbench", data, "--out", str(out)]
+    return subprocess.call(command, cwd=ROOT) == 0
+
+
 def main() -> int:
     ensure_wrk()
     failed = []
+    if not routerbench():
+        failed.append("routerbench")
     for name in BENCHES:
         path = ROOT / "bench" / name
         if not path.exists():

@@ -21,6 +21,7 @@ from django.dispatch import receiver
 from django.forms.models import model_to_dict
 
 from controlplane import models as registry
+from routing.models import LlmRouter, SemanticRoute
 
 _actor: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.ContextVar(
     "audit_actor", default=None
@@ -37,6 +38,8 @@ AUDITED: tuple[type[models.Model], ...] = (
     registry.Team,
     registry.Application,
     registry.ApiKey,
+    SemanticRoute,  # part of how a class is routed (routing.semantic)
+    LlmRouter,  # likewise (routing.llm_router)
 )
 # Never copied into the audit log.
 _HIDDEN_FIELDS = {"secret_hash"}

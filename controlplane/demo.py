@@ -217,6 +217,25 @@ ROUTES_V2: dict[str, tuple[str, list[str]]] = {
     "customer-reply-draft": ("claude-sonnet", ["gpt-4o"]),
 }
 
+# v2 routes intent detection semantically: upset customers (costly to misread) go to the
+# mid model; everything else stays on the route's rule (the local 8B). The prompts share a
+# long instruction, so similarities are low overall: on the generated workload complaints
+# score 0.27–0.41 against these examples, every other intent at most 0.24.
+SEMANTIC_CLASS = "intent-detection"
+SEMANTIC_ROUTES: list[tuple[str, str, float, list[str]]] = [
+    (
+        "upset-customer",
+        "gpt-4o-mini",
+        0.26,
+        [
+            "This is the third time the product broke, your support is useless.",
+            "Your courier was rude and my parcel was left outside in the rain.",
+            "I am really annoyed, nobody answers my emails.",
+            "Terrible service, the replacement broke again after a week.",
+        ],
+    ),
+]
+
 TEAMS = [
     ("support", "Customer Support", "support-desk", "2500"),
     ("analytics", "Analytics", "bi-assistant", "900"),
@@ -234,7 +253,11 @@ USERS = [
 FIELD_SCHEMA: dict[str, Any] = INVOICE_SCHEMA
 
 
-def _routes_apply(version: RoutingTableVersion, table: dict[str, tuple[str, list[str]]]) -> None:
+def _routes_apply(
+    version: RoutingTableVersion,
+    table: dict[str, tuple[str, list[str]]],
+    strategies: dict[str, str] | None = None,
+) -> None:
     models = {m.slug: m for m in ModelEndpoint.objects.all()}
     for task_class in TaskClass.objects.all():
         primary, fallbacks = table[task_class.slug]
@@ -244,6 +267,23 @@ def _routes_apply(version: RoutingTableVersion, table: dict[str, tuple[str, list
             primary=models[primary],
             fallbacks=fallbacks,
             escalate_confidence_below=Decimal("0.60") if models[primary].tier == 1 else None,
+            strategy=(strategies or {}).get(task_class.slug, "rule"),
+        )
+
+
+def _semantic_routes_load() -> None:
+    from routing.models import SemanticRoute
+
+    task_class = TaskClass.objects.get(slug=SEMANTIC_CLASS)
+    for name, model, threshold, utterances in SEMANTIC_ROUTES:
+        SemanticRoute.objects.get_or_create(
+            task_class=task_class,
+            name=name,
+            defaults={
+                "model": ModelEndpoint.objects.get(slug=model),
+                "threshold": threshold,
+                "utterances": utterances,
+            },
         )
 
 
@@ -298,10 +338,11 @@ def demo_registry_load() -> None:
             v2 = services.routing_version_draft_create(
                 based_on=v1, note="Routine classes move to the local 8B/7B models."
             )
-            _routes_apply(v2, ROUTES_V2)
+            _routes_apply(v2, ROUTES_V2, {SEMANTIC_CLASS: "semantic"})
             services.routing_version_activate(version=v2, comment="tier-1 rollout")
             when = now - timedelta(days=16)
             RoutingTableVersion.objects.filter(pk=v2.pk).update(created_at=when, activated_at=when)
+        _semantic_routes_load()
         for slug, name, app_slug, limit in TEAMS:
             team = services.team_get_or_create(slug=slug, name=name)
             services.application_get_or_create(slug=app_slug, team=team, name=app_slug)

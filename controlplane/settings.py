@@ -307,8 +307,18 @@ SWITCHYARD_CONFIDENCE_REFRESH_S = env_int("SWITCHYARD_CONFIDENCE_REFRESH_S", 300
 # Learned routers: trained on this many recent days of graded decisions, this often.
 SWITCHYARD_LEARNED_WINDOW_DAYS = env_int("SWITCHYARD_LEARNED_WINDOW_DAYS", 30)
 SWITCHYARD_LEARNED_TRAIN_EVERY_S = env_int("SWITCHYARD_LEARNED_TRAIN_EVERY_S", 86400)
+# Semantic routes' embedding backend (routing/semantic.py): "hashed" (character n-gram
+# TF-IDF, nothing to download) or "sentence-transformers:/local/model/dir" (that package must
+# be installed separately; it is not a dependency).
+SWITCHYARD_SEMANTIC_BACKEND = env_str("SWITCHYARD_SEMANTIC_BACKEND", "hashed")
+# Learned-router thresholds re-calibrated to their targets this often (seconds).
+SWITCHYARD_THRESHOLD_CALIBRATE_EVERY_S = env_int("SWITCHYARD_THRESHOLD_CALIBRATE_EVERY_S", 21600)
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "evaluation-learned-thresholds-calibrate": {
+        "task": "evaluation.tasks.learned_thresholds_calibrate_task",
+        "schedule": float(SWITCHYARD_THRESHOLD_CALIBRATE_EVERY_S),
+    },
     "evaluation-learned-routers-train": {
         "task": "evaluation.tasks.learned_routers_train_task",
         "schedule": float(SWITCHYARD_LEARNED_TRAIN_EVERY_S),

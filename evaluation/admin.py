@@ -13,6 +13,7 @@ from evaluation.models import (
     GraderConfig,
     JudgePrompt,
     LearnedRouter,
+    LearnedThresholdTarget,
     OutputCheckPolicy,
     PromptTemplate,
     Proposal,
@@ -92,6 +93,12 @@ class LearnedRouterAdmin(admin.ModelAdmin[LearnedRouter]):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(LearnedThresholdTarget)
+class LearnedThresholdTargetAdmin(admin.ModelAdmin[LearnedThresholdTarget]):
+    list_display = ["task_class", "kind", "target", "window_days", "enabled", "last_run_at"]
+    readonly_fields = ["last_run_at", "last_result"]
 
 
 @admin.register(GradedCount)

@@ -155,3 +155,58 @@ def heldout_metrics(p: list[float], y: list[bool], base_rate: float) -> dict[str
             for b in reliability_bins(p, y)
         ],
     }
+
+
+# The penalties cross-validation chooses from (mean log loss, grouped folds).
+L2_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def predict_proba(x: _Design, w: np.ndarray, b: float) -> np.ndarray:
+    return _sigmoid(_scores(x, w, b))
+
+
+def group_folds(groups: Sequence[str], k: int) -> list[int]:
+    """Fold of every example: whole groups per fold (sorted, round-robin), so an example's
+    group is never on both sides of a split."""
+    names = sorted(set(groups))
+    fold_of = {g: i % k for i, g in enumerate(names)}
+    return [fold_of[g] for g in groups]
+
+
+def l2_choose(
+    features: Sequence[dict[int, float]],
+    y: np.ndarray,
+    groups: Sequence[str],
+    width: int,
+    *,
+    grid: Sequence[float] = L2_GRID,
+    folds: int = 3,
+) -> tuple[float, dict[str, float]]:
+    """The penalty with the lowest grouped k-fold cross-validated log loss on these examples
+    (and the loss of every candidate). Fewer than two groups, or a fold without both
+    outcomes in its training part: the middle of the grid."""
+    fold = group_folds(groups, folds)
+    k = len(set(fold))
+    losses: dict[str, float] = {}
+    if k < 2:
+        return grid[len(grid) // 2], losses
+    parts = []
+    for f in range(k):
+        train = [i for i in range(len(y)) if fold[i] != f]
+        test = [i for i in range(len(y)) if fold[i] == f]
+        y_train = y[train]
+        if not test or y_train.min() == y_train.max():
+            return grid[len(grid) // 2], losses
+        parts.append(
+            (design([features[i] for i in train], width), y_train,
+             design([features[i] for i in test], width), y[test])
+        )  # fmt: skip
+    for l2 in grid:
+        total = 0.0
+        for x_train, y_train, x_test, y_test in parts:
+            w, b = logistic_fit(x_train, y_train, l2=l2)
+            p = np.clip(predict_proba(x_test, w, b), 1e-6, 1 - 1e-6)
+            total += float(-np.sum(y_test * np.log(p) + (1 - y_test) * np.log(1 - p)))
+        losses[f"{l2:g}"] = round(total / len(y), 5)
+    best = min(grid, key=lambda v: losses[f"{v:g}"])
+    return best, losses

@@ -421,6 +421,13 @@ class LearnedRouterStatus(models.TextChoices):
     RETIRED = "retired", "retired"
 
 
+class LearnedRouterRule(models.TextChoices):
+    """How the threshold picks a model (``routing.learned.RULES``, ``learned_choice``)."""
+
+    SUCCESS = "success", "predicted success at least the threshold"
+    GAIN = "gain", "predicted loss against the best at most the threshold"
+
+
 class LearnedRouter(models.Model):
     """One trained version of a task class's learned router, as inspectable data: per model
     the logistic-regression coefficients (JSON floats, never a pickle), the feature-hashing
@@ -439,7 +446,11 @@ class LearnedRouter(models.Model):
     coefficients = models.JSONField()
     threshold = models.FloatField(
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="Route to the cheapest model whose predicted success is at least this",
+        help_text="rule success: route to the cheapest model whose predicted success is at "
+        "least this; rule gain: the cheapest predicted to lose at most this against the best",
+    )
+    rule = models.CharField(
+        max_length=10, choices=LearnedRouterRule.choices, default=LearnedRouterRule.SUCCESS
     )
     l2 = models.FloatField(help_text="L2 penalty of the fit")
     window_start = models.DateTimeField()
@@ -471,10 +482,58 @@ class LearnedRouter(models.Model):
                 condition=Q(threshold__gte=0) & Q(threshold__lte=1),
                 name="learned_router_threshold_valid",
             ),
+            models.CheckConstraint(
+                condition=Q(rule__in=["success", "gain"]), name="learned_router_rule_valid"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.task_class_id} learned v{self.version} ({self.status})"
+
+
+class ThresholdTargetKind(models.TextChoices):
+    STRONG_SHARE = "strong_share", "share of traffic on the strongest model"
+    QUALITY = "quality", "expected success at least"
+
+
+class LearnedThresholdTarget(models.Model):
+    """What a class's learned-router threshold is calibrated to, on the deployment's own
+    recent graded traffic (``evaluation.services.thresholds``, Celery beat). A threshold
+    that moved by at least ``min_change`` becomes a proposal with its evidence."""
+
+    task_class = models.OneToOneField(
+        TaskClass, on_delete=models.CASCADE, related_name="threshold_target"
+    )
+    kind = models.CharField(max_length=16, choices=ThresholdTargetKind.choices)
+    target = models.FloatField(
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A share (strong_share) or a success probability (quality), 0–1",
+    )
+    window_days = models.PositiveIntegerField(default=7)
+    min_requests = models.PositiveIntegerField(
+        default=200, help_text="Recent graded requests needed before calibrating"
+    )
+    min_change = models.FloatField(
+        default=0.02, help_text="Smaller threshold moves are not proposed"
+    )
+    enabled = models.BooleanField(default=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["task_class__slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(target__gte=0) & Q(target__lte=1), name="threshold_target_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["strong_share", "quality"]),
+                name="threshold_target_kind_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_class_id}: {self.kind} {self.target:g}"
 
 
 # --- the reviewers' desk: human handoffs, output checks, webhooks ---------------------------

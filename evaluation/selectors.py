@@ -394,6 +394,54 @@ def graded_counts() -> dict[tuple[str, str], SuccessCount]:
     }
 
 
+def graded_estimates(task_class: str) -> dict[str, float]:
+    """The calibrated success estimate of every registry model on ``task_class`` (what a
+    decision's confidence is without a learned prediction, routing.confidence)."""
+    from controlplane.models import ModelEndpoint
+    from routing.confidence import success_probabilities
+
+    tiers = dict(ModelEndpoint.objects.values_list("slug", "tier"))
+    estimates = success_probabilities(graded_counts(), tiers, [task_class])
+    return {model: p for (model, _), p in estimates.items()}
+
+
+def routing_strategy_summary(task_class: str, strategy: str | None) -> dict[str, Any]:
+    """What decides a class beyond its rule, for the task class page: the active learned
+    router (held-out metrics per model, threshold and its target's last calibration), the
+    semantic routes, the LLM router. At most three queries."""
+    from routing.models import LlmRouter, SemanticRoute
+
+    out: dict[str, Any] = {"strategy": strategy}
+    if strategy == "learned":
+        router = (
+            LearnedRouter.objects.filter(
+                task_class__slug=task_class, status=LearnedRouterStatus.ACTIVE
+            )
+            .select_related("task_class__threshold_target")
+            .first()
+        )
+        out["learned"] = router
+        if router is not None:
+            out["learned_models"] = [
+                {"slug": slug, **{k: m.get(k) for k in ("n", "brier", "brier_base", "auc")}}
+                for slug, m in router.metrics.items()
+                if slug in router.coefficients and isinstance(m, dict)
+            ]
+            out["threshold_target"] = getattr(router.task_class, "threshold_target", None)
+    if strategy == "semantic":
+        out["semantic_routes"] = list(
+            SemanticRoute.objects.filter(task_class__slug=task_class, is_active=True)
+            .select_related("model")
+            .order_by("name")
+        )
+    out["llm_router"] = (
+        LlmRouter.objects.filter(task_class__slug=task_class, enabled=True)
+        .select_related("router_model")
+        .first()
+    )
+    return out
+
+
 def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
     """The engine's router from stored data (ValueError if malformed)."""
     return learned_router_from_data(
@@ -402,6 +450,7 @@ def learned_router_info(router: LearnedRouter) -> LearnedRouterInfo:
         hashing=router.hashing,
         threshold=router.threshold,
         coefficients=router.coefficients,
+        rule=router.rule,
     )
 
 

@@ -72,6 +72,16 @@ def learned_routers_train_task() -> list[int]:
         return [r.pk for r in learned_routers_train_all()]
 
 
+@shared_task(name="evaluation.tasks.learned_thresholds_calibrate_task", ignore_result=True)
+def learned_thresholds_calibrate_task() -> list[str]:
+    """Re-calibrate learned-router thresholds to their targets on recent traffic; a moved
+    threshold becomes a proposal (a Reviewer approves)."""
+    from evaluation.services.thresholds import learned_thresholds_calibrate_all
+
+    with audit_actor(label="threshold-calibration"):
+        return [f"{r['task_class']}: {r['status']}" for r in learned_thresholds_calibrate_all()]
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def webhook_deliver(delivery_id: int) -> str:
     """One delivery attempt; on failure the next is scheduled with backoff and jitter."""

@@ -18,7 +18,13 @@ from typing import Final, Literal
 
 from routing import enums
 from routing.confidence import PRIOR_BY_TIER
-from routing.learned import LearnedRouterInfo, predict_success, request_features
+from routing.learned import (
+    LearnedRouterInfo,
+    learned_choice,
+    predict_success,
+    request_features,
+)
+from routing.semantic import SemanticMatch, SemanticRouterInfo
 
 __all__ = [
     "BUDGET_SCOPE_VALUES",
@@ -49,7 +55,7 @@ __all__ = [
     "snapshot_build",
 ]
 
-Strategy = Literal["rule", "policy", "budget", "fallback", "learned"]
+Strategy = Literal["rule", "policy", "budget", "fallback", "learned", "semantic", "llm"]
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
 TIER_VALUES: Final = enums.values(enums.Tier)
@@ -241,6 +247,7 @@ class _Plan:
     base_budgets: tuple[_BudgetEntry, ...]  # global + this task class, in snapshot order
     quality: Mapping[str, float]  # calibrated success probability by model slug
     learned: LearnedRouterInfo | None = None  # when the route's strategy is "learned"
+    semantic: SemanticRouterInfo | None = None  # when the route's strategy is "semantic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +279,7 @@ class Snapshot:
     quality: dict[tuple[str, str], float] = field(default_factory=dict)
     index: SnapshotIndex | None = field(default=None, repr=False, compare=False)
     learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # by task class
+    semantic: dict[str, SemanticRouterInfo] = field(default_factory=dict)  # by task class
 
     @classmethod
     def build(
@@ -284,6 +292,7 @@ class Snapshot:
         budgets: Iterable[BudgetState] = (),
         quality: Mapping[tuple[str, str], float] | None = None,
         learned: Mapping[str, LearnedRouterInfo] | None = None,
+        semantic: Mapping[str, SemanticRouterInfo] | None = None,
     ) -> Snapshot:
         """Same as :func:`snapshot_build`."""
         return snapshot_build(
@@ -294,6 +303,7 @@ class Snapshot:
             budgets=budgets,
             quality=quality,
             learned=learned,
+            semantic=semantic,
         )
 
 
@@ -352,6 +362,8 @@ class Decision:
     candidates: tuple[Candidate, ...]
     routing_table_version: int
     local_only: bool
+    # The LLM router's call (routing/llm_router.py), set by the decision pipeline; on the path.
+    router_call: Mapping[str, object] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,6 +502,7 @@ def _build_index(
     budgets: tuple[BudgetState, ...],
     quality: Mapping[tuple[str, str], float],
     learned: Mapping[str, LearnedRouterInfo] | None = None,
+    semantic: Mapping[str, SemanticRouterInfo] | None = None,
 ) -> SnapshotIndex:
     entries = [_budget_entry(i, b) for i, b in enumerate(budgets)]
     global_budgets = tuple(e for e in entries if e.state.scope == "global")
@@ -546,6 +559,7 @@ def _build_index(
             base_budgets=tuple(base),
             quality=quality_by_task.get(slug, {}),
             learned=(learned or {}).get(slug) if route.strategy == "learned" else None,
+            semantic=(semantic or {}).get(slug) if route.strategy == "semantic" else None,
         )
 
     active_ranked = tuple(
@@ -574,6 +588,7 @@ def snapshot_build(
     budgets: Iterable[BudgetState] = (),
     quality: Mapping[tuple[str, str], float] | None = None,
     learned: Mapping[str, LearnedRouterInfo] | None = None,
+    semantic: Mapping[str, SemanticRouterInfo] | None = None,
 ) -> Snapshot:
     """Validate the inputs and build a :class:`Snapshot` with its precomputed index.
 
@@ -588,6 +603,7 @@ def snapshot_build(
     budget_tuple = tuple(budgets)
     quality_map = dict(quality) if quality else {}
     learned_map = dict(learned) if learned else {}
+    semantic_map = dict(semantic) if semantic else {}
     _validate(model_map, task_map, budget_tuple)
     return Snapshot(
         version=version,
@@ -596,8 +612,11 @@ def snapshot_build(
         routes=route_map,
         budgets=budget_tuple,
         quality=quality_map,
-        index=_build_index(model_map, task_map, route_map, budget_tuple, quality_map, learned_map),
+        index=_build_index(
+            model_map, task_map, route_map, budget_tuple, quality_map, learned_map, semantic_map
+        ),
         learned=learned_map,
+        semantic=semantic_map,
     )
 
 
@@ -611,6 +630,7 @@ def _index_of(snapshot: Snapshot) -> SnapshotIndex:
             snapshot.budgets,
             snapshot.quality,
             snapshot.learned,
+            snapshot.semantic,
         )
     return index
 
@@ -729,7 +749,12 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
        selected model's output cap (min of task class default and model maximum).
 
     A route with strategy ``learned`` and an active learned router, with no local-only or
-    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead.
+    downgrade in effect, is decided by :func:`_decide_learned` after step 5 instead. A route
+    with strategy ``semantic`` (same conditions) first matches the prompt against its
+    semantic routes (``routing.semantic``): when the best route's similarity clears its
+    threshold and its model was accepted, that model is selected (strategy ``semantic``,
+    the other accepted candidates as fallbacks); otherwise the rule decides and the reason
+    says why no semantic route was taken.
     """
     index = snapshot.index
     if index is None:
@@ -894,6 +919,17 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
         return _decide_learned(
             request, snapshot, plan, learned, accepted, candidates, actions, views, pii
         )
+    semantic_note = ""
+    semantic = plan.semantic
+    if semantic is not None and not local_reason and downgrade is None:
+        views = tuple([e.view for e in applicable])
+        match = semantic.match(request.prompt)
+        target = _semantic_entry(match, accepted)
+        if match is not None and target is not None:
+            return _decide_semantic(
+                snapshot, plan, match, target, accepted, candidates, actions, views, pii
+            )
+        semantic_note = _semantic_miss(match, accepted)
     chosen = accepted[0]
     model = chosen.model
     assert model is not None  # accepted entries always carry a model
@@ -948,6 +984,8 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
 
     if strategy == "rule":
         reason = f"Routed {task_slug} to {slug} by routing table v{snapshot.version} rule."
+        if semantic_note:
+            reason = f"{semantic_note} {reason}"
     elif strategy == "fallback":
         reason = f"Primary {plan.primary_slug} rejected ({primary_reason}): fell back to {slug}."
     elif kind == _KIND_TIER and downgrade is not None:
@@ -1015,10 +1053,11 @@ def _decide_learned(
     pii: tuple[str, ...],
 ) -> Decision:
     """Learned routing (no policy or budget restriction in effect): among the route's
-    eligible models, the cheapest whose predicted success clears the class threshold;
-    when none does, the strongest (highest tier, then dearest). Fallbacks are the dearer
-    eligible models, cheapest first. Confidence is the chosen model's predicted success
-    (its calibrated class estimate when the router has no model for it)."""
+    eligible models, the one the router's rule picks (``routing.learned.learned_choice``:
+    the cheapest predicted to succeed, or to lose at most the threshold against the best);
+    when none qualifies, the strongest (highest tier, then dearest). Fallbacks are the
+    dearer eligible models, cheapest first. Confidence is the chosen model's predicted
+    success (its calibrated class estimate when the router has no model for it)."""
     features = request_features(
         learned.spec,
         request.prompt,
@@ -1029,12 +1068,8 @@ def _decide_learned(
     tokens = request.input_tokens
     ranked = sorted(accepted, key=lambda e: (_entry_cost(e, tokens), e.tier, e.slug))
     threshold = learned.threshold
-    chosen: _ChainEntry | None = None
-    for entry in ranked:
-        p = predicted.get(entry.slug)
-        if p is not None and p >= threshold:
-            chosen = entry
-            break
+    pick = learned_choice(learned, predicted, [e.slug for e in ranked])
+    chosen = next((e for e in ranked if e.slug == pick), None)
     cleared = chosen is not None
     if chosen is None:
         chosen = max(ranked, key=lambda e: (e.tier, _entry_cost(e, tokens)))
@@ -1063,7 +1098,12 @@ def _decide_learned(
         else:
             reason = f"eligible fallback ({shown})"
         path.append(Candidate(c.model, c.tier, True, reason))
-    if cleared:
+    if cleared and learned.rule == "gain":
+        reason = (
+            f"Learned router v{learned.version} for {plan.task.slug}: {slug} is the cheapest"
+            f" eligible model predicted within {threshold:.2f} of the best ({p_chosen:.2f})."
+        )
+    elif cleared:
         reason = (
             f"Learned router v{learned.version} for {plan.task.slug}: {slug} is the cheapest"
             f" eligible model predicted to succeed ({p_chosen:.2f} >= {threshold:.2f})."
@@ -1080,6 +1120,75 @@ def _decide_learned(
         reason=reason,
         confidence=confidence,
         fallbacks=fallbacks,
+        max_output_tokens=chosen.cap,
+        handoff_required=plan.high_risk,
+        pii_types_found=pii,
+        policy_actions=tuple(actions),
+        budgets=budgets,
+        candidates=tuple(path),
+        routing_table_version=snapshot.version,
+        local_only=False,
+    )
+
+
+def _semantic_entry(match: SemanticMatch | None, accepted: list[_ChainEntry]) -> _ChainEntry | None:
+    """The accepted candidate the matched semantic route sends to, if it matched."""
+    if match is None or not match.matched:
+        return None
+    return next((e for e in accepted if e.slug == match.route.model), None)
+
+
+def _semantic_miss(match: SemanticMatch | None, accepted: list[_ChainEntry]) -> str:
+    if match is None:
+        return "No prompt to match semantic routes against."
+    name, score, threshold = match.route.name, match.score, match.route.threshold
+    if not match.matched:
+        return f"No semantic route matched (best {name!r} {score:.2f} < {threshold:.2f})."
+    return (
+        f"Semantic route {name!r} matched ({score:.2f}) but its model"
+        f" {match.route.model} is not eligible."
+    )
+
+
+def _decide_semantic(
+    snapshot: Snapshot,
+    plan: _Plan,
+    match: SemanticMatch,
+    chosen: _ChainEntry,
+    accepted: list[_ChainEntry],
+    candidates: list[Candidate],
+    actions: list[str],
+    budgets: tuple[BudgetView, ...],
+    pii: tuple[str, ...],
+) -> Decision:
+    """The matched semantic route's model; the other accepted candidates (chain order) are
+    its fallbacks; confidence is the model's calibrated estimate on the class."""
+    model = chosen.model
+    assert model is not None
+    slug = model.slug
+    path: list[Candidate] = []
+    for c in candidates:
+        if c.accepted and c.model == slug:
+            reason = f"selected (semantic route {match.route.name!r}, similarity {match.score:.2f})"
+            path.append(Candidate(c.model, c.tier, True, reason))
+        elif c.accepted:
+            path.append(Candidate(c.model, c.tier, True, "eligible fallback"))
+        else:
+            path.append(c)
+    scores = ", ".join(f"{name} {score:.2f}" for name, score in match.scores)
+    confidence = plan.quality.get(slug)
+    if confidence is None:
+        confidence = DEFAULT_CONFIDENCE_BY_TIER.get(model.tier, 0.7)
+    return Decision(
+        model=model,
+        strategy="semantic",
+        reason=(
+            f"Semantic route {match.route.name!r} of {plan.task.slug} matched the prompt"
+            f" (similarity {match.score:.2f} >= {match.route.threshold:.2f}; routes: {scores}):"
+            f" routed to {slug}."
+        ),
+        confidence=min(1.0, max(0.0, confidence)),
+        fallbacks=tuple(e.fallback for e in accepted if e is not chosen and e.fallback is not None),
         max_output_tokens=chosen.cap,
         handoff_required=plan.high_risk,
         pii_types_found=pii,

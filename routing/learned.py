@@ -12,10 +12,19 @@ model succeeds on a request, from:
   of its numbers (scaled to about 0–1).
 
 The parameters are plain data (``LearnedRouterInfo``: coefficients as floats, the hashing
-settings, the class threshold) stored in ``evaluation.LearnedRouter`` as JSON and trained
-by ``evaluation.services.learned``; :func:`routing.engine.decide` calls
-:func:`predict_success` with them. Training and inference share :func:`request_features`,
-so the features cannot drift apart.
+settings, the class threshold and its rule) stored in ``evaluation.LearnedRouter`` as JSON
+and trained by ``evaluation.services.learned``; :func:`routing.engine.decide` calls
+:func:`predict_success` with them and picks a model by the router's rule
+(:func:`learned_choice`):
+
+- ``success``: the cheapest eligible model whose predicted success is at least the
+  threshold;
+- ``gain``: the cheapest eligible model whose predicted success is at most ``threshold``
+  below the best predicted success among the eligible models (the threshold is the
+  tolerated loss). Measured on RouteLLM's recorded outcomes this ranks requests better
+  than ``success``: a request both models fail gains nothing from the dearer one.
+
+Training and inference share :func:`request_features`, so the features cannot drift apart.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 SCHEME: Final = "crc32-signed-v1"
+RULES: Final = ("success", "gain")
 DENSE_FEATURES: Final = ("log_chars", "log_words", "log_numbers")
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _NUMBER = re.compile(r"^[0-9]+$")
@@ -150,6 +160,7 @@ class LearnedRouterInfo:
     spec: HashingSpec
     threshold: float
     models: tuple[LearnedModel, ...]
+    rule: str = "success"  # one of RULES
 
     def model(self, slug: str) -> LearnedModel | None:
         for m in self.models:
@@ -185,12 +196,15 @@ def learned_router_from_data(
     hashing: Mapping[str, Any],
     threshold: float,
     coefficients: Mapping[str, Mapping[str, Any]],
+    rule: str = "success",
 ) -> LearnedRouterInfo:
     """Check stored parameters (plain JSON data) and build the engine's router.
     Raises ValueError for anything malformed: wrong vector length, non-finite numbers."""
     spec = HashingSpec.from_dict(hashing)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold {threshold} outside 0–1")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}")
     models = []
     for slug, coef in sorted(coefficients.items()):
         weights = tuple(float(w) for w in coef["weights"])
@@ -206,4 +220,92 @@ def learned_router_from_data(
         spec=spec,
         threshold=float(threshold),
         models=tuple(models),
+        rule=rule,
     )
+
+
+def learned_choice(
+    router: LearnedRouterInfo, predicted: Mapping[str, float], ladder: Sequence[str]
+) -> str | None:
+    """The model the router's rule picks from ``ladder`` (eligible models, cheapest first),
+    or None when none qualifies (the caller then takes the strongest)."""
+    known = [s for s in ladder if s in predicted]
+    if router.rule == "gain":
+        if not known:
+            return None
+        floor = max(predicted[s] for s in known) - router.threshold
+    else:
+        floor = router.threshold
+    return next((s for s in known if predicted[s] >= floor), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibrating the threshold to a target
+# --------------------------------------------------------------------------------------------
+
+THRESHOLD_GRID: Final = tuple(i / 100 for i in range(101))
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdPoint:
+    """What a threshold would do to a set of requests."""
+
+    threshold: float
+    strongest_share: float  # share routed to the last (strongest) model of the ladder
+    expected_success: float  # mean predicted success of the chosen models
+    mean_cost: float  # mean relative cost of the chosen models
+
+
+def threshold_curve(
+    router: LearnedRouterInfo,
+    predictions: Sequence[Mapping[str, float]],
+    ladder: Sequence[str],
+    costs: Mapping[str, float],
+    fallback_success: Mapping[str, float],
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> list[ThresholdPoint]:
+    """Every threshold of ``grid`` applied to the requests' predicted successes
+    (``ladder``: the route's models, cheapest first). A model the router has no prediction
+    for counts with ``fallback_success`` (its calibrated class estimate)."""
+    n = max(1, len(predictions))
+    out = []
+    for t in grid:
+        probe = LearnedRouterInfo(
+            router.task_class, router.version, router.spec, t, (), router.rule
+        )
+        strongest = 0
+        success = 0.0
+        cost = 0.0
+        for p in predictions:
+            chosen = learned_choice(probe, p, ladder) or ladder[-1]
+            strongest += chosen == ladder[-1]
+            success += p.get(chosen, fallback_success.get(chosen, 0.0))
+            cost += costs.get(chosen, 0.0)
+        out.append(ThresholdPoint(t, strongest / n, success / n, cost / n))
+    return out
+
+
+def threshold_for_target(
+    points: Sequence[ThresholdPoint], *, kind: str, target: float
+) -> tuple[ThresholdPoint, bool]:
+    """The point of ``points`` that meets the target, and whether it is met.
+
+    - ``strong_share``: the share on the strongest model closest to ``target`` (ties: the
+      cheaper, then the threshold nearer the middle of the grid's range); met within 0.02.
+    - ``quality``: the cheapest point whose expected success is at least ``target``
+      (ties: the higher expected success); none: the one with the highest expected
+      success, not met."""
+    if not points:
+        raise ValueError("no thresholds to choose from")
+    if kind == "strong_share":
+        best = min(
+            points,
+            key=lambda p: (round(abs(p.strongest_share - target), 6), p.mean_cost, p.threshold),
+        )
+        return best, abs(best.strongest_share - target) <= 0.02
+    if kind == "quality":
+        meeting = [p for p in points if p.expected_success >= target]
+        if meeting:
+            return min(meeting, key=lambda p: (p.mean_cost, -p.expected_success)), True
+        return max(points, key=lambda p: (p.expected_success, -p.mean_cost)), False
+    raise ValueError(f"unknown target kind {kind!r}")

@@ -35,6 +35,16 @@ RECORDING_FAILURES = Counter(
     "switchyard_recording_failures_total",
     "Decisions that could not be stored in time (answered 503, never acknowledged)",
 )
+LLM_ROUTER_CALLS = Counter(
+    "switchyard_llm_router_calls_total",
+    "Calls to a class's LLM router, by result (ok, unparsed, timeout, error)",
+    ["result"],
+)
+LLM_ROUTER_SECONDS = Histogram(
+    "switchyard_llm_router_seconds",
+    "Time the LLM router took to answer (routing/llm_router.py)",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+)
 ACTIVE_VERSION = Gauge(
     "switchyard_routing_table_version",
     "Active routing table version seen by this process",

@@ -118,7 +118,14 @@ CONFIDENCE_HELP = (
     "towards the class's rate on the model's tier (tier prior 0.7 / 0.8 / 0.9) when there is "
     "little data. An outcome counts as a success when the routed model's first attempt "
     "ended ok, its quality_score is at least 0.5 and no validation verdict is false. "
-    "Calibration (reliability curve, Brier score) is measured on the calibration page."
+    "Calibration (reliability curve, Brier score) is measured on the calibration page. "
+    "On a learned route it is the learned router's predicted success of the chosen model."
+)
+STRATEGY_HELP = (
+    "How the model was chosen: rule (the route's primary), fallback (the primary was not "
+    "eligible), policy / budget (a data policy or a budget restricted the choice), learned "
+    "(the class's learned router), semantic (the semantic route whose examples are most "
+    "similar to the prompt), llm (the class's LLM router picked among the eligible models)."
 )
 
 
@@ -130,7 +137,7 @@ class DecisionOutputSerializer(serializers.Serializer[Any]):
         max_value=1.0,
         help_text=CONFIDENCE_HELP,
     )
-    strategy = serializers.CharField()
+    strategy = serializers.CharField(help_text=STRATEGY_HELP)
     reason = serializers.CharField()
     fallbacks = FallbackSerializer(many=True)
     max_output_tokens = serializers.IntegerField()

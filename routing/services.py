@@ -10,7 +10,9 @@ body to send. Its steps, in order:
 3. A repeated ``request_id`` returns the stored decision (409 if the body differs).
 4. Scan every free-text field for personal data (fail closed: a failing scan counts as
    personal) - ``routing.pii.request_scan``.
-5. Decide with the plain-Python engine on the in-memory snapshot.
+5. Decide with the plain-Python engine on the in-memory snapshot; for a class with an LLM
+   router, ask it to pick among the eligible candidates (``routing.llm_router``; bounded
+   by its timeout, else the rule's decision stands).
 6. Record the decision durably (group commit) with its worst-case cost held against
    every budget that applies (telemetry/budgets.py), and only then answer. A budget the
    hold does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
@@ -48,6 +50,7 @@ from routing.engine import (
     estimated_cost_usd,
 )
 from routing.learned import learned_template
+from routing.llm_router import decision_llm_routed, router_answer_parse, router_messages
 from routing.pii import request_free_text_stored, request_scan, request_sensitive
 from routing.pinning import PinRefused, decision_pinned
 from routing.schemas import DecisionInput, decision_input_decode
@@ -289,6 +292,8 @@ def decision_make(
         decision = _decide(engine_request, snapshot)
         if pinned_model is not None:
             decision = _pinned(decision, pinned_model, engine_request, snapshot)
+        else:
+            decision = _llm_routed(decision, engine_request, snapshot)
         decision_id = uuid7()
         created_at = uuid7_time(decision_id)
         decision_us = (time.perf_counter_ns() - started) // 1000
@@ -369,6 +374,63 @@ def decision_make(
     as_stored = {name: columns[name] for name in RECORD_FOR_OUTCOME}
     return Decided(
         decision, decision_id, created_at, input_tokens, response, team, is_sensitive, as_stored
+    )
+
+
+def _llm_routed(decision: Decision, request: DecisionRequest, snapshot: Snapshot) -> Decision:
+    """The LLM router's pick among the decision's eligible models, for a class that has one
+    (``routing.llm_router``): skipped under a policy or budget restriction, with a single
+    eligible model or without a prompt. The router model is called through the project's
+    model client with the router's timeout and no retries."""
+    router = registry_cache.llm_router(request.task_class)
+    if (
+        router is None
+        or decision.local_only
+        or decision.strategy in ("policy", "budget")
+        or not decision.fallbacks
+        or not request.prompt
+    ):
+        return decision
+    from evaluation.client import ModelTarget, chat_complete
+
+    eligible = [decision.model, *[f.model for f in decision.fallbacks]]
+    model = snapshot.models.get(router.router_model)
+    if model is None or model.locality != "local" or model.status != "active":
+        return decision_llm_routed(
+            decision, snapshot, task_class=request.task_class, router_model=router.router_model,
+            status="unavailable", latency_ms=0.0, answer="", choice=None,
+        )  # fmt: skip
+    ordered = sorted(eligible, key=lambda m: (estimated_cost_usd(m, 1000, 1000), m.tier))
+    messages = router_messages(
+        [(m.slug, router.descriptions.get(m.slug, "")) for m in ordered], request.prompt
+    )
+    target = ModelTarget(
+        slug=model.slug,
+        base_url=model.base_url,
+        provider_model=model.provider_model,
+        tier=model.tier,
+        locality=model.locality,
+        timeout_s=router.timeout_ms / 1000,
+        max_output_tokens=32,
+    )
+    result = chat_complete(target, messages, max_tokens=32, temperature=0.0, retries=0)
+    choice = (
+        router_answer_parse(result.content, [m.slug for m in eligible])
+        if result.status == "ok"
+        else None
+    )
+    outcome = "unparsed" if result.status == "ok" and choice is None else result.status
+    metrics.LLM_ROUTER_CALLS.labels(outcome).inc()
+    metrics.LLM_ROUTER_SECONDS.observe(result.latency_ms / 1000)
+    return decision_llm_routed(
+        decision,
+        snapshot,
+        task_class=request.task_class,
+        router_model=model.slug,
+        status=result.status,
+        latency_ms=result.latency_ms,
+        answer=result.content,
+        choice=choice,
     )
 
 

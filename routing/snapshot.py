@@ -71,7 +71,11 @@ from routing.engine import (
     snapshot_build,
 )
 from routing.learned import LearnedRouterInfo
+from routing.llm_router import LlmRouterInfo
+from routing.models import LlmRouter, SemanticRoute
 from routing.pricing import next_price_change, price_in_force, price_schedule
+from routing.semantic import SemanticRoute as SemanticRouteInfo
+from routing.semantic import SemanticRouterInfo, backend_factory, semantic_router_build
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +116,8 @@ class _Static:
     schedules: dict[str, list[ModelPrice]]  # every dated price per model slug, oldest first
     prices_until: datetime | None  # when the next dated price takes effect
     learned: dict[str, LearnedRouterInfo] = field(default_factory=dict)  # active, by class
+    semantic: dict[str, SemanticRouterInfo] = field(default_factory=dict)  # by class
+    llm_routers: dict[str, LlmRouterInfo] = field(default_factory=dict)  # enabled, by class
 
 
 def _models_priced(
@@ -214,6 +220,8 @@ def _static_load(now: datetime) -> _Static:
     )
     models, schedules = _models_load()
     learned = _learned_load()
+    semantic = _semantic_load(routes)
+    llm_routers = _llm_routers_load()
     static = _Static(
         version=active.number if active else 0,
         models=models,
@@ -224,6 +232,8 @@ def _static_load(now: datetime) -> _Static:
         schedules=schedules,
         prices_until=None,
         learned=learned,
+        semantic=semantic,
+        llm_routers=llm_routers,
     )
     return _static_repriced(static, now)
 
@@ -237,6 +247,47 @@ def _learned_load() -> dict[str, LearnedRouterInfo]:
     except ImportError:
         return {}
     return learned_routers_active()
+
+
+def _semantic_load(routes: dict[str, RouteInfo]) -> dict[str, SemanticRouterInfo]:
+    """The semantic routers of the classes whose route's strategy is ``semantic``, their
+    examples embedded by the configured backend (``SWITCHYARD_SEMANTIC_BACKEND``). A class
+    whose routes do not build (logged) is routed by its rule."""
+    wanted = [slug for slug, r in routes.items() if r.strategy == "semantic"]
+    if not wanted:
+        return {}
+    factory = backend_factory(settings.SWITCHYARD_SEMANTIC_BACKEND)
+    by_class: dict[str, list[SemanticRouteInfo]] = {}
+    rows = SemanticRoute.objects.filter(is_active=True, task_class__slug__in=wanted)
+    for row in rows.select_related("task_class", "model").order_by("name"):
+        by_class.setdefault(row.task_class.slug, []).append(
+            SemanticRouteInfo(
+                name=row.name,
+                model=row.model.slug,
+                threshold=row.threshold,
+                utterances=tuple(row.utterances),
+            )
+        )
+    out = {}
+    for slug, semantic_routes in by_class.items():
+        try:
+            out[slug] = semantic_router_build(slug, semantic_routes, factory())
+        except ValueError:
+            logger.warning("semantic routes of %s do not build; skipped", slug, exc_info=True)
+    return out
+
+
+def _llm_routers_load() -> dict[str, LlmRouterInfo]:
+    """The enabled LLM routers by task class (routing.llm_router)."""
+    return {
+        r.task_class.slug: LlmRouterInfo(
+            task_class=r.task_class.slug,
+            router_model=r.router_model.slug,
+            timeout_ms=r.timeout_ms,
+            descriptions={str(k): str(v) for k, v in (r.descriptions or {}).items()},
+        )
+        for r in LlmRouter.objects.filter(enabled=True).select_related("task_class", "router_model")
+    }
 
 
 def _budget_states(budgets: tuple[Budget, ...], now: datetime) -> tuple[BudgetState, ...]:
@@ -335,6 +386,7 @@ def _snapshot_from(
         budgets=budgets,
         quality=quality,
         learned=static.learned,
+        semantic=static.semantic,
     )
 
 
@@ -485,6 +537,11 @@ class RegistryCache:
         self._refresh()
         assert self._static is not None
         return self._static.schedules
+
+    def llm_router(self, task_class: str) -> LlmRouterInfo | None:
+        self._refresh()
+        assert self._static is not None
+        return self._static.llm_routers.get(task_class)
 
     def extras(self, task_class: str) -> TaskClassExtras | None:
         self._refresh()

@@ -275,6 +275,8 @@ def _snapshot_confident(
         routes=snapshot.routes,
         budgets=snapshot.budgets,
         quality=success_probabilities(graded, tiers, snapshot.task_classes),
+        learned=snapshot.learned,
+        semantic=snapshot.semantic,
     )
 
 
@@ -299,6 +301,8 @@ def _snapshot_at(
         routes=routes,
         budgets=current.budgets,
         quality=current.quality,
+        learned=current.learned,
+        semantic=current.semantic,
     )
 
 
@@ -363,6 +367,7 @@ def _request_for(
         data_classification=classification,
         team=team,
         application=app,
+        prompt=item.prompt,  # what learned and semantic routes read
     )
     return request, app, extra
 

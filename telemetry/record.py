@@ -86,8 +86,9 @@ def decision_response(
 
 
 def decision_path(decision: Decision, response: dict[str, Any]) -> dict[str, Any]:
-    """Everything in the response plus every candidate considered and why it was rejected."""
-    return {
+    """Everything in the response plus every candidate considered and why it was rejected
+    (and the LLM router's call, when one was made)."""
+    path = {
         "candidates": [
             {"model": c.model, "tier": c.tier, "accepted": c.accepted, "reason": c.reason}
             for c in decision.candidates
@@ -97,6 +98,9 @@ def decision_path(decision: Decision, response: dict[str, Any]) -> dict[str, Any
         "budgets": response["budgets"],
         "local_only": decision.local_only,
     }
+    if decision.router_call is not None:
+        path["llm_router"] = dict(decision.router_call)
+    return path
 
 
 def decision_row_build(

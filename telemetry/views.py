@@ -236,6 +236,10 @@ def task_class_page(request: HttpRequest, slug: str) -> HttpResponse:
         .select_related("version", "primary")
         .order_by("-version__activated_at")
     )
+    from evaluation.selectors import routing_strategy_summary
+
+    routes = list(selectors.active_routes(task_class=slug))
+    strategy = routes[0].strategy if routes else None
     return _dashboard(
         request,
         focus="task_class",
@@ -243,8 +247,9 @@ def task_class_page(request: HttpRequest, slug: str) -> HttpResponse:
         fixed={"task_class": slug},
         extra={
             "task_class": task_class,
-            "routes": selectors.active_routes(task_class=slug),
+            "routes": routes,
             "route_history": history,
+            "routing": routing_strategy_summary(slug, strategy),
         },
     )
 

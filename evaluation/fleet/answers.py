@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from evaluation.workload import WorkloadItem, normalise_prompt, workload_index
+from routing.llm_router import INSTRUCTION as ROUTER_INSTRUCTION
 
 from .skills import ModelSkill, skill_for, verdict
 from .stable import stable_int, stable_unit
@@ -301,6 +302,7 @@ AnswerSource = Literal[
     "workload-wrong",
     "workload-invalid",
     "workload-judge",
+    "router",
 ]
 
 
@@ -345,6 +347,13 @@ _JUDGE_RE = re.compile(
     re.I | re.S,
 )
 _REQUEST_RE = re.compile(r"<request>(.*?)</request>", re.S)
+# A routing request (routing.llm_router.router_messages): candidates, then the request.
+_ROUTER_RE = re.compile(
+    r"^"
+    + re.escape(ROUTER_INSTRUCTION)
+    + r"\s*\nCandidates[^\n]*\n(?P<candidates>(?:- [^\n]*\n)+)Request:\n<<<\n(?P<request>.*)\n>>>",
+    re.S,
+)
 _EVASIVE_PHRASES = (
     "That is a broad question",
     "It depends on many factors",
@@ -450,6 +459,9 @@ class AnswerEngine:
         json_schema: Mapping[str, object] | None = None,
     ) -> Answer:
         """Answer ``prompt`` (the last user message) as ``model`` would."""
+        routed = self._route_pick(model, prompt)
+        if routed is not None:
+            return routed
         key = normalise_prompt(prompt)
         row = self.gsm8k.get(key) if self.gsm8k else None
         if row is not None and not json_mode:
@@ -495,6 +507,26 @@ class AnswerEngine:
             else "workload-invalid"
         )
         return Answer(text, source, outcome == "correct")
+
+    def _route_pick(self, model: FleetModel, prompt: str) -> Answer | None:
+        """A routing request: the candidate suited to a workload item's difficulty (1: the
+        cheapest, 3: the dearest), picked with the model's ``quality`` as its accuracy;
+        another request gets a stable arbitrary candidate."""
+        match = _ROUTER_RE.match(prompt)
+        if match is None:
+            return None
+        names = [
+            line[2:].split(":", 1)[0].strip()
+            for line in match.group("candidates").splitlines()
+            if line.startswith("- ")
+        ]
+        request = normalise_prompt(match.group("request"))
+        item = self.workload.get(request)
+        pick = stable_int("route", model.slug, request) % len(names)
+        right = stable_unit("route-right", model.slug, request) < model.quality
+        if item is not None and right:
+            pick = min(len(names) - 1, round((item.difficulty - 1) * (len(names) - 1) / 2))
+        return Answer(names[pick], "router", None)
 
     def _workload_judge(self, model: FleetModel, prompt: str) -> Answer | None:
         """A judge prompt quoting a workload request: the truth is what the item knows."""

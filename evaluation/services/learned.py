@@ -9,9 +9,11 @@ For one task class (``learned_router_train``):
    lengths) — the very function the engine calls at decision time.
 3. Per model of the class's route with enough examples of both outcomes, an L2-penalised
    logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the prompts
-   (split by a stable hash of the prompt text: a prompt is never on both sides); the other
-   20 % give the held-out metrics (Brier score beside the base-rate predictor's, log loss,
-   AUC, calibration error) and the share of requests each model would get at the threshold.
+   (split by a stable hash of the prompt text: a prompt is never on both sides), its
+   penalty chosen by 3-fold cross-validated log loss on that 80 % only
+   (``evaluation.logreg.l2_choose``, prompts grouped the same way); the other 20 % give the
+   held-out metrics (Brier score beside the base-rate predictor's, log loss, AUC,
+   calibration error) and the share of requests each model would get at the threshold.
 4. Stored as a new *candidate* version of ``evaluation.LearnedRouter``: coefficients as JSON
    floats, hashing settings, threshold, window, sample sizes, metrics. Nothing serves until
    a Reviewer approves its proposal (``learned_router_propose``), which switches the route's
@@ -36,13 +38,20 @@ from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass, VersionStatus
-from evaluation.logreg import design, heldout_metrics, logistic_fit
-from evaluation.models import LearnedRouter, LearnedRouterStatus, Proposal, ProposalChange
+from evaluation.logreg import design, heldout_metrics, l2_choose, logistic_fit
+from evaluation.models import (
+    LearnedRouter,
+    LearnedRouterRule,
+    LearnedRouterStatus,
+    Proposal,
+    ProposalChange,
+)
 from evaluation.selectors import learned_router_info
 from routing.confidence import graded_success
 from routing.learned import (
     HashingSpec,
     LearnedRouterInfo,
+    learned_choice,
     predict_success,
     request_features,
     template_key,
@@ -53,6 +62,8 @@ logger = logging.getLogger(__name__)
 MIN_EXAMPLES = 40  # per model, and at least MIN_EACH of each outcome
 MIN_EACH = 5
 HELDOUT_SHARE = 5  # one request in five is held out
+# Rule gain: route to the cheapest model predicted to lose at most this much success.
+GAIN_DEFAULT_THRESHOLD = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +181,7 @@ def routing_shares(
     predicted_total = 0.0
     for f in features:
         p = predict_success(router, f)
-        chosen = next((s for s in ladder if s in p and p[s] >= router.threshold), ladder[-1])
+        chosen = learned_choice(router, p, ladder) or ladder[-1]
         counts[chosen] += 1
         predicted_total += p.get(chosen, (quality or {}).get(chosen, 0.0))
     n = max(1, len(features))
@@ -189,12 +200,14 @@ def learned_router_train(
     window_days: int | None = None,
     now: datetime | None = None,
     spec: HashingSpec | None = None,
-    c: float = 1.0,
+    c: float | None = None,
+    rule: str = LearnedRouterRule.SUCCESS,
 ) -> LearnedRouter | None:
     """Train and store a candidate router for ``task_class``; None without enough data.
 
-    ``threshold`` defaults to the class's quality target; the penalty is ``l2 = 1 / (c·n)``
-    (scikit-learn's ``C``)."""
+    ``threshold`` defaults to the class's quality target (rule ``success``) or
+    :data:`GAIN_DEFAULT_THRESHOLD` (rule ``gain``); the penalty is chosen by
+    cross-validation unless ``c`` is given (then ``l2 = 1 / (c·n)``, scikit-learn's ``C``)."""
     now = now or timezone.now()
     days = window_days or settings.SWITCHYARD_LEARNED_WINDOW_DAYS
     since = now - timedelta(days=days)
@@ -215,18 +228,24 @@ def learned_router_train(
         if len(train) < MIN_EXAMPLES or wins < MIN_EACH or len(train) - wins < MIN_EACH:
             continue
         y = np.asarray([e.success for e in train], dtype=np.float64)
-        l2 = 1.0 / (c * len(train))
+        if c is None:
+            groups = [f"g{zlib.crc32(e.key.encode('utf-8', 'surrogatepass')) % 30}" for e in train]
+            l2, cv_loss = l2_choose([e.features for e in train], y, groups, spec.width)
+        else:
+            l2, cv_loss = 1.0 / (c * len(train)), {}
         l2_used = max(l2_used, l2)
         w, b = logistic_fit(design([e.features for e in train], spec.width), y, l2=l2)
         coefficients[model.slug] = {
             "intercept": round(b, 6),
             "weights": [round(float(v), 6) for v in w],
             "tier": model.tier,
+            "l2": l2,
         }
         samples[model.slug] = {
             "train": len(train),
             "heldout": len(heldout),
             "successes": int(sum(e.success for e in mine)),
+            "cv_log_loss_by_l2": cv_loss,
         }
         if heldout:
             info = learned_router_from_coefficients(task_class.slug, spec, 0.5, coefficients)
@@ -238,8 +257,13 @@ def learned_router_train(
             metrics[model.slug] = heldout_metrics(p, [e.success for e in heldout], float(y.mean()))
     if not coefficients:
         return None
-    target = float(task_class.quality_target) if threshold is None else float(threshold)
-    info = learned_router_from_coefficients(task_class.slug, spec, target, coefficients)
+    if threshold is not None:
+        target = float(threshold)
+    elif rule == LearnedRouterRule.GAIN:
+        target = GAIN_DEFAULT_THRESHOLD
+    else:
+        target = float(task_class.quality_target)
+    info = learned_router_from_coefficients(task_class.slug, spec, target, coefficients, rule)
     seen: dict[str, dict[int, float]] = {}
     for e in examples:
         if is_heldout(e.key):
@@ -259,6 +283,7 @@ def learned_router_train(
             hashing=spec.as_dict(),
             coefficients=coefficients,
             threshold=target,
+            rule=rule,
             l2=l2_used,
             window_start=since,
             window_end=now,
@@ -270,7 +295,11 @@ def learned_router_train(
 
 
 def learned_router_from_coefficients(
-    task_class: str, spec: HashingSpec, threshold: float, coefficients: dict[str, Any]
+    task_class: str,
+    spec: HashingSpec,
+    threshold: float,
+    coefficients: dict[str, Any],
+    rule: str = LearnedRouterRule.SUCCESS,
 ) -> LearnedRouterInfo:
     from routing.learned import learned_router_from_data
 
@@ -280,6 +309,7 @@ def learned_router_from_coefficients(
         hashing=spec.as_dict(),
         threshold=threshold,
         coefficients=coefficients,
+        rule=str(rule),
     )
 
 
@@ -301,6 +331,7 @@ def learned_router_rethreshold(router: LearnedRouter, *, threshold: float) -> Le
             hashing=router.hashing,
             coefficients=router.coefficients,
             threshold=threshold,
+            rule=router.rule,
             l2=router.l2,
             window_start=router.window_start,
             window_end=router.window_end,
@@ -310,9 +341,16 @@ def learned_router_rethreshold(router: LearnedRouter, *, threshold: float) -> Le
         )
 
 
-def learned_router_propose(router: LearnedRouter, *, user: Any = None) -> Proposal | None:
+def learned_router_propose(
+    router: LearnedRouter,
+    *,
+    user: Any = None,
+    calibration: dict[str, Any] | None = None,
+    title: str | None = None,
+) -> Proposal | None:
     """Propose routing ``router``'s class by it (a Reviewer approves; see proposal_apply).
-    None when an equivalent proposal is already open."""
+    None when an equivalent proposal is already open. ``calibration``: the evidence of a
+    threshold re-calibrated to a target (``evaluation.services.thresholds``)."""
     from evaluation.services.proposals import proposal_create
 
     if router.status != LearnedRouterStatus.CANDIDATE:
@@ -340,10 +378,13 @@ def learned_router_propose(router: LearnedRouter, *, user: Any = None) -> Propos
         "window": [router.window_start.isoformat(), router.window_end.isoformat()],
         "samples": router.samples,
         "metrics": router.metrics,
+        "rule": router.rule,
         "example_sample_ids": [],
     }
+    if calibration is not None:
+        evidence["calibration"] = calibration
     share = router.metrics.get("routing", {}).get("strongest_share")
-    title = (
+    title = title or (
         f"{task_class.slug}: route by learned router v{router.version}"
         f" (threshold {router.threshold:.2f}"
         + (f", {share:.0%} to the strongest model)" if share is not None else ")")

@@ -20,6 +20,7 @@ from controlplane import services as registry_services
 from controlplane.models import Application, Route, RoutingTableVersion, Team, VersionStatus
 from evaluation import services
 from evaluation.fleet.skills import SKILLS, verdict
+from evaluation.logreg import L2_GRID
 from evaluation.models import (
     LearnedRouter,
     LearnedRouterStatus,
@@ -178,6 +179,17 @@ def test_training_stores_inspectable_data_with_honest_heldout_metrics(
     print("routing share at 0.80:", share)
     assert all(share[s] > 0.03 for s in ("small-local", "mid-cloud", "big-cloud")), share
     assert learned_router_info(stored).threshold == 0.8
+    # The penalty was chosen by cross-validation on the training part, per model.
+    grid = {f"{v:g}" for v in L2_GRID}
+    for slug, coef in stored.coefficients.items():
+        losses = stored.samples[slug]["cv_log_loss_by_l2"]
+        assert set(losses) == grid
+        assert f"{coef['l2']:g}" == min(losses, key=losses.get)
+    assert stored.rule == "success"
+    # Retrained by the gain rule: same data, another way to read the threshold.
+    gain = learned_router_train(trained["class"], rule="gain")
+    assert gain is not None and gain.rule == "gain" and gain.threshold == 0.05
+    assert learned_router_info(gain).rule == "gain"
 
 
 def test_the_router_predicts_difficulty(trained: dict[str, Any]) -> None:

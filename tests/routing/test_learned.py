@@ -67,7 +67,7 @@ def _coefficients(width: int, hard_weight: float, intercept: float) -> dict[str,
     return {"intercept": intercept, "weights": weights}
 
 
-def _router(threshold: float = 0.8) -> LearnedRouterInfo:
+def _router(threshold: float = 0.8, rule: str = "success") -> LearnedRouterInfo:
     data = {
         # the local model: good on easy requests, poor when the prompt says "hard"
         "local": _coefficients(SPEC.width, -4.0, 2.5),
@@ -81,6 +81,7 @@ def _router(threshold: float = 0.8) -> LearnedRouterInfo:
         hashing=SPEC.as_dict(),
         threshold=threshold,
         coefficients=stored,
+        rule=rule,
     )
 
 
@@ -114,6 +115,15 @@ def test_stored_parameters_are_checked() -> None:
             threshold=0.5,
             coefficients={"m": good},
         )
+    with pytest.raises(ValueError, match="rule"):
+        learned_router_from_data(
+            task_class="qa",
+            version=1,
+            hashing=SPEC.as_dict(),
+            threshold=0.5,
+            coefficients={"m": good},
+            rule="cheapest",
+        )
     with pytest.raises(ValueError, match="threshold"):
         learned_router_from_data(
             task_class="qa",
@@ -141,7 +151,7 @@ def _model(slug: str, tier: int, locality: str, price: float) -> ModelInfo:
     )
 
 
-def _snapshot(strategy: str = "learned", threshold: float = 0.8) -> object:
+def _snapshot(strategy: str = "learned", threshold: float = 0.8, rule: str = "success") -> object:
     models = [
         _model("local", 1, "local", 0.1),
         _model("mid", 2, "cloud", 1.0),
@@ -156,7 +166,7 @@ def _snapshot(strategy: str = "learned", threshold: float = 0.8) -> object:
             RouteInfo(task_class="qa", primary="big", fallbacks=("local", "mid"), strategy=strategy)
         ],
         quality={("big", "qa"): 0.97, ("local", "qa"): 0.7, ("mid", "qa"): 0.85},
-        learned={"qa": _router(threshold)},
+        learned={"qa": _router(threshold, rule)},
     )
 
 
@@ -196,3 +206,49 @@ def test_rule_routes_ignore_the_router_and_policy_still_applies() -> None:
     # Personal data: only local models, whatever the router predicts.
     assert personal.model.slug == "local" and personal.strategy == "policy"
     assert personal.local_only
+
+
+def test_gain_rule_takes_the_cheapest_model_within_the_tolerated_loss() -> None:
+    """Rule gain: the threshold is the predicted success one may give up against the best
+    predicted model (here local ≈ 0.92 / mid ≈ 0.96 when easy, 0.18 / 0.82 when hard)."""
+    snap = _snapshot(threshold=0.1, rule="gain")
+    easy = decide(_req("what is two plus two"), snap)  # type: ignore[arg-type]
+    assert easy.model.slug == "local" and easy.strategy == "learned"
+    assert "within 0.10 of the best" in easy.reason
+    hard = decide(_req("hard"), snap)  # type: ignore[arg-type]
+    assert hard.model.slug == "mid"
+    assert [f.model.slug for f in hard.fallbacks] == ["big"]
+    # Tolerating a loss of 0.7 keeps even the hard request on the local model.
+    lax = decide(_req("hard"), _snapshot(threshold=0.7, rule="gain"))  # type: ignore[arg-type]
+    assert lax.model.slug == "local" and lax.confidence < 0.25
+
+
+def test_rule_values_are_the_models_choices() -> None:
+    from evaluation.models import LearnedRouterRule
+    from routing.learned import RULES
+
+    assert tuple(LearnedRouterRule.values) == RULES
+
+
+def test_threshold_curve_and_targets() -> None:
+    from routing.learned import threshold_curve, threshold_for_target
+
+    router = _router(0.8)
+    prompts = ["hard"] * 3 + ["what is two plus two"] * 7
+    predictions = [predict_success(router, request_features(SPEC, p)) for p in prompts]
+    ladder = ["local", "mid", "big"]
+    costs = {"local": 0.01, "mid": 0.1, "big": 1.0}
+    points = threshold_curve(router, predictions, ladder, costs, {"big": 0.97})
+    assert [p.threshold for p in points][:3] == [0.0, 0.01, 0.02]
+    # Rule success: a higher threshold never sends less to the strongest model.
+    shares = [p.strongest_share for p in points]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+    share, met = threshold_for_target(points, kind="strong_share", target=0.3)
+    assert met and share.strongest_share == pytest.approx(0.3)
+    quality, met = threshold_for_target(points, kind="quality", target=0.9)
+    assert met and quality.expected_success >= 0.9
+    assert all(p.expected_success < 0.9 for p in points if p.mean_cost < quality.mean_cost)
+    best, met = threshold_for_target(points, kind="quality", target=0.999)
+    assert not met and best.expected_success == max(p.expected_success for p in points)
+    with pytest.raises(ValueError, match="kind"):
+        threshold_for_target(points, kind="latency", target=0.1)

@@ -48,6 +48,14 @@ def test_decisions_follow_the_table_active_at_their_time(db: Any) -> None:
         after.filter(task_class="ticket-triage", strategy="rule").values_list("model", flat=True)
     )
     assert triage_before == {"gpt-4o-mini"} and triage_after == {"llama-3.1-8b-local"}
+    # v2 routes intent detection semantically: upset customers to the mid model.
+    intents = after.filter(task_class="intent-detection")
+    semantic = intents.filter(strategy="semantic")
+    assert set(semantic.values_list("model", flat=True)) == {"gpt-4o-mini"}
+    assert 0.05 < semantic.count() / intents.count() < 0.4
+    assert set(intents.filter(strategy="rule").values_list("model", flat=True)) == {
+        "llama-3.1-8b-local"
+    }
     tier1 = after.filter(tier=1).count() / after.count()
     assert tier1 > 2 * before.filter(tier=1).count() / before.count()
 

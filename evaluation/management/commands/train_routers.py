@@ -1,6 +1,6 @@
 """Train learned routers from the decision log: ``manage.py train_routers [--task-class SLUG]
-[--threshold P] [--window-days N] [--propose]``. Prints one line per class: held-out metrics
-per model and where the router would send requests."""
+[--threshold P] [--rule success|gain] [--window-days N] [--propose]``. Prints one line per
+class: held-out metrics per model and where the router would send requests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from controlplane.audit import audit_actor
 from controlplane.models import TaskClass
+from evaluation.models import LearnedRouterRule
 from evaluation.services.learned import learned_router_propose, learned_router_train
 
 
@@ -21,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--task-class", action="append", default=[])
         parser.add_argument("--threshold", type=float, default=None)
         parser.add_argument("--window-days", type=int, default=None)
+        parser.add_argument("--rule", choices=LearnedRouterRule.values, default="success")
         parser.add_argument("--propose", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,7 +38,10 @@ class Command(BaseCommand):
         with audit_actor(label="train_routers"):
             for task_class in classes:
                 router = learned_router_train(
-                    task_class, threshold=threshold, window_days=options["window_days"]
+                    task_class,
+                    threshold=threshold,
+                    window_days=options["window_days"],
+                    rule=options["rule"],
                 )
                 if router is None:
                     self.stdout.write(f"{task_class.slug}: not enough graded data")

@@ -1,0 +1,359 @@
+"""Routing quality on recorded model outcomes (RouteLLM format), plain Python + numpy.
+
+``manage.py routerbench`` (and ``make bench`` with ``ROUTERBENCH_DATA``) runs this. A
+RouteLLM-format directory holds ``mmlu/mmlu_<domain>.csv`` (``prompt`` and one True/False
+column per model) and ``gsm8k_responses.csv`` (the same plus ``<model>_response``, the
+model's recorded answer). It is read in place; nothing is copied.
+
+Per dataset every router scores each prompt (higher: the weak model is enough); sending the
+lowest-scored share ``c`` of prompts to the strong model traces accuracy a(c), from which
+(RouteLLM, Ong et al. 2024): PGR(c) = (a(c) − a_weak) / (a_strong − a_weak); APGR = the
+area under PGR over c ∈ [0, 1]; CPT(x) = the smallest c with PGR(c) ≥ x.
+
+Routers:
+
+- ``random``; ``length`` (a rule: the longest prompts go strong); ``oracle``.
+- ``learned``: the product's learned router (``routing.learned`` features, ``evaluation.
+  logreg`` fit, the penalty chosen by grouped cross-validation on the training part only),
+  one model per tier predicting its success; the score is the predicted success of the
+  weak model minus the strong model's — the ``gain`` rule of ``routing.learned``, so the
+  threshold sweep is exactly what the product would route.
+- ``semantic``: the product's semantic router (``routing.semantic``, default hashed TF-IDF
+  backend fitted on the training prompts) with two routes defined by the training prompts
+  as utterances — "weak" (the weak model was enough) and "strong" (only the strong model
+  was right); the score is the weak route's best similarity minus the strong route's.
+- ``cascade`` (GSM8K, where the weak model's answers exist): ``routing.cascade`` on the
+  weak model's recorded answer, the learned prediction as its prior.
+
+Held out: with ``train`` rows, fitted on them and scored on the data; otherwise k-fold
+cross-validation where MMLU folds hold out whole domains and GSM8K folds by prompt hash.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.logreg import design, group_folds, l2_choose, logistic_fit, predict_proba
+from routing.cascade import CascadeAttempt, cascade_judge
+from routing.confidence import brier_score
+from routing.learned import HashingSpec, request_features
+from routing.semantic import HashedTfidf
+
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+ROUTERS = ("random", "length", "learned", "semantic", "cascade", "oracle")
+csv.field_size_limit(1 << 26)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    prompt: str
+    group: str  # the MMLU domain; for GSM8K a hash bucket of the prompt
+    weak: bool
+    strong: bool
+    weak_response: str = ""
+
+
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in {"true", "1", "1.0"}:
+        return True
+    if text in {"false", "0", "0.0"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def load_mmlu(directory: Path, weak: str = WEAK, strong: str = STRONG) -> list[Row]:
+    rows = []
+    for path in sorted((directory / "mmlu").glob("*.csv")):
+        domain = path.stem.removeprefix("mmlu_")
+        with path.open(newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                rows.append(Row(r["prompt"], domain, _bool(r[weak]), _bool(r[strong])))
+    return rows
+
+
+def load_gsm8k(directory: Path, weak: str = WEAK, strong: str = STRONG) -> list[Row]:
+    path = directory / "gsm8k_responses.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [
+            Row(
+                r["prompt"],
+                f"h{zlib.crc32(r['prompt'].encode()) % 16}",
+                _bool(r[weak]),
+                _bool(r[strong]),
+                r.get(f"{weak}_response", ""),
+            )
+            for r in csv.DictReader(f)
+        ]
+
+
+LOADERS: dict[str, Callable[[Path, str, str], list[Row]]] = {
+    "mmlu": load_mmlu,
+    "gsm8k": load_gsm8k,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def curve(rows: Sequence[Row], scores: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
+    """(c, accuracy, PGR) for every strong share k/n: the lowest scores go strong first
+    (ties broken at random, seeded)."""
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    order = np.lexsort((rng.random(n), np.asarray(scores, dtype=float)))
+    weak = np.asarray([r.weak for r in rows], dtype=float)[order]
+    strong = np.asarray([r.strong for r in rows], dtype=float)[order]
+    strong_prefix = np.concatenate([[0.0], np.cumsum(strong)])
+    weak_suffix = np.concatenate([[0.0], np.cumsum(weak[::-1])])[::-1]
+    accuracy = (strong_prefix + weak_suffix) / n
+    c = np.arange(n + 1) / n
+    a_weak, a_strong = weak.mean(), strong.mean()
+    gap = a_strong - a_weak
+    pgr = (accuracy - a_weak) / gap if gap else np.zeros(n + 1)
+    return c, accuracy, pgr
+
+
+def summary(rows: Sequence[Row], scores: Sequence[float], seed: int) -> dict[str, float]:
+    c, _, pgr = curve(rows, scores, seed)
+    apgr = float(np.sum((pgr[1:] + pgr[:-1]) / 2 * np.diff(c)))
+
+    def cpt(x: float) -> float:
+        hit = np.nonzero(pgr >= x)[0]
+        return float(c[hit[0]]) if len(hit) else 1.0
+
+    return {"apgr": round(apgr, 4), "cpt50": round(cpt(0.5), 4), "cpt80": round(cpt(0.8), 4)}
+
+
+# --------------------------------------------------------------------------------------------
+# The learned router
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedScores:
+    p_weak: list[float]  # predicted success of the weak model
+    p_strong: list[float]
+    l2: dict[str, list[float]]  # the penalty chosen per fit, by tier
+
+
+def _fit_predict(
+    train: Sequence[int],
+    test: Sequence[int],
+    features: Sequence[dict[int, float]],
+    labels: np.ndarray,
+    groups: Sequence[str],
+    width: int,
+) -> tuple[np.ndarray, float]:
+    x = [features[i] for i in train]
+    y = labels[list(train)]
+    l2, _ = l2_choose(x, y, [groups[i] for i in train], width)
+    w, b = logistic_fit(design(x, width), y, l2=l2)
+    return predict_proba(design([features[i] for i in test], width), w, b), l2
+
+
+def learned_scores(
+    rows: Sequence[Row],
+    *,
+    train_rows: Sequence[Row] = (),
+    folds: int = 5,
+    spec: HashingSpec | None = None,
+) -> LearnedScores:
+    """Held-out predicted success of each model on every row of ``rows``: fitted on
+    ``train_rows`` when given, else out of fold (whole groups per fold)."""
+    spec = spec or HashingSpec()
+    everything = [*train_rows, *rows]
+    features = [request_features(spec, r.prompt) for r in everything]
+    groups = [r.group for r in everything]
+    offset = len(train_rows)
+    if train_rows:
+        splits = [(list(range(offset)), list(range(offset, len(everything))))]
+    else:
+        fold = group_folds(groups, folds)
+        splits = [
+            ([i for i in range(len(rows)) if fold[i] != f],
+             [i for i in range(len(rows)) if fold[i] == f])
+            for f in range(folds)
+        ]  # fmt: skip
+    out = {"weak": np.zeros(len(rows)), "strong": np.zeros(len(rows))}
+    chosen: dict[str, list[float]] = {"weak": [], "strong": []}
+    for tier in ("weak", "strong"):
+        labels = np.asarray([getattr(r, tier) for r in everything], dtype=float)
+        for train, test in splits:
+            if not train or not test:
+                continue
+            p, l2 = _fit_predict(train, test, features, labels, groups, spec.width)
+            out[tier][[i - offset for i in test]] = p
+            chosen[tier].append(l2)
+    return LearnedScores(
+        p_weak=[float(v) for v in out["weak"]],
+        p_strong=[float(v) for v in out["strong"]],
+        l2=chosen,
+    )
+
+
+def semantic_scores(
+    rows: Sequence[Row], *, train_rows: Sequence[Row] = (), folds: int = 5
+) -> list[float]:
+    """Held-out scores of the two-route semantic router (see the module docstring): each
+    route's score is its most similar example, as ``SemanticRouterInfo.match`` computes it
+    (here for many prompts at once, in blocks)."""
+    everything = [*train_rows, *rows]
+    offset = len(train_rows)
+    if train_rows:
+        splits = [(list(range(offset)), list(range(offset, len(everything))))]
+    else:
+        fold = group_folds([r.group for r in rows], folds)
+        splits = [
+            ([i for i in range(len(rows)) if fold[i] != f],
+             [i for i in range(len(rows)) if fold[i] == f])
+            for f in range(folds)
+        ]  # fmt: skip
+    needs_strong = np.asarray([(not r.weak) and r.strong for r in everything], dtype=bool)
+    out = np.zeros(len(rows))
+    for train, test in splits:
+        strong_side = needs_strong[train]
+        if not train or not test or strong_side.all() or not strong_side.any():
+            continue
+        backend = HashedTfidf()
+        backend.fit([everything[i].prompt for i in train])
+        examples = backend.embed([everything[i].prompt for i in train])
+        for start in range(0, len(test), 512):
+            block = test[start : start + 512]
+            similarity = backend.embed([everything[i].prompt for i in block]) @ examples.T
+            weak_side = np.logical_not(strong_side)
+            score = similarity[:, weak_side].max(axis=1) - similarity[:, strong_side].max(axis=1)
+            out[[i - offset for i in block]] = score
+    return [float(v) for v in out]
+
+
+# --------------------------------------------------------------------------------------------
+# Running the routers
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    rows: list[Row], *, train_rows: Sequence[Row] = (), folds: int = 5, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Every router's summary on ``rows``, and the scores (for the curves)."""
+    rng = random.Random(seed)
+    out: dict[str, Any] = {
+        "prompts": len(rows),
+        "weak_accuracy": round(sum(r.weak for r in rows) / len(rows), 4),
+        "strong_accuracy": round(sum(r.strong for r in rows) / len(rows), 4),
+        "held_out": "trained on --train" if train_rows else f"{folds}-fold, whole groups held out",
+    }
+    learned = learned_scores(rows, train_rows=train_rows, folds=folds)
+    observed = [r.weak for r in rows]
+    routers: dict[str, list[float]] = {
+        "random": [rng.random() for _ in rows],
+        "length": [-float(len(r.prompt)) for r in rows],
+        "learned": [w - s for w, s in zip(learned.p_weak, learned.p_strong, strict=True)],
+        "semantic": semantic_scores(rows, train_rows=train_rows, folds=folds),
+        "oracle": [1.0 if r.weak or not r.strong else 0.0 for r in rows],
+    }
+    cascade: list[float] = []
+    if any(r.weak_response for r in rows):
+        cascade = [
+            cascade_judge(
+                CascadeAttempt(output=r.weak_response), prior=p, expects="number"
+            ).p_success
+            for r, p in zip(rows, learned.p_weak, strict=True)
+        ]
+        routers["cascade"] = cascade
+    for router, scores in routers.items():
+        out[router] = summary(rows, scores, seed)
+    out["learned"]["brier"] = round(brier_score(learned.p_weak, observed), 4)
+    base = sum(r.weak for r in (train_rows or rows)) / len(train_rows or rows)
+    out["learned"]["brier_base_rate"] = round(brier_score([base] * len(rows), observed), 4)
+    out["learned"]["l2_chosen"] = learned.l2
+    if cascade:
+        out["cascade"]["brier"] = round(brier_score(cascade, observed), 4)
+        escalate = [p < 0.5 for p in cascade]
+        acc = sum(r.strong if e else r.weak for r, e in zip(rows, escalate, strict=True))
+        out["cascade"]["strong_share_at_0.5"] = round(sum(escalate) / len(rows), 4)
+        out["cascade"]["accuracy_at_0.5"] = round(acc / len(rows), 4)
+    return out, routers
+
+
+def routerbench(
+    data: Path,
+    *,
+    train: Path | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    weak: str = WEAK,
+    strong: str = STRONG,
+) -> tuple[dict[str, Any], dict[str, tuple[list[Row], dict[str, list[float]]]]]:
+    """Results per dataset found in ``data`` (and the rows and scores behind them)."""
+    results: dict[str, Any] = {}
+    scored: dict[str, tuple[list[Row], dict[str, list[float]]]] = {}
+    for name, loader in LOADERS.items():
+        rows = loader(data, weak, strong)
+        if not rows:
+            continue
+        train_rows = loader(train, weak, strong) if train is not None else []
+        if train is not None and not train_rows:
+            continue
+        results[name], routers = evaluate(rows, train_rows=train_rows, folds=folds, seed=seed)
+        scored[name] = (rows, routers)
+    return results, scored
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, res in results.items():
+        lines.append(
+            f"{name}: {res['prompts']} prompts, weak {res['weak_accuracy']:.3f}, "
+            f"strong {res['strong_accuracy']:.3f} ({res['held_out']})"
+        )
+        lines.append(f"  {'router':<8} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'Brier':>6}")
+        for router in ROUTERS:
+            if router in res:
+                r = res[router]
+                brier = f"{r['brier']:>6.3f}" if "brier" in r else f"{'':>6}"
+                lines.append(
+                    f"  {router:<8} {r['apgr']:>6.3f} {r['cpt50']:>6.3f} {r['cpt80']:>6.3f} {brier}"
+                )
+    return lines
+
+
+def plot_html(scored: dict[str, tuple[list[Row], dict[str, list[float]]]], seed: int) -> str:
+    """The cost–quality curves (PGR against the strong-call share) as self-contained HTML."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(scored)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    for col, name in enumerate(names, start=1):
+        rows, routers = scored[name]
+        for router, scores in routers.items():
+            c, _, pgr = curve(rows, scores, seed)
+            step = max(1, len(c) // 400)
+            fig.add_trace(
+                go.Scatter(x=c[::step], y=pgr[::step], name=f"{name} {router}", mode="lines"),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="strong-call share", row=1, col=col)
+        fig.update_yaxes(title_text="PGR", row=1, col=col)
+    html: str = fig.to_html(include_plotlyjs=True, full_html=True)
+    return html
+
+
+def finite(results: dict[str, Any]) -> bool:
+    return all(math.isfinite(r["learned"]["apgr"]) for r in results.values())
