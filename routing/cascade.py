@@ -12,6 +12,9 @@ schema invalid         ``schema_valid`` false (reported, or checked here)      �
 broken JSON            JSON expected (or begun) and it does not parse           −4
 truncated              ``finish_reason`` "length", or unbalanced brackets        −3
 no final number        a number expected and none at the end                    −3
+arithmetic error       an equation in the answer that does not hold             −2
+                       ("12 + 7 = 20"; within rounding to 2 decimals)
+self-correction        "however", "can't have half", "rounding" (numbers)       −1
 not a label            a short label expected, prose given                      −2.5
 refusal / hedge        "I cannot", "I would need more information", …           −3 / −1
 chatty preamble        "Sure!", "Here are the fields:" before the answer        −1
@@ -43,6 +46,8 @@ WEIGHTS: Final[Mapping[str, float]] = {
     "json_broken": -4.0,
     "truncated": -3.0,
     "no_final_number": -3.0,
+    "arithmetic_error": -2.0,
+    "self_correction": -1.0,
     "not_a_label": -2.5,
     "refusal": -3.0,
     "hedge": -1.0,
@@ -63,6 +68,12 @@ _HEDGE = re.compile(r"\b(probably|might be|not sure|i think|possibly|it depends)
 _CHATTY = re.compile(r"^\s*(sure|certainly|of course|here (?:is|are)|this looks like)\b", re.I)
 _FINAL_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?\s*[^\w\s]*\s*$")
 _LABEL = re.compile(r"^[\w\-]+(?:/[\w\-]+)?$")
+_NUM = r"-?\d[\d,]*(?:\.\d+)?"
+# "a op b [op c …] = d" (also inside calculator annotations "<<a*b=d>>").
+_EQUATION = re.compile(rf"({_NUM}(?:\s*[-+*/×]\s*{_NUM})+)\s*=\s*\$?({_NUM})")
+_SELF_CORRECTION = re.compile(
+    r"\b(however|but since|can(?:no|')t have|round(?:ed|ing)? (?:up|down)|approximately)\b", re.I
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,56 @@ def _json_ok(text: str) -> bool:
     return True
 
 
+def _arithmetic_error(text: str) -> bool:
+    """Does an equation of plain numbers in the text not hold (beyond rounding)?"""
+    for match in _EQUATION.finditer(text):
+        expression = match.group(1).replace(",", "").replace("×", "*")
+        try:
+            value = _evaluate(expression)
+            stated = float(match.group(2).replace(",", ""))
+        except (ValueError, ZeroDivisionError):
+            continue
+        if (
+            abs(value - stated) > 1e-6 * max(1.0, abs(value))
+            and abs(round(value, 2) - stated) > 0.011
+        ):
+            return True
+    return False
+
+
+_TERM = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([-+*/]?)")
+
+
+def _evaluate(expression: str) -> float:
+    """Value of "n op n op …" with * and / before + and - (no eval)."""
+    terms: list[float] = []
+    ops: list[str] = []
+    position = 0
+    while position < len(expression):
+        match = _TERM.match(expression, position)
+        if match is None or match.end() == position:
+            raise ValueError(expression)
+        terms.append(float(match.group(1)))
+        if match.group(2):
+            ops.append(match.group(2))
+        position = match.end()
+    if len(ops) != len(terms) - 1:
+        raise ValueError(expression)
+    sums, sum_ops = [terms[0]], []
+    for op, term in zip(ops, terms[1:], strict=True):
+        if op == "*":
+            sums[-1] *= term
+        elif op == "/":
+            sums[-1] /= term
+        else:
+            sums.append(term)
+            sum_ops.append(op)
+    total = sums[0]
+    for op, term in zip(sum_ops, sums[1:], strict=True):
+        total = total + term if op == "+" else total - term
+    return total
+
+
 def attempt_evidence(attempt: CascadeAttempt, expects: Expects) -> dict[str, float]:
     """The evidence present in the attempt: {name: 1.0} flags, plus the numeric signals."""
     text = attempt.output.strip()
@@ -123,6 +184,10 @@ def attempt_evidence(attempt: CascadeAttempt, expects: Expects) -> dict[str, flo
         out["truncated"] = 1.0
     if expects == "number" and not _FINAL_NUMBER.search(text):
         out["no_final_number"] = 1.0
+    if _arithmetic_error(text):
+        out["arithmetic_error"] = 1.0
+    if expects == "number" and _SELF_CORRECTION.search(text):
+        out["self_correction"] = 1.0
     if expects == "label" and not _LABEL.match(text):
         out["not_a_label"] = 1.0
     if _REFUSAL.search(text):
@@ -151,7 +216,8 @@ def cascade_judge(
     z = _logit(prior)
     reasons = [f"prior {prior:.2f} (the decision's confidence)"]
     for name in ("empty", "schema_invalid", "json_broken", "truncated", "no_final_number",
-                 "not_a_label", "refusal", "hedge", "chatty"):  # fmt: skip
+                 "arithmetic_error", "self_correction", "not_a_label", "refusal", "hedge",
+                 "chatty"):  # fmt: skip
         if name in evidence:
             z += weights[name]
             reasons.append(f"{name.replace('_', ' ')} ({weights[name]:+g})")

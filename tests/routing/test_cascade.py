@@ -86,3 +86,22 @@ def test_evidence_and_signals() -> None:
     assert invalid.action == "escalate"
     strict = cascade_judge(CascadeAttempt(output="42"), prior=0.7, threshold=0.8)
     assert strict.action == "escalate" and strict.threshold == 0.8
+
+
+def test_an_answer_whose_own_arithmetic_is_wrong_escalates_sooner() -> None:
+    from routing.cascade import CascadeAttempt, attempt_evidence, cascade_judge
+
+    right = "She buys 3 * 4 = 12 apples, then 12 + 5 = 17.\n#### 17"
+    wrong = "She buys 3 * 4 = 12 apples, then 12 + 5 = 18.\n#### 18"
+    assert "arithmetic_error" not in attempt_evidence(CascadeAttempt(right), "number")
+    assert "arithmetic_error" in attempt_evidence(CascadeAttempt(wrong), "number")
+    # Rounding to cents, calculator annotations, precedence and thousands separators hold.
+    fine = "<<10/3=3.33>> 2 + 3 * 4 = 14, 1,200 - 200 = 1,000\n#### 1000"
+    assert "arithmetic_error" not in attempt_evidence(CascadeAttempt(fine), "number")
+    corrected = "That is 2.5 bolts. However, you can't have half a bolt.\n#### 3"
+    assert "self_correction" in attempt_evidence(CascadeAttempt(corrected), "number")
+    assert "self_correction" not in attempt_evidence(CascadeAttempt(corrected), "")
+    good = cascade_judge(CascadeAttempt(right), prior=0.7, expects="number")
+    bad = cascade_judge(CascadeAttempt(wrong), prior=0.7, expects="number")
+    assert good.action == "accept" and bad.action == "escalate"
+    assert any("arithmetic error" in r for r in bad.reasons)
