@@ -1045,9 +1045,11 @@ def _scan_texts(texts: Sequence[str], types: set[str]) -> tuple[bool, set[int]]:
         joined = pii_types(_FIELD_SEPARATOR.join(texts))
         if not joined:
             return False, set()
-        types.update(joined)
         if len(texts) == 1:
+            types.update(joined)
             return False, {0}
+        # What the joined text holds may straddle two fields (an obfuscated "at … dot com"
+        # across the separator): the fields on their own decide.
         flagged: set[int] = set()
         for index, text in enumerate(texts):
             found = pii_types(text)
