@@ -75,3 +75,52 @@ def user_create(role: str | None, username: str | None = None) -> User:
             user.is_staff = True
             user.save(update_fields=["is_staff"])
     return user
+
+
+# --- API calls as a service makes them --------------------------------------------------
+
+
+def decision_post(client: Any, secret: str, body: Any, **extra: Any) -> Any:
+    """POST /api/v1/decisions with a bearer key (a dict is sent as JSON, str/bytes as is)."""
+    return client.post(
+        "/api/v1/decisions",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+        **extra,
+    )
+
+
+def outcome_post(
+    client: Any,
+    secret: str,
+    decision_id: str,
+    attempts: list[dict[str, Any]],
+    status: str = "ok",
+) -> Any:
+    """POST /api/v1/decisions/{id}/outcome with a bearer key."""
+    return client.post(
+        f"/api/v1/decisions/{decision_id}/outcome",
+        {"attempts": attempts, "final_status": status},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+
+
+def team_budget_create(registry: dict[str, Any], spent: str, **fields: Any) -> Any:
+    """A monthly $100 budget of the registry fixture's team, with ``spent`` USD already spent
+    this period."""
+    from controlplane.models import BudgetSpend
+
+    budget = services.budget_create(
+        name="team-a-monthly",
+        scope="team",
+        team=registry["team"],
+        period="month",
+        limit_usd=Decimal("100"),
+        **fields,
+    )
+    BudgetSpend.objects.create(
+        budget=budget, period_start=budget.period_start(timezone.now()), spent_usd=Decimal(spent)
+    )
+    return budget

@@ -29,6 +29,8 @@ from telemetry.budgets import budget_leases_expire, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord, HourlyRollup
 from telemetry.recorder import recorder
 from telemetry.rollups import rollups_recompute
+from tests.factories import decision_post as post
+from tests.factories import outcome_post as report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,24 +43,6 @@ WORST = Decimal("0.0008128")
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     registry_cache.invalidate()
-
-
-def post(client: Client, secret: str, body: Any) -> Any:
-    return client.post(
-        "/api/v1/decisions",
-        body,
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {secret}",
-    )
-
-
-def report(client: Client, secret: str, decision_id: str, attempts: list[dict[str, Any]]) -> Any:
-    return client.post(
-        f"/api/v1/decisions/{decision_id}/outcome",
-        {"attempts": attempts, "final_status": "ok"},
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {secret}",
-    )
 
 
 def attempt(model: str = "small-local", input_tokens: int = 50_000, output: int = 10) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from routing.snapshot import registry_cache
 from telemetry.models import DecisionIdempotency, DecisionRecord
 from telemetry.recorder import recorder
 from telemetry.retention import decisions_maintain, idempotency_keys_purge
+from tests.factories import decision_post as post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,16 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     registry_cache.invalidate()
-
-
-def post(client: Client, secret: str, body: Any) -> Any:
-    raw = body if isinstance(body, str | bytes) else json.dumps(body)
-    return client.post(
-        "/api/v1/decisions",
-        raw,
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {secret}",
-    )
 
 
 def _cloud_route(registry: dict[str, Any]) -> None:

@@ -14,18 +14,10 @@ from routing.schemas import NO_CONTROL_CHARACTERS
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
 from telemetry.retention import decision_prompts_purge
+from tests.factories import decision_post as post
 from tests.routing.pii_corpus import disguised_rows, request_bodies
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def post(client: Client, secret: str, body: Any) -> Any:
-    return client.post(
-        "/api/v1/decisions",
-        body,
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {secret}",
-    )
 
 
 def _route_to_cloud(registry: dict[str, Any], fallbacks: list[str]) -> None:
