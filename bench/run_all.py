@@ -5,7 +5,7 @@ Installs wrk (Debian package) if it is missing: the decision API benchmark drive
 saturation phase with it.
 
 Routing quality (``manage.py routerbench``) runs only when ``ROUTERBENCH_DATA`` names a
-RouteLLM-format directory (for example ``ROUTERBENCH_DATA=../shared/data/routellm``), read
+RouteLLM-format directory (``ROUTERBENCH_DATA=/path/to/routellm``, see README), read
 in place; it writes bench/results/routing_quality.json. Without it, it says it skipped and
 writes nothing.
 """

@@ -784,7 +784,7 @@ def decide(request: DecisionRequest, snapshot: Snapshot) -> Decision:
             cause = "PII detection failed (treated as personal data)"
             local_reason = "personal data: cloud model not allowed"
     classification = request.data_classification
-    if classification is not None and classification != "public" and classification != "internal":
+    if classification is not None and classification not in enums.OPEN_CLASSIFICATIONS:
         if classification == "personal" or classification == "confidential":
             actions.append(f"local_only: data classified {classification}")
             if not cause:

@@ -69,6 +69,13 @@ class DataClassification(StrEnum):
     PERSONAL = "personal"
 
 
+# Labels that allow a cloud model; any other label (personal, confidential, or one we do
+# not know) keeps the request local (engine policy gate, answer cache, fail closed).
+OPEN_CLASSIFICATIONS: frozenset[str] = frozenset(
+    {DataClassification.PUBLIC, DataClassification.INTERNAL}
+)
+
+
 class AttemptStatus(StrEnum):
     """How one attempt (and so the whole request: its final status) ended."""
 

@@ -45,6 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from routing.enums import OPEN_CLASSIFICATIONS
+
 if TYPE_CHECKING:
     from routing.schemas import DecisionInput, MetadataValue
 
@@ -1189,4 +1191,8 @@ def request_sensitive(
     """Whether a request carries personal (or confidential) data: detected, declared
     (``personal``, ``confidential`` or an unknown label), or undecidable (detection failed)
     — the cases the engine keeps on local models."""
-    return bool(pii_types) or detection_failed or classification not in (None, "public", "internal")
+    return (
+        bool(pii_types)
+        or detection_failed
+        or (classification is not None and classification not in OPEN_CLASSIFICATIONS)
+    )

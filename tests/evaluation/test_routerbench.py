@@ -1,6 +1,6 @@
 """manage.py routerbench on a small RouteLLM-format directory the test writes itself: the
 JSON shape, the held-out learned router beating random, the cascade on GSM8K only, the
---train mode and the plot. Never reads ../shared."""
+--train mode and the plot. Reads no data outside the repository."""
 
 from __future__ import annotations
 
