@@ -1,12 +1,14 @@
 """Calling OpenAI-compatible chat-completion endpoints (providers, local servers, the fleet).
 
-One pooled ``httpx.Client`` per process (created lazily, re-created after a fork) serves every
-call. Each call:
+Calls go through the official ``openai`` package (``OpenAI`` clients kept per base URL and
+key, with the SDK's own retries off: the loop below retries). Every one of them sends through
+one pooled ``httpx.Client`` per process (created lazily, re-created after a fork) that never
+follows redirects and ignores proxy settings of the environment. Each call:
 
 1. checks the model's base URL against the allowlist, resolving the host name
    (``model_url_validate(resolve=True)``): an allowlisted name pointed at a metadata or
    link-local address is refused at call time, not only when the model was registered;
-2. posts the chat completion with the model's timeout and never follows redirects;
+2. posts the chat completion with the model's timeout (a redirect is an error);
 3. retries 429 and 5xx answers (and connection failures) with exponential backoff, waiting
    at least as long as a ``Retry-After`` header asks, within a cap;
 4. maps the result to an attempt status — ok | error | timeout | invalid_output |
@@ -27,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
+import openai
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -91,6 +94,7 @@ def model_timeout_s(slug: str, tier: int) -> float:
 _client: httpx.Client | None = None
 _client_pid = 0
 _client_lock = threading.Lock()
+_sdk_clients: dict[tuple[str, str], openai.OpenAI] = {}
 
 
 def http_client() -> httpx.Client:
@@ -117,6 +121,26 @@ def http_client_close() -> None:
         if _client is not None:
             _client.close()
             _client = None
+        _sdk_clients.clear()
+
+
+def sdk_client(target: ModelTarget) -> openai.OpenAI:
+    """The ``openai`` client for a target's base URL and key, over the pooled HTTP client
+    (no SDK retries: ``chat_complete`` retries with its own backoff and Retry-After)."""
+    http = http_client()
+    key = (target.base_url, target.api_key)
+    with _client_lock:
+        client = _sdk_clients.get(key)
+        if client is None or client._client is not http:
+            client = openai.OpenAI(
+                base_url=target.base_url,
+                api_key=target.api_key or "switchyard-no-key",
+                # The SDK takes an httpx client as well as its own httpx2 (typed for the latter).
+                http_client=cast(Any, http),
+                max_retries=0,
+            )
+            _sdk_clients[key] = client
+    return client
 
 
 # --- one call -----------------------------------------------------------------------------
@@ -226,33 +250,39 @@ def chat_complete(
         body["response_format"] = dict(response_format)
     if temperature is not None:
         body["temperature"] = temperature
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
     max_retries = int(settings.SWITCHYARD_EVAL_RETRIES) if retries is None else retries
-    client = http_client()
+    completions = sdk_client(target).chat.completions.with_raw_response
+    # No key for this model (a local server): no Authorization header at all.
+    no_key = {} if target.api_key else {"Authorization": openai.Omit()}
     attempt = 0
     while True:
         attempt += 1
         try:
-            response = client.post(
-                target.completions_url, json=body, headers=headers, timeout=target.timeout_s
-            )
-        except httpx.TimeoutException:
+            # The raw response, parsed below: an unreadable answer is an attempt status
+            # (invalid_output), not an exception.
+            raw = completions.create(timeout=target.timeout_s, extra_headers=no_key, **body)
+            # The SDK sends through our (httpx) client, so the response is httpx's.
+            response = cast(httpx.Response, raw.http_response)
+        except openai.APITimeoutError:
             return ChatResult(
                 "timeout",
                 latency_ms=(time.perf_counter() - started) * 1000,
                 attempts=attempt,
                 error=f"no answer within {target.timeout_s:g} s",
             )
-        except httpx.TransportError as exc:
+        except openai.APIConnectionError as exc:
             if attempt <= max_retries:
                 time.sleep(_backoff_s(attempt - 1, None))
                 continue
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
             return ChatResult(
                 "error",
                 latency_ms=(time.perf_counter() - started) * 1000,
                 attempts=attempt,
-                error=f"connection failed: {exc.__class__.__name__}",
+                error=f"connection failed: {cause.__class__.__name__}",
             )
+        except openai.APIStatusError as exc:
+            response = cast(httpx.Response, exc.response)
         if response.status_code == 200:
             return _parse(response, started, attempt, min_confidence)
         if response.status_code in RETRYABLE_STATUS and attempt <= max_retries:

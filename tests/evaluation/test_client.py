@@ -170,3 +170,26 @@ def test_host_off_the_allowlist_is_refused() -> None:
         ModelTarget(slug="m", base_url="http://10.1.2.3/v1", provider_model="x"), MESSAGES
     )
     assert result.status == "error" and "allowlist" in result.error
+
+
+class _Headers(_Scripted):
+    authorization: list[str | None] = []
+
+    def do_POST(self) -> None:
+        type(self).authorization.append(self.headers.get("Authorization"))
+        super().do_POST()
+
+
+def test_sends_the_models_key_and_no_header_without_one() -> None:
+    handler = type("Handler", (_Headers,), {"script": [], "seen": [], "authorization": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        handler.script = [(200, {}, OK_BODY, 0.0), (200, {}, OK_BODY, 0.0)]
+        assert chat_complete(target(url, api_key="sk-provider"), MESSAGES).status == "ok"
+        assert chat_complete(target(url), MESSAGES).status == "ok"
+        assert handler.authorization == ["Bearer sk-provider", None]
+    finally:
+        server.shutdown()
+        server.server_close()
