@@ -16,13 +16,14 @@ out of **leases** instead:
    than ``SWITCHYARD_BUDGET_LEASE_SHARE`` of the headroom left, never less than the request
    at hand.
 2. **Admit** (``BudgetLeases.admit``, the recorder's admission hook, before it writes a
-   batch). Each row's holds are taken from this process's open leases in memory; the row
-   is written with them (``telemetry_decision.budget_holds`` = [[lease id, amount], ...]).
-   A row is admitted on all its budgets or on none. When a lease runs short a new one is
-   taken; when even that does not fit, the row is refused: 429 ``budget_exceeded`` for a
-   ``block`` budget; for a ``local_only`` budget only *cloud* decisions are refused (the
-   pipeline decides again and keeps the request local), local ones are admitted with a
-   lease of exactly their worst case, as their holds still count.
+   batch; ``admit_now`` for the gateway's rows, on the request's thread, when the open
+   leases cover them without a statement). Each row's holds are taken from this process's
+   open leases in memory; the row is written with them (``telemetry_decision.budget_holds``
+   = [[lease id, amount], ...]). A row is admitted on all its budgets or on none. When a
+   lease runs short a new one is taken; when even that does not fit, the row is refused: 429
+   ``budget_exceeded`` for a ``block`` budget; for a ``local_only`` budget only *cloud*
+   decisions are refused (the pipeline decides again and keeps the request local), local
+   ones are admitted with a lease of exactly their worst case, as their holds still count.
 3. **Close** (``BudgetLeases.tick``). After ``SWITCHYARD_BUDGET_LEASE_S`` (or when it runs
    short) a lease stops admitting and its holder gives back the part it did not use
    (``unused_usd``; ``reserved_usd`` lowered by it).
@@ -208,6 +209,40 @@ class BudgetLeases:
                     continue
                 row["budget_holds"] = [[lease.id, str(amount)] for lease, amount in held]
         return refused
+
+    def admit_now(self, row: DecisionRow) -> bool:
+        """Give ``row`` its holds from the open leases in memory, without the database (the
+        request's own thread, before the writer sees the row), if every budget it reserves
+        against is known and has an open lease with room; else hold nothing and return
+        False — the writer's ``admit`` then decides (it may take a lease, or refuse). Never
+        blocks behind the writer: a lock it holds (a lease being taken) means False."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            now = time.monotonic()
+            if now - self._meta_read >= self.lease_s:
+                return False  # the budgets' settings may have changed: the writer reads them
+            held: list[tuple[_Lease, Decimal]] = []
+            for reservation in row["reservations"]:
+                meta = self._meta.get(reservation["budget_id"])
+                lease = None
+                amount = reservation_amount(reservation["amount_usd"])
+                if meta is not None:
+                    slot = (
+                        reservation["budget_id"],
+                        budget_period_start(meta.period, row["created_at"]),
+                    )
+                    lease = self._open.get(slot)
+                if lease is None or lease.closes_at <= now or lease.remaining < amount:
+                    for taken, back in held:
+                        taken.remaining += back
+                    return False
+                lease.remaining -= amount
+                held.append((lease, amount))
+            row["budget_holds"] = [[lease.id, str(amount)] for lease, amount in held]
+            return True
+        finally:
+            self._lock.release()
 
     def give_back(self, rows: Iterable[DecisionRow]) -> None:
         """Return the holds of rows that are certainly not stored to their open leases (a

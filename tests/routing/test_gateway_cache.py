@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from controlplane.generation import generation_bump
 from controlplane.models import TaskClass
-from evaluation.fleet import RunningFleet
+from evaluation.fleet import RunningFleet, fleet_start
 from routing.gateway import answer_cache
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
@@ -49,13 +49,17 @@ def _fleet_calls(fleet: RunningFleet) -> int:
     return sum(m["requests"] for m in stats["models"].values())
 
 
-@pytest.fixture
-def registry(fleet: RunningFleet) -> dict[str, Any]:
-    fleet.state.reset()
+def _cache_clear() -> None:
     store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
     for key in store.scan_iter("sy:answer:*"):
         store.delete(key)
     answer_cache.close()
+
+
+@pytest.fixture
+def registry(fleet: RunningFleet) -> dict[str, Any]:
+    fleet.state.reset()
+    _cache_clear()
     return registry_create(f"{fleet.url}/v1")
 
 
@@ -98,7 +102,7 @@ def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
     assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
     assert hit.attempts[0]["input_tokens"] == hit.attempts[0]["output_tokens"] == 0
     assert hit.attempts[0]["latency_ms"] < paid.attempts[0]["latency_ms"] + 1000
-    # Another question, another temperature, or a stream: not the cached answer.
+    # Another question or another temperature: not the cached answer.
     other: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "How do I reset my password?"}
     ]
@@ -107,11 +111,6 @@ def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
             model="auto", extra_headers=SUPPORT, **kwargs
         )
         assert raw.headers["x-switchyard-cache"] == "miss"
-    streamed = client.chat.completions.with_raw_response.create(
-        model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
-    )
-    list(streamed.parse())
-    assert streamed.headers["x-switchyard-cache"] == "miss"
     # The entry lives as long as the class says.
     store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
     ttls = [store.ttl(k) for k in store.scan_iter("sy:answer:*")]
@@ -180,3 +179,76 @@ def test_the_dashboard_shows_the_spend_the_cache_saved(
     html = viewer.get("/?range=24h").content.decode()
     assert 'data-kpi="cache-saved"' in html
     assert "2 answers reused" in html
+
+
+def _streamed_text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_streamed_requests_hit_the_cache_and_fill_it(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    # A streamed miss: relayed from the model, and its answer, put back together, cached.
+    first = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
+    )
+    streamed = list(first.parse())
+    assert first.headers["x-switchyard-cache"] == "miss"
+    calls = _fleet_calls(fleet)
+    paid = outcome_of(first.headers["x-switchyard-decision-id"])
+    assert paid.cost_usd > 0 and paid.validation == {"gateway": "stream", "cache": "miss"}
+    # The same request, plain: answered from the entry the stream filled.
+    plain = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT
+    )
+    assert plain.headers["x-switchyard-cache"] == "hit"
+    completion = plain.parse()
+    assert completion.choices[0].message.content == _streamed_text(streamed)
+    assert completion.choices[0].finish_reason == streamed[-1].choices[0].finish_reason
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    # Streamed again, with usage asked for: a hit, sent as an SSE stream of the same answer.
+    again = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=ASK,
+        extra_headers=SUPPORT,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    chunks = list(again.parse())
+    assert _streamed_text(chunks) == _streamed_text(streamed)
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert _fleet_calls(fleet) == calls, "hits call no model"
+    for raw in (plain, again):
+        hit = outcome_of(raw.headers["x-switchyard-decision-id"])
+        assert hit.final_status == "ok" and hit.cost_usd == 0
+        assert hit.validation["cache"] == "hit"
+        assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
+    streamed_hit = outcome_of(again.headers["x-switchyard-decision-id"])
+    assert streamed_hit.validation["gateway"] == "stream"
+    assert streamed_hit.attempts[0]["ttft_ms"] >= 0
+    assert DecisionRecord.objects.count() == 3
+
+
+def test_a_stream_that_fails_is_not_cached(gateway_url: str) -> None:
+    with fleet_start(latency_scale=4.0) as slow:  # the answer streams over ≈ 2 s
+        _cache_clear()
+        registry = registry_create(f"{slow.url}/v1")
+        _cacheable(600)
+        body = {"model": "auto", "messages": ASK, "stream": True}
+        headers = {"Authorization": f"Bearer {registry['secret']}", **SUPPORT}
+        with httpx.stream(
+            "POST", f"{gateway_url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            assert response.headers["x-switchyard-cache"] == "miss"
+            for line in response.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # the first words arrived: hang up
+        outcome_of(response.headers["x-switchyard-decision-id"])
+        store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
+        assert list(store.scan_iter("sy:answer:*")) == []
