@@ -171,6 +171,8 @@ class ChatCall:
     condenser: ModelInfo | None = None
     condense_above: int = 0
     condensed: Mapping[str, Any] | None = None
+    # The condensing call itself, recorded (and charged) as an attempt made for the answer.
+    condensing: Attempt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +384,7 @@ class Attempt:
     ttft_ms: int | None = None
     error: str = ""
     streamed_chars: int = 0
+    purpose: str = ""  # "condense": a call made for the answer, not an attempt at it
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -394,6 +397,8 @@ class Attempt:
         }
         if self.ttft_ms is not None:
             out["ttft_ms"] = self.ttft_ms
+        if self.purpose:
+            out["purpose"] = self.purpose
         return out
 
 
@@ -573,9 +578,11 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
     began = time.perf_counter()
     summary = ""
     usage = (0, 0)
+    attempt: Attempt | None = None
     if not circuits.allow(local.slug):
         record["error"] = CIRCUIT_OPEN
     else:
+        attempt = Attempt(local, purpose="condense")
         cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
         request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
         failure: UpstreamFailed | None = None
@@ -602,14 +609,18 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             failure = UpstreamFailed("invalid_output", "unreadable answer", retryable=True)
         _circuit_report(local, failure)
+        attempt.input_tokens, attempt.output_tokens = usage
         if failure is not None:
             record["error"] = failure.reason
+            attempt.status, attempt.escalation_reason = failure.status, failure.reason
     record["latency_ms"] = round((time.perf_counter() - began) * 1000)
+    if attempt is not None:
+        attempt.latency_ms = record["latency_ms"]
     after = estimate_tokens(summary)
     if not summary.strip() or after >= before:
         record.setdefault("error", "no shorter context")
         metrics.GATEWAY_CONDENSED.labels("failed").inc()
-        return replace(call, condensed=record)
+        return replace(call, condensed=record, condensing=attempt)
     frontier = call.decided.decision.model
     at = call.decided.created_at
     saved = price_cost_usd(
@@ -625,7 +636,7 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
     )
     metrics.GATEWAY_CONDENSED.labels("ok").inc()
     body = {**call.body, "messages": condensed_messages(summary, last)}
-    return replace(call, body=body, condensed=record)
+    return replace(call, body=body, condensed=record, condensing=attempt)
 
 
 async def _committed(call: ChatCall) -> None:
@@ -676,9 +687,11 @@ def _chain(call: ChatCall) -> list[ModelInfo]:
 
 
 def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
-    """What the attempts cost at the prices in force at decision time (the same rule and
-    prices the outcome is charged with), formatted for ``x-switchyard-cost-usd``."""
+    """What the attempts — and the condensing call made for them — cost at the prices in
+    force at decision time (the same rule and prices the outcome is charged with),
+    formatted for ``x-switchyard-cost-usd``."""
     at = call.decided.created_at
+    made = [call.condensing, *attempts] if call.condensing is not None else attempts
     total = sum(
         (
             price_cost_usd(
@@ -686,7 +699,7 @@ def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
                 a.input_tokens,
                 a.output_tokens,
             )
-            for a in attempts
+            for a in made
         ),
         Decimal(0),
     )
@@ -719,7 +732,8 @@ class OutcomeWriter:
         self._lock = threading.Lock()
 
     def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[str]:
-        pending = _Pending(call, [a.report() for a in attempts], final_status, Future())
+        made = [call.condensing, *attempts] if call.condensing is not None else attempts
+        pending = _Pending(call, [a.report() for a in made], final_status, Future())
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -1071,6 +1085,11 @@ class Gateway:
         extra = _switchyard_headers(
             call, attempts[-1].model, len(attempts) - 1, _cost(call, attempts)
         )
+        stored = None
+        if answer is not None and call.cache is not None:
+            # Stored while the answer is sent (not after the outcome's COMMIT): the client's
+            # next identical request rarely arrives before it.
+            stored = self._cache_put(call, call.cache, answer, attempts)
         try:
             if answer is not None:
                 await _respond(send, 200, answer, extra)
@@ -1080,10 +1099,16 @@ class Gateway:
         finally:
             if not before:
                 await self._recorded(call, attempts, final)
-        if answer is not None and call.cache is not None:
-            model = attempts[-1].model
-            cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
-            await self._in_thread(_cache_store, call.cache, cached)
+            if stored is not None:
+                await stored
+
+    def _cache_put(
+        self, call: ChatCall, cache: CacheLookup, answer: bytes, attempts: list[Attempt]
+    ) -> asyncio.Future[Any]:
+        """Store an answer in the cache (in the thread pool; awaited by the caller)."""
+        model = attempts[-1].model
+        cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
+        return asyncio.ensure_future(self._in_thread(_cache_store, cache, cached))
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -1242,6 +1267,10 @@ class Gateway:
                 f"is incomplete (decision {call.decided.decision_id}).",
             )
             tail = b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+        answer = assembled.body() if assembled is not None and not failure else None
+        stored = None
+        if answer is not None and call.cache is not None:
+            stored = self._cache_put(call, call.cache, answer, attempts)
         try:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except OSError:
@@ -1249,11 +1278,8 @@ class Gateway:
         finally:
             if not before:
                 await self._recorded(call, attempts, attempt.status)
-        answer = assembled.body() if assembled is not None and not failure else None
-        if answer is not None and call.cache is not None:
-            model = attempt.model
-            cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
-            await self._in_thread(_cache_store, call.cache, cached)
+            if stored is not None:
+                await stored
 
 
 class _Lines:
