@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.db.models import Sum
 from django.test import Client
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -20,7 +21,7 @@ from controlplane.models import TaskClass
 from evaluation.fleet import RunningFleet, fleet_start
 from routing.gateway import answer_cache
 from routing.snapshot import registry_cache
-from telemetry.models import DecisionRecord
+from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.rollups import rollups_rebuild
 from tests import factories
 from tests.routing.test_gateway import (  # noqa: F401
@@ -252,3 +253,43 @@ def test_a_stream_that_fails_is_not_cached(gateway_url: str) -> None:
         outcome_of(response.headers["x-switchyard-decision-id"])
         store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
         assert list(store.scan_iter("sy:answer:*")) == []
+
+
+def test_savings_count_only_what_the_gateway_observed(
+    registry: dict[str, Any],
+    gateway_url: str,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    ids = [
+        client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT
+        ).headers["x-switchyard-decision-id"]
+        for _ in range(2)
+    ]
+    paid, hit = outcome_of(ids[0]), outcome_of(ids[1])
+    saved = Decimal(hit.validation["saved_usd"])
+    assert saved == paid.cost_usd > 0
+    api = Client()
+    # The caller reports on its own decision: forging a bigger saving is refused ...
+    url = f"/api/v1/decisions/{ids[1]}/outcome"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {registry['secret']}"}
+    attempts = [
+        {k: a[k] for k in ("model", "status", "latency_ms", "input_tokens", "output_tokens")}
+        for a in hit.attempts
+    ]
+    for forged in ({"saved_usd": "1000"}, {"cache": "hit"}, {"condensed": {"saved_usd": 9}}):
+        body = {"attempts": attempts, "final_status": "ok", "validation": forged}
+        refused = api.post(url, body, content_type="application/json", **auth)
+        assert refused.status_code == 400, refused.content
+        assert list(refused.json()["error"]["fields"]) == [f"validation.{next(iter(forged))}"]
+    # ... and a report of its own grades keeps the gateway's account as it was.
+    body = {"attempts": attempts, "final_status": "ok", "validation": {"valid": True}}
+    kept = api.post(url, body, content_type="application/json", **auth)
+    assert kept.status_code == 200, kept.content
+    hit.refresh_from_db()
+    assert hit.validation["valid"] is True
+    assert Decimal(hit.validation["saved_usd"]) == saved and hit.validation["cache"] == "hit"
+    rollups_rebuild()
+    rolled = HourlyRollup.objects.aggregate(hits=Sum("cache_hits"), saved=Sum("cache_saved_usd"))
+    assert rolled == {"hits": 1, "saved": saved}
