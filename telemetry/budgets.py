@@ -57,7 +57,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -257,9 +257,30 @@ class BudgetLeases:
                 row["budget_holds"] = []
 
     def tick(self, conn: psycopg.Connection[Any], *, close_all: bool = False) -> None:
-        """Close leases past their lifetime (all of them with ``close_all``)."""
+        """Close leases past their lifetime (all of them with ``close_all``). Otherwise a
+        closed lease that was used is renewed at once, and the budgets' settings are read
+        again before they go stale, so ``admit_now`` keeps finding what it needs and the
+        gateway's rows rarely wait for the writer to take a lease."""
         with self._lock:
-            self._close_due(conn, float("inf") if close_all else time.monotonic())
+            now = time.monotonic()
+            if close_all:
+                self._close_due(conn, float("inf"))
+                return
+            due = [lease for lease in self._open.values() if lease.closes_at <= now]
+            self._close_due(conn, now)
+            if self._meta and now - self._meta_read >= self.lease_s / 2:
+                self._meta_refresh(conn, set(self._meta), force=True)
+            today = datetime.now(UTC)
+            for lease in due:
+                meta = self._meta.get(lease.slot[0])
+                if (
+                    lease.remaining < lease.amount
+                    and meta is not None
+                    and budget_period_start(meta.period, today) == lease.slot[1]
+                ):
+                    # Sized as the next lease would be (_close); a refusal takes nothing:
+                    # the next row's admission decides then.
+                    self._take(conn, lease.slot, _CENT_FRACTION, meta, force=False)
 
     def has_open(self) -> bool:
         return bool(self._open)
@@ -274,9 +295,11 @@ class BudgetLeases:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _meta_refresh(self, conn: psycopg.Connection[Any], budget_ids: set[int]) -> None:
+    def _meta_refresh(
+        self, conn: psycopg.Connection[Any], budget_ids: set[int], *, force: bool = False
+    ) -> None:
         now = time.monotonic()
-        if budget_ids <= self._meta.keys() and now - self._meta_read < self.lease_s:
+        if not force and budget_ids <= self._meta.keys() and now - self._meta_read < self.lease_s:
             return
         wanted = sorted(budget_ids | self._meta.keys())
         rows = conn.execute(
