@@ -823,7 +823,10 @@ class OutcomeWriter:
                 )
             )
         try:
-            outcome_report_batch([item for _, item in items])
+            # Written after the answer (the default): its COMMIT need not wait for its own
+            # fsync (the next decision's flushes it); before the answer it must.
+            flush = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+            outcome_report_batch([item for _, item in items], flush=flush)
         except DatabaseError:
             logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
             close_old_connections()

@@ -318,8 +318,13 @@ def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
     )
 
 
-def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
-    """Many first-time outcomes in one transaction (the demo and benchmark loaders).
+def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -> int:
+    """Many first-time outcomes in one transaction (the gateway, the demo and benchmark
+    loaders). ``flush=False``: the COMMIT does not wait for its own WAL flush
+    (``synchronous_commit = off``) — for outcomes nobody was promised durable yet (the
+    gateway's, written after the answer was sent): the next synchronous COMMIT on the server
+    (the next decision's) flushes them, and only a crash of PostgreSQL itself within
+    ``wal_writer_delay`` could lose them, as killing the process before the COMMIT could.
 
     Same cost and charging rules as ``outcome_report``:
     1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
@@ -335,6 +340,8 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
     columns = ", ".join(_OUTCOME_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
+        if not flush:
+            cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
             "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
