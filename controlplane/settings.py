@@ -235,9 +235,9 @@ SWITCHYARD_GATEWAY_DEFAULT_TASK_CLASS = env_str("SWITCHYARD_GATEWAY_DEFAULT_TASK
 SWITCHYARD_GATEWAY_HTTP_POOL = env_int("SWITCHYARD_GATEWAY_HTTP_POOL", 1024)
 SWITCHYARD_GATEWAY_THREADS = env_int("SWITCHYARD_GATEWAY_THREADS", 32)
 SWITCHYARD_GATEWAY_URL_CHECK_S = float(env_str("SWITCHYARD_GATEWAY_URL_CHECK_S", "30"))
-# The decision is committed before any model is called; its outcome (attempts, cost, the
-# holds settled) is group-committed right after the answer was sent. 1: before it instead
-# (one more commit on every answer's latency).
+# The decision's COMMIT runs while the model is called and has returned before anything is
+# sent; its outcome (attempts, cost, the holds settled) is group-committed right after the
+# answer was sent. 1: before it instead (one more commit on every answer's latency).
 SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = env_bool("SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER", False)
 
 # Per-model circuit breakers (routing/circuits.py): consecutive failed upstream calls that

@@ -1,11 +1,12 @@
 """The gateway's answer cache: the rules (plain Python) and the store (Redis).
 
-A task class is cacheable when its ``answer_cache_ttl_s`` > 0. For such a class a plain
-(non-streamed) chat completion that was answered ``ok`` is kept for that many seconds under
-the hash of its *normalised request* (:func:`cache_key`), and an identical request within
-the TTL is answered from the cache — still decided, policy-checked and recorded like every
-call, its outcome recorded as a cache hit (no tokens, cost 0, latency of the lookup, the
-spend it saved).
+A task class is cacheable when its ``answer_cache_ttl_s`` > 0. For such a class a chat
+completion that was answered ``ok`` — plain, or a stream that finished cleanly with text
+only, put back together as the plain answer — is kept for that many seconds under the hash
+of its *normalised request* (:func:`cache_key`), and an identical request within the TTL,
+plain or streamed, is answered from the cache (a stream as the SSE events of the stored
+answer) — still decided, policy-checked and recorded like every call, its outcome recorded
+as a cache hit (no tokens, cost 0, latency of the lookup, the spend it saved).
 
 Never cached, unless the class allows it (``answer_cache_personal_data``): requests with
 personal data — detected, declared (``personal`` / ``confidential`` / an unknown

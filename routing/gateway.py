@@ -19,8 +19,12 @@ One request:
 3. The decision pipeline of ``POST /api/v1/decisions`` (``routing.services.decision_make``:
    PII gate on every message, engine — which routes around models whose circuit is open
    (``routing.circuit_board``) — recorder with budget holds) runs in a thread pool; the
-   prompt it scans and retains is the messages' text. For a cacheable class the answer
-   cache is looked up (``routing.answer_cache``): a hit is answered from it.
+   prompt it scans and retains is the messages' text. The decision row is handed to the
+   recorder with its budget holds taken (``wait_commit=False``) and its COMMIT runs while
+   the model is called; nothing is sent to the client before that COMMIT returned
+   (``_committed``; if it fails: 503 ``recording_unavailable``, the answer dropped). For a
+   cacheable class the answer cache is looked up (``routing.answer_cache``): a hit is
+   answered from it.
 4. For a frontier model and a class that condenses, a long context is condensed by a local
    model first (``routing.condense``).
 5. The chosen model's ``base_url`` (allowlisted, ``model_url_validate(resolve=True)``,
@@ -38,7 +42,9 @@ One request:
 8. Every attempt (status, tokens, latency, time to first token for streams) and the final
    status are recorded through ``telemetry.services.outcome_report_batch`` — which settles
    the decision's budget holds and charges the real cost — group-committed right after the
-   answer was sent (``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``: before).
+   answer was sent (``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``: before it, after the
+   decision's COMMIT). Order: decision row queued (holds taken) → model call ∥ decision
+   COMMIT → [outcome COMMIT if before] → answer → [outcome COMMIT].
 
 Extension points left for the cascade and output-check work (issue 12): see
 ``_output_check`` (JSON Schema, output checks, logprob confidence, cascade decision).
@@ -82,7 +88,13 @@ from routing.condense import (
 from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
 from routing.schemas import decision_input_decode
-from routing.services import RECORD_FOR_OUTCOME, Decided, api_key_authenticate, decision_make
+from routing.services import (
+    RECORD_FOR_OUTCOME,
+    Decided,
+    api_key_authenticate,
+    decision_make,
+    recording_error,
+)
 from routing.snapshot import registry_cache
 from routing.upstream_http import (
     UpstreamClient,
@@ -90,6 +102,7 @@ from routing.upstream_http import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from telemetry.recorder import RecordingFailed, recorder
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +171,8 @@ class ChatCall:
     condenser: ModelInfo | None = None
     condense_above: int = 0
     condensed: Mapping[str, Any] | None = None
+    # The condensing call itself, recorded (and charged) as an attempt made for the answer.
+    condensing: Attempt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +295,12 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     if headers.get(CLASSIFICATION_HEADER):
         decision_body["data_classification"] = headers[CLASSIFICATION_HEADER]
     data = decision_input_decode(orjson.dumps(decision_body))
-    made = decision_make(key, data, started=started, pinned_model=pinned)
+    made = decision_make(key, data, started=started, pinned_model=pinned, wait_commit=False)
     assert isinstance(made, Decided)  # no request_id: never a replay
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    cache = None if stream else _cache_lookup(made, task_class, pinned, body)
+    cache = _cache_lookup(made, task_class, pinned, body)
     extras = registry_cache.extras(task_class)
     chosen = made.decision.model
     condenser = None
@@ -317,7 +332,8 @@ def _cache_lookup(
     made: Decided, task_class: str, pinned: str | None, body: dict[str, Any]
 ) -> CacheLookup | None:
     """For a cacheable class (and a request it may cache): the key and what the cache holds.
-    Streamed requests bypass the cache. A cache that fails to answer is a miss."""
+    Plain and streamed requests share entries (``stream`` is not part of the key). A cache
+    that fails to answer is a miss."""
     extras = registry_cache.extras(task_class)
     if extras is None or not cacheable(
         extras.answer_cache_ttl_s, extras.answer_cache_personal_data, made.sensitive
@@ -368,6 +384,7 @@ class Attempt:
     ttft_ms: int | None = None
     error: str = ""
     streamed_chars: int = 0
+    purpose: str = ""  # "condense": a call made for the answer, not an attempt at it
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -380,6 +397,8 @@ class Attempt:
         }
         if self.ttft_ms is not None:
             out["ttft_ms"] = self.ttft_ms
+        if self.purpose:
+            out["purpose"] = self.purpose
         return out
 
 
@@ -559,9 +578,11 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
     began = time.perf_counter()
     summary = ""
     usage = (0, 0)
+    attempt: Attempt | None = None
     if not circuits.allow(local.slug):
         record["error"] = CIRCUIT_OPEN
     else:
+        attempt = Attempt(local, purpose="condense")
         cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
         request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
         failure: UpstreamFailed | None = None
@@ -588,14 +609,18 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             failure = UpstreamFailed("invalid_output", "unreadable answer", retryable=True)
         _circuit_report(local, failure)
+        attempt.input_tokens, attempt.output_tokens = usage
         if failure is not None:
             record["error"] = failure.reason
+            attempt.status, attempt.escalation_reason = failure.status, failure.reason
     record["latency_ms"] = round((time.perf_counter() - began) * 1000)
+    if attempt is not None:
+        attempt.latency_ms = record["latency_ms"]
     after = estimate_tokens(summary)
     if not summary.strip() or after >= before:
         record.setdefault("error", "no shorter context")
         metrics.GATEWAY_CONDENSED.labels("failed").inc()
-        return replace(call, condensed=record)
+        return replace(call, condensed=record, condensing=attempt)
     frontier = call.decided.decision.model
     at = call.decided.created_at
     saved = price_cost_usd(
@@ -611,7 +636,33 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
     )
     metrics.GATEWAY_CONDENSED.labels("ok").inc()
     body = {**call.body, "messages": condensed_messages(summary, last)}
-    return replace(call, body=body, condensed=record)
+    return replace(call, body=body, condensed=record, condensing=attempt)
+
+
+async def _committed(call: ChatCall) -> None:
+    """Wait for the decision's COMMIT, which ran while the model was called: nothing — an
+    answer, an error naming the decision, a cached answer — reaches the client before it.
+    A decision that could not be stored raises ``ApiError`` (503 ``recording_unavailable``):
+    the upstream's answer is dropped, never sent without its record."""
+    committing = call.decided.committing
+    if committing is None:
+        return  # committed before decision_make returned
+    future = committing.future
+    if not future.done():
+        waiting = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.25)
+            if done:
+                break
+            if time.monotonic() > committing.give_up:
+                failed = RecordingFailed("timed out waiting for the decision to be stored")
+                raise recording_error(failed)
+            recorder.watch()  # a writer stuck past its limit is replaced, as record() does
+    try:
+        future.result()
+    except RecordingFailed as exc:
+        logger.warning("gateway: decision %s not stored: %s", call.decided.decision_id, exc)
+        raise recording_error(exc) from exc
 
 
 def _skipped(attempt: Attempt) -> UpstreamFailed:
@@ -636,9 +687,11 @@ def _chain(call: ChatCall) -> list[ModelInfo]:
 
 
 def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
-    """What the attempts cost at the prices in force at decision time (the same rule and
-    prices the outcome is charged with), formatted for ``x-switchyard-cost-usd``."""
+    """What the attempts — and the condensing call made for them — cost at the prices in
+    force at decision time (the same rule and prices the outcome is charged with),
+    formatted for ``x-switchyard-cost-usd``."""
     at = call.decided.created_at
+    made = [call.condensing, *attempts] if call.condensing is not None else attempts
     total = sum(
         (
             price_cost_usd(
@@ -646,7 +699,7 @@ def _cost(call: ChatCall, attempts: list[Attempt]) -> str:
                 a.input_tokens,
                 a.output_tokens,
             )
-            for a in attempts
+            for a in made
         ),
         Decimal(0),
     )
@@ -679,7 +732,8 @@ class OutcomeWriter:
         self._lock = threading.Lock()
 
     def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[str]:
-        pending = _Pending(call, [a.report() for a in attempts], final_status, Future())
+        made = [call.condensing, *attempts] if call.condensing is not None else attempts
+        pending = _Pending(call, [a.report() for a in made], final_status, Future())
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -769,7 +823,10 @@ class OutcomeWriter:
                 )
             )
         try:
-            outcome_report_batch([item for _, item in items])
+            # Written after the answer (the default): its COMMIT need not wait for its own
+            # fsync (the next decision's flushes it); before the answer it must.
+            flush = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
+            outcome_report_batch([item for _, item in items], flush=flush)
         except DatabaseError:
             logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
             close_old_connections()
@@ -892,10 +949,11 @@ class Gateway:
         None if it could not be stored (logged; the holds are released when they expire).
 
         Awaited after the answer was sent unless ``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``:
-        the decision itself was committed before any model was called, so every answered
-        call is on record; its outcome follows by one group commit (a process killed in
-        between leaves the decision without outcome, its holds released after the
-        reservation TTL, as for a caller of the decision API that never reports)."""
+        the decision itself was committed before anything was sent (``_committed``), so
+        every answered call is on record; its outcome follows by one group commit (a
+        process killed in between leaves the decision without outcome, its holds released
+        after the reservation TTL, as for a caller of the decision API that never
+        reports)."""
         for i, attempt in enumerate(attempts):
             metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
             metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
@@ -970,25 +1028,33 @@ class Gateway:
         )
         if call.condenser is not None:
             call = await _condensed(call, call.condenser)
-        if call.stream:
-            await self._chat_stream(call, receive, send)
-        elif call.cache is not None and call.cache.hit is not None:
+        if call.cache is not None and call.cache.hit is not None:
             await self._chat_cached(call, call.cache, send)
+        elif call.stream:
+            await self._chat_stream(call, receive, send)
         else:
             await self._chat_plain(call, send)
 
     async def _chat_cached(self, call: ChatCall, cache: CacheLookup, send: Send) -> None:
-        """A cache hit: the stored answer, recorded as one attempt of the model that produced
-        it with no tokens (cost 0) and the lookup's latency."""
+        """A cache hit: the stored answer (for a stream, as the SSE events of that answer),
+        recorded as one attempt of the model that produced it with no tokens (cost 0) and
+        the lookup's latency (also its time to first token, for a stream)."""
         assert cache.hit is not None and cache.hit_model is not None
         attempt = Attempt(cache.hit_model, latency_ms=round(cache.lookup_ms))
+        if call.stream:
+            attempt.ttft_ms = attempt.latency_ms
         attempts = [attempt]
+        await _committed(call)
         before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
         if before:
             await self._recorded(call, attempts, "ok")
         extra = _switchyard_headers(call, cache.hit_model, 0, _cost(call, attempts), cache="hit")
         try:
-            await _respond(send, 200, cache.hit.body, extra)
+            if call.stream:
+                events = completion_events(cache.hit.body, include_usage=call.include_usage)
+                await _respond(send, 200, events, extra, content_type=b"text/event-stream")
+            else:
+                await _respond(send, 200, cache.hit.body, extra)
         finally:
             if not before:
                 await self._recorded(call, attempts, "ok")
@@ -1015,12 +1081,18 @@ class Gateway:
             if answer is not None or not _escalates(call, index, last):
                 break
         final = "ok" if answer is not None else attempts[-1].status
+        await _committed(call)
         before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
         if before:
             await self._recorded(call, attempts, final)
         extra = _switchyard_headers(
             call, attempts[-1].model, len(attempts) - 1, _cost(call, attempts)
         )
+        stored = None
+        if answer is not None and call.cache is not None:
+            # Stored while the answer is sent (not after the outcome's COMMIT): the client's
+            # next identical request rarely arrives before it.
+            stored = self._cache_put(call, call.cache, answer, attempts)
         try:
             if answer is not None:
                 await _respond(send, 200, answer, extra)
@@ -1030,10 +1102,16 @@ class Gateway:
         finally:
             if not before:
                 await self._recorded(call, attempts, final)
-        if answer is not None and call.cache is not None:
-            model = attempts[-1].model
-            cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
-            await self._in_thread(_cache_store, call.cache, cached)
+            if stored is not None:
+                await stored
+
+    def _cache_put(
+        self, call: ChatCall, cache: CacheLookup, answer: bytes, attempts: list[Attempt]
+    ) -> asyncio.Future[Any]:
+        """Store an answer in the cache (in the thread pool; awaited by the caller)."""
+        model = attempts[-1].model
+        cached = CachedAnswer(answer, model.slug, int(model.tier), _cost(call, attempts))
+        return asyncio.ensure_future(self._in_thread(_cache_store, cache, cached))
 
     async def _chat_stream(self, call: ChatCall, receive: Receive, send: Send) -> None:
         attempts: list[Attempt] = []
@@ -1054,6 +1132,7 @@ class Gateway:
                 attempt.latency_ms = round((time.perf_counter() - began) * 1000)
                 if _escalates(call, index, exc):
                     continue
+                await _committed(call)
                 before = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
                 if before:
                     await self._recorded(call, attempts, attempt.status)
@@ -1084,9 +1163,16 @@ class Gateway:
         return lines
 
     async def _pump(
-        self, call: ChatCall, attempt: Attempt, began: float, lines: _Lines, send: Send
+        self,
+        call: ChatCall,
+        attempt: Attempt,
+        began: float,
+        lines: _Lines,
+        send: Send,
+        assembled: StreamedAnswer | None,
     ) -> str:
-        """Relay the upstream's chunks; '' when it finished, else what went wrong."""
+        """Relay the upstream's chunks; '' when it finished, else what went wrong. With
+        ``assembled``, the chunks are also put back together (for the answer cache)."""
         try:
             async for line in lines:
                 if not line.startswith("data:"):
@@ -1099,6 +1185,8 @@ class Gateway:
                 except orjson.JSONDecodeError:
                     return "unreadable stream chunk"
                 content = _content_chars(chunk)
+                if assembled is not None:
+                    assembled.add(chunk)
                 if content and attempt.ttft_ms is None:
                     attempt.ttft_ms = round((time.perf_counter() - began) * 1000)
                 attempt.streamed_chars += content
@@ -1129,6 +1217,11 @@ class Gateway:
         send: Send,
     ) -> None:
         attempt = attempts[-1]
+        try:
+            await _committed(call)
+        except BaseException:
+            lines.response.close()
+            raise
         extra = _switchyard_headers(call, attempt.model, len(attempts) - 1, None)
         await send(
             {
@@ -1142,7 +1235,8 @@ class Gateway:
             }
         )
         # A client that goes away stops the upstream call too (its tokens cost money).
-        pump = asyncio.ensure_future(self._pump(call, attempt, began, lines, send))
+        assembled = StreamedAnswer() if call.cache is not None else None
+        pump = asyncio.ensure_future(self._pump(call, attempt, began, lines, send, assembled))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -1176,6 +1270,10 @@ class Gateway:
                 f"is incomplete (decision {call.decided.decision_id}).",
             )
             tail = b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+        answer = assembled.body() if assembled is not None and not failure else None
+        stored = None
+        if answer is not None and call.cache is not None:
+            stored = self._cache_put(call, call.cache, answer, attempts)
         try:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except OSError:
@@ -1183,6 +1281,8 @@ class Gateway:
         finally:
             if not before:
                 await self._recorded(call, attempts, attempt.status)
+            if stored is not None:
+                await stored
 
 
 class _Lines:
@@ -1207,6 +1307,92 @@ class _Lines:
             yield self.first
         async for line in self._lines:
             yield line
+
+
+class StreamedAnswer:
+    """A streamed answer put back together as the chat completion a plain call returns, so
+    a stream can fill the answer cache. Only text answers: a stream with tool or function
+    calls, or with a choice that never finished, gives nothing."""
+
+    def __init__(self) -> None:
+        self._head: dict[str, Any] = {}
+        self._choices: dict[int, tuple[list[str], list[str]]] = {}  # index: (content, end)
+        self._roles: dict[int, str] = {}
+        self._usage: Any = None
+        self._usable = True
+
+    def add(self, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            self._usable = False
+            return
+        if not self._head:
+            self._head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            index = choice.get("index", 0) if isinstance(choice, dict) else None
+            if not isinstance(delta, dict) or not isinstance(index, int):
+                self._usable = False
+                continue
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self._usable = False
+            parts, end = self._choices.setdefault(index, ([], []))
+            if isinstance(delta.get("role"), str):
+                self._roles[index] = delta["role"]
+            if isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            if isinstance(choice.get("finish_reason"), str):
+                end[:] = [choice["finish_reason"]]
+
+    def body(self) -> bytes | None:
+        """The assembled ``chat.completion`` (JSON), or None if it cannot be told."""
+        if not self._usable or not self._choices or not all(e for _, e in self._choices.values()):
+            return None
+        completion: dict[str, Any] = {
+            "id": self._head.get("id", ""),
+            "object": "chat.completion",
+            "created": self._head.get("created", 0),
+            "model": self._head.get("model", ""),
+            "choices": [
+                {
+                    "index": index,
+                    "message": {
+                        "role": self._roles.get(index, "assistant"),
+                        "content": "".join(parts),
+                    },
+                    "finish_reason": end[0],
+                }
+                for index, (parts, end) in sorted(self._choices.items())
+            ],
+        }
+        if self._usage is not None:
+            completion["usage"] = self._usage
+        return orjson.dumps(completion)
+
+
+def completion_events(body: bytes, *, include_usage: bool) -> bytes:
+    """A stored ``chat.completion`` as the SSE events of a stream (a cache hit asked for
+    with ``stream: true``): per choice its role and content, then its finish reason; the
+    usage chunk if the client asked for it; ``[DONE]``."""
+    completion = orjson.loads(body)
+    head = {
+        "id": completion.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created", 0),
+        "model": completion.get("model", ""),
+    }
+    events: list[dict[str, Any]] = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {k: message[k] for k in ("role", "content", "refusal") if message.get(k)}
+        index = choice.get("index", 0)
+        events.append({**head, "choices": [{"index": index, "delta": delta}]})
+        end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+        events.append({**head, "choices": [end]})
+    if include_usage and completion.get("usage") is not None:
+        events.append({**head, "choices": [], "usage": completion["usage"]})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
 
 def _content_chars(chunk: Any) -> int:
@@ -1276,14 +1462,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 *_SECURITY_HEADERS,
                 *(extra or []),

@@ -157,6 +157,11 @@ class AttemptOutputSerializer(serializers.Serializer[Any]):
     output_tokens = serializers.IntegerField()
     escalation_reason = serializers.CharField()
     cost_usd = serializers.CharField()
+    purpose = serializers.CharField(
+        required=False,
+        help_text="Set on a call made for the answer rather than an attempt at it: "
+        "'condense' (the gateway's local condensing call; charged, not counted as an attempt)",
+    )
 
 
 class OutcomeOutputSerializer(serializers.Serializer[Any]):

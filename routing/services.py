@@ -59,6 +59,7 @@ from telemetry.budgets import BudgetLeases
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.record import decision_response, decision_row_build, replay, stored_decision
 from telemetry.recorder import (
+    Committing,
     RecordingBusy,
     RecordingFailed,
     RecordingInvalid,
@@ -238,6 +239,10 @@ class Decided:
     # The stored row's columns that charging an outcome reads (``RECORD_FOR_OUTCOME``), its
     # budget holds included: the gateway charges without reading the row back.
     stored: dict[str, Any] | None = None
+    # ``decision_make(wait_commit=False)``: the row is handed to the recorder, its holds
+    # taken, its COMMIT still running — nothing may be acknowledged before this resolves
+    # to "stored". None: committed already.
+    committing: Committing | None = None
 
 
 # What telemetry.services needs of a decision to charge its outcome.
@@ -248,13 +253,23 @@ RECORD_FOR_OUTCOME = (
 
 
 def decision_make(
-    key: KeyInfo, data: DecisionInput, *, started: int, pinned_model: str | None = None
+    key: KeyInfo,
+    data: DecisionInput,
+    *,
+    started: int,
+    pinned_model: str | None = None,
+    wait_commit: bool = True,
 ) -> Decided | tuple[int, dict[str, Any]]:
     """Steps 2-6 of the pipeline for an authenticated key and a decoded request: the
     recorded decision, or (status, body) of the stored decision a repeated ``request_id``
     names. ``pinned_model``: the caller named a concrete model (the OpenAI-compatible
     gateway); it replaces the engine's choice only if the policy gate and the request's
-    limits allow it (``routing.pinning``), and is budgeted and recorded the same way."""
+    limits allow it (``routing.pinning``), and is budgeted and recorded the same way.
+
+    ``wait_commit=False`` (the gateway): when the budget holds are taken at once
+    (``recorder.submit``), return before the row's COMMIT with ``Decided.committing``; the
+    caller may call the model meanwhile but acknowledges nothing before it resolves.
+    Otherwise (a lease to take, a refusal possible) it waits as usual."""
     _check_sizes(data)
     team = _effective_team(key, data.team)
     request_sha256 = _request_sha256(data) if data.request_id else ""
@@ -322,8 +337,14 @@ def decision_make(
             request_sha256=request_sha256,
             reservations=_reservations(decision, input_tokens),
         )
+        committing = None
         try:
-            outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
+            if not wait_commit:
+                committing = recorder.submit(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
+            if committing is None:
+                outcome = recorder.record(row, timeout_s=settings.SWITCHYARD_RECORD_TIMEOUT_S)
+            else:
+                outcome = "submitted"
         except RecordingRefused as exc:
             # A budget's worst case did not fit (telemetry/budgets.py). A local_only budget
             # refuses only cloud decisions: decide again with it exhausted (stays local).
@@ -335,28 +356,8 @@ def decision_make(
                 raise _budget_exceeded(_budget_body(view, budget_id, **numbers)) from exc
             exhausted = exhausted | {budget_id}
             continue
-        except RecordingInvalid as exc:
-            metrics.RECORDING_FAILURES.inc()
-            if exc.field is not None:
-                message = f"{exc.field}: {exc.message}"
-                raise ApiError(400, "invalid", message, {exc.field: [exc.message]}) from exc
-            raise ApiError(
-                500, "server_error", "The decision record was rejected; it has been logged."
-            ) from exc
-        except RecordingBusy as exc:
-            metrics.RECORDING_FAILURES.inc()
-            raise ApiError(
-                503,
-                "recording_unavailable",
-                "Too many decisions are waiting to be recorded; nothing was decided. Retry.",
-            ) from exc
         except RecordingFailed as exc:
-            metrics.RECORDING_FAILURES.inc()
-            raise ApiError(
-                503,
-                "recording_unavailable",
-                "The decision could not be recorded; nothing was decided. Retry.",
-            ) from exc
+            raise recording_error(exc) from exc
         break
     if outcome == "duplicate":
         # Another request with this request_id won (and has committed): answer with its
@@ -373,7 +374,38 @@ def decision_make(
     columns = cast(dict[str, Any], row)  # budget_holds as the recorder's admission set them
     as_stored = {name: columns[name] for name in RECORD_FOR_OUTCOME}
     return Decided(
-        decision, decision_id, created_at, input_tokens, response, team, is_sensitive, as_stored
+        decision,
+        decision_id,
+        created_at,
+        input_tokens,
+        response,
+        team,
+        is_sensitive,
+        as_stored,
+        committing,
+    )
+
+
+def recording_error(exc: RecordingFailed) -> ApiError:
+    """What the client is told when its decision could not be recorded (counted)."""
+    metrics.RECORDING_FAILURES.inc()
+    if isinstance(exc, RecordingInvalid):
+        if exc.field is not None:
+            message = f"{exc.field}: {exc.message}"
+            return ApiError(400, "invalid", message, {exc.field: [exc.message]})
+        return ApiError(
+            500, "server_error", "The decision record was rejected; it has been logged."
+        )
+    if isinstance(exc, RecordingBusy):
+        return ApiError(
+            503,
+            "recording_unavailable",
+            "Too many decisions are waiting to be recorded; nothing was decided. Retry.",
+        )
+    return ApiError(
+        503,
+        "recording_unavailable",
+        "The decision could not be recorded; nothing was decided. Retry.",
     )
 
 

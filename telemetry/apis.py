@@ -17,6 +17,7 @@ from routing.serializers import DecisionDetailOutput, OutcomeOutputSerializer, r
 from telemetry.models import DecisionOutcome
 from telemetry.record import decision_for_caller
 from telemetry.services import (
+    SERVER_VALIDATION_KEYS,
     AttemptInput,
     OutcomeConflict,
     OutcomeInput,
@@ -60,6 +61,11 @@ class DecisionOutcomeApi(APIView):
     )
     def post(self, request: Request, decision_id: str) -> Response:
         report = outcome_report_decode(request._request.body)  # the one schema, as decided
+        server_keys = sorted(SERVER_VALIDATION_KEYS.intersection(report.validation))
+        if server_keys:
+            message = "written by the gateway only (it is what the dashboards count as saved)"
+            fields = {f"validation.{k}": [message] for k in server_keys}
+            raise ApiError(400, "invalid", f"validation.{server_keys[0]}: {message}", fields)
         record = decision_for_caller(request.user, decision_id)
         attempts: list[AttemptInput] = [
             {

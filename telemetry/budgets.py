@@ -16,13 +16,14 @@ out of **leases** instead:
    than ``SWITCHYARD_BUDGET_LEASE_SHARE`` of the headroom left, never less than the request
    at hand.
 2. **Admit** (``BudgetLeases.admit``, the recorder's admission hook, before it writes a
-   batch). Each row's holds are taken from this process's open leases in memory; the row
-   is written with them (``telemetry_decision.budget_holds`` = [[lease id, amount], ...]).
-   A row is admitted on all its budgets or on none. When a lease runs short a new one is
-   taken; when even that does not fit, the row is refused: 429 ``budget_exceeded`` for a
-   ``block`` budget; for a ``local_only`` budget only *cloud* decisions are refused (the
-   pipeline decides again and keeps the request local), local ones are admitted with a
-   lease of exactly their worst case, as their holds still count.
+   batch; ``admit_now`` for the gateway's rows, on the request's thread, when the open
+   leases cover them without a statement). Each row's holds are taken from this process's
+   open leases in memory; the row is written with them (``telemetry_decision.budget_holds``
+   = [[lease id, amount], ...]). A row is admitted on all its budgets or on none. When a
+   lease runs short a new one is taken; when even that does not fit, the row is refused: 429
+   ``budget_exceeded`` for a ``block`` budget; for a ``local_only`` budget only *cloud*
+   decisions are refused (the pipeline decides again and keeps the request local), local
+   ones are admitted with a lease of exactly their worst case, as their holds still count.
 3. **Close** (``BudgetLeases.tick``). After ``SWITCHYARD_BUDGET_LEASE_S`` (or when it runs
    short) a lease stops admitting and its holder gives back the part it did not use
    (``unused_usd``; ``reserved_usd`` lowered by it).
@@ -56,7 +57,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -209,6 +210,40 @@ class BudgetLeases:
                 row["budget_holds"] = [[lease.id, str(amount)] for lease, amount in held]
         return refused
 
+    def admit_now(self, row: DecisionRow) -> bool:
+        """Give ``row`` its holds from the open leases in memory, without the database (the
+        request's own thread, before the writer sees the row), if every budget it reserves
+        against is known and has an open lease with room; else hold nothing and return
+        False — the writer's ``admit`` then decides (it may take a lease, or refuse). Never
+        blocks behind the writer: a lock it holds (a lease being taken) means False."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            now = time.monotonic()
+            if now - self._meta_read >= self.lease_s:
+                return False  # the budgets' settings may have changed: the writer reads them
+            held: list[tuple[_Lease, Decimal]] = []
+            for reservation in row["reservations"]:
+                meta = self._meta.get(reservation["budget_id"])
+                lease = None
+                amount = reservation_amount(reservation["amount_usd"])
+                if meta is not None:
+                    slot = (
+                        reservation["budget_id"],
+                        budget_period_start(meta.period, row["created_at"]),
+                    )
+                    lease = self._open.get(slot)
+                if lease is None or lease.closes_at <= now or lease.remaining < amount:
+                    for taken, back in held:
+                        taken.remaining += back
+                    return False
+                lease.remaining -= amount
+                held.append((lease, amount))
+            row["budget_holds"] = [[lease.id, str(amount)] for lease, amount in held]
+            return True
+        finally:
+            self._lock.release()
+
     def give_back(self, rows: Iterable[DecisionRow]) -> None:
         """Return the holds of rows that are certainly not stored to their open leases (a
         lease closed meanwhile keeps them until it expires: fail closed)."""
@@ -222,9 +257,30 @@ class BudgetLeases:
                 row["budget_holds"] = []
 
     def tick(self, conn: psycopg.Connection[Any], *, close_all: bool = False) -> None:
-        """Close leases past their lifetime (all of them with ``close_all``)."""
+        """Close leases past their lifetime (all of them with ``close_all``). Otherwise a
+        closed lease that was used is renewed at once, and the budgets' settings are read
+        again before they go stale, so ``admit_now`` keeps finding what it needs and the
+        gateway's rows rarely wait for the writer to take a lease."""
         with self._lock:
-            self._close_due(conn, float("inf") if close_all else time.monotonic())
+            now = time.monotonic()
+            if close_all:
+                self._close_due(conn, float("inf"))
+                return
+            due = [lease for lease in self._open.values() if lease.closes_at <= now]
+            self._close_due(conn, now)
+            if self._meta and now - self._meta_read >= self.lease_s / 2:
+                self._meta_refresh(conn, set(self._meta), force=True)
+            today = datetime.now(UTC)
+            for lease in due:
+                meta = self._meta.get(lease.slot[0])
+                if (
+                    lease.remaining < lease.amount
+                    and meta is not None
+                    and budget_period_start(meta.period, today) == lease.slot[1]
+                ):
+                    # Sized as the next lease would be (_close); a refusal takes nothing:
+                    # the next row's admission decides then.
+                    self._take(conn, lease.slot, _CENT_FRACTION, meta, force=False)
 
     def has_open(self) -> bool:
         return bool(self._open)
@@ -239,9 +295,11 @@ class BudgetLeases:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _meta_refresh(self, conn: psycopg.Connection[Any], budget_ids: set[int]) -> None:
+    def _meta_refresh(
+        self, conn: psycopg.Connection[Any], budget_ids: set[int], *, force: bool = False
+    ) -> None:
         now = time.monotonic()
-        if budget_ids <= self._meta.keys() and now - self._meta_read < self.lease_s:
+        if not force and budget_ids <= self._meta.keys() and now - self._meta_read < self.lease_s:
             return
         wanted = sorted(budget_ids | self._meta.keys())
         rows = conn.execute(

@@ -15,6 +15,9 @@ and nothing waits; under heavy load one commit serves hundreds.
    live key already taken makes the row a "duplicate", an expired one is taken over), then
    COPY, then COMMIT. A row keeps its holds across attempts; a row certainly not stored
    gives them back.
+   ``recorder.submit`` (the gateway) hands over a row whose holds the hook could take at
+   once in memory (``admit_now``) and returns without waiting: the caller overlaps its own
+   work with the COMMIT and acknowledges nothing before the row's future says "stored".
 3. Outcomes are decided only after COMMIT returns. A failure before or during COMMIT leaves
    every row of the attempt uncertain: the next attempt first reads which of their ids are
    stored (and which keys they own) and writes only the rest, so nothing acknowledged is
@@ -36,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypedDict
@@ -133,6 +137,11 @@ class Admission(Protocol):
     ) -> dict[uuid.UUID, dict[str, Any]]:
         """Set the holds of rows carrying reservations and no holds yet; return {row id:
         refusal detail} for the rows it refuses (those are not written)."""
+        ...
+
+    def admit_now(self, row: DecisionRow) -> bool:
+        """Set the holds of ``row`` from what is open in memory, on no connection, if that
+        covers every budget it reserves against; False (nothing held) otherwise."""
         ...
 
     def give_back(self, rows: Iterable[DecisionRow]) -> None:
@@ -251,6 +260,8 @@ class _Pending:
     field_name: str | None = None
     # An earlier attempt may have committed this row: look before writing it again.
     uncertain: bool = False
+    # ``submit``: resolved with the outcome (or its exception) once it is decided.
+    future: Future[str] | None = None
 
     @property
     def r(self) -> DecisionRow:
@@ -291,6 +302,28 @@ _REQUEST_FIELDS = {
 FAST_PATH_MAX_ROWS = 100
 
 
+def _outcome(pending: _Pending) -> str:
+    """A released row's outcome: "stored" / "duplicate", or the exception it stands for."""
+    if pending.outcome == FAILED:
+        raise RecordingFailed(pending.error or "the decision could not be stored")
+    if pending.outcome == INVALID:
+        raise RecordingInvalid(pending.error, pending.field_name)
+    if pending.outcome == REFUSED:
+        raise RecordingRefused(pending.detail)
+    return pending.outcome
+
+
+@dataclass(frozen=True)
+class Committing:
+    """A row ``submit`` handed to the writer: ``future`` resolves to "stored" once its
+    COMMIT returned, or fails with the recorder's exception (``RecordingFailed`` and its
+    subclasses). A waiter calls ``DecisionRecorder.watch`` every 0.25 s and gives up at
+    ``give_up`` (monotonic), as ``record`` does."""
+
+    future: Future[str]
+    give_up: float
+
+
 class DecisionRecorder:
     def __init__(
         self,
@@ -322,25 +355,45 @@ class DecisionRecorder:
         Raises RecordingBusy (queue full), RecordingInvalid (the database rejects this row),
         RecordingRefused (the admission hook refused it) or RecordingFailed (not stored in
         time)."""
-        self._ensure_writer()
-        pending = _Pending(row=row, deadline=time.monotonic() + timeout_s)
-        with self._lock:
-            if self._queued >= self.queue_max:
-                raise RecordingBusy("the decision recorder's queue is full")
-            self._queued += 1
-        self._queue.put(pending)
+        pending = self._enqueue(row, timeout_s, None)
         give_up = pending.deadline + 1.0
         while not pending.done.wait(0.25):
             if time.monotonic() > give_up:
                 raise RecordingFailed("timed out waiting for the decision to be stored")
-            self._watch()
-        if pending.outcome == FAILED:
-            raise RecordingFailed(pending.error or "the decision could not be stored")
-        if pending.outcome == INVALID:
-            raise RecordingInvalid(pending.error, pending.field_name)
-        if pending.outcome == REFUSED:
-            raise RecordingRefused(pending.detail)
-        return pending.outcome
+            self.watch()
+        return _outcome(pending)
+
+    def submit(self, row: DecisionRow, *, timeout_s: float = 5.0) -> Committing | None:
+        """Hand ``row`` to the writer without waiting for its COMMIT — only if nothing but
+        the COMMIT can still refuse it: no idempotency key, and no budget hold to take or
+        the admission hook holds its worst case at once from what this process has open
+        (``Admission.admit_now``, in memory). Then returns what to wait on (``Committing``):
+        the caller must not acknowledge anything that depends on the row before it resolved
+        to "stored". None: the row was not handed over (use ``record``, which may take a
+        lease, refuse, or answer "duplicate")."""
+        if row["request_id"]:
+            return None
+        if (
+            row["reservations"]
+            and not row["budget_holds"]
+            and (self.admission is None or not self.admission.admit_now(row))
+        ):
+            return None
+        pending = self._enqueue(row, timeout_s, Future())
+        assert pending.future is not None
+        return Committing(pending.future, pending.deadline + 1.0)
+
+    def _enqueue(self, row: DecisionRow, timeout_s: float, future: Future[str] | None) -> _Pending:
+        self._ensure_writer()
+        pending = _Pending(row=row, deadline=time.monotonic() + timeout_s, future=future)
+        with self._lock:
+            if self._queued >= self.queue_max:
+                if row["budget_holds"] and future is not None and self.admission is not None:
+                    self.admission.give_back([row])  # held by admit_now, never written
+                raise RecordingBusy("the decision recorder's queue is full")
+            self._queued += 1
+        self._queue.put(pending)
+        return pending
 
     def close(self) -> None:
         """Close the writer's connection (it reopens on the next record)."""
@@ -364,8 +417,9 @@ class DecisionRecorder:
                 self._writer = _Writer(self, self._params, terminate_pid=None)
                 self._writer.thread.start()
 
-    def _watch(self) -> None:
-        """Replace a writer stuck in one attempt for longer than ``hang_s`` (waiters call this)."""
+    def watch(self) -> None:
+        """Replace a writer stuck in one attempt for longer than ``hang_s`` (waiters call this
+        every 0.25 s, those of ``submit`` included)."""
         writer = self._writer
         if writer is None or writer.busy_since is None:
             return
@@ -473,6 +527,7 @@ class _Writer:
         """Release waiters with their outcomes, unless this writer was abandoned meanwhile
         (then its replacement owns the rows)."""
         rec = self.recorder
+        released: list[_Pending] = []
         with rec._lock:
             if self.abandoned:
                 return
@@ -487,8 +542,16 @@ class _Writer:
                 elif result.outcome in (DUPLICATE, INVALID) and item.r["budget_holds"]:
                     unstored.append(item.r)
                 item.done.set()
+                if item.future is not None:
+                    released.append(item)
         if unstored and rec.admission is not None:
             rec.admission.give_back(unstored)
+        for item in released:
+            assert item.future is not None
+            try:
+                item.future.set_result(_outcome(item))
+            except (RecordingFailed, RecordingRefused) as exc:
+                item.future.set_exception(exc)
 
     # -- connection --------------------------------------------------------------------
 

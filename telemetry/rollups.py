@@ -95,15 +95,18 @@ rows AS (
            o.latency_ms AS o_latency,
            (o.input_tokens * b.input_usd_per_mtok + o.output_tokens * b.output_usd_per_mtok)
                / 1000000 AS baseline_cost,
-           o.validation->>'cache' = 'hit' AS cache_hit,
-           CASE WHEN o.validation->>'cache' = 'hit' AND o.validation->>'saved_usd' ~ {_AMOUNT}
+           o.validation->>'gateway' IS NOT NULL AND o.validation->>'cache' = 'hit' AS cache_hit,
+           CASE WHEN o.validation->>'gateway' IS NOT NULL AND o.validation->>'cache' = 'hit'
+                 AND o.validation->>'saved_usd' ~ {_AMOUNT}
                 THEN (o.validation->>'saved_usd')::numeric END AS cache_saved,
-           CASE WHEN o.validation->'condensed'->>'input_tokens_before' ~ {_INT}
+           CASE WHEN o.validation->>'gateway' IS NOT NULL
+                 AND o.validation->'condensed'->>'input_tokens_before' ~ {_INT}
                  AND o.validation->'condensed'->>'input_tokens_after' ~ {_INT}
                 THEN (o.validation->'condensed'->>'input_tokens_before')::bigint
                      - (o.validation->'condensed'->>'input_tokens_after')::bigint
            END AS condensed_tokens,
-           CASE WHEN o.validation->'condensed'->>'saved_usd' ~ {_AMOUNT}
+           CASE WHEN o.validation->>'gateway' IS NOT NULL
+                 AND o.validation->'condensed'->>'saved_usd' ~ {_AMOUNT}
                 THEN (o.validation->'condensed'->>'saved_usd')::numeric END AS condense_saved
     FROM telemetry_decision d
     LEFT JOIN telemetry_outcome o

@@ -36,6 +36,12 @@ from telemetry.budgets import Hold, Slot, budget_holds_settle, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord
 
 ATTEMPT_STATUSES = tuple(AttemptStatus)
+# What only the server writes on an outcome's ``validation``: the gateway's account of how it
+# answered (routing.gateway._validation: plain/stream, cache hit or miss and the spend a hit
+# saved, the context it condensed and what that saved). The dashboards' savings are read
+# from these keys, so the outcome API refuses them from clients (400) and a later report
+# keeps the stored ones: a client cannot forge or erase a saving.
+SERVER_VALIDATION_KEYS = frozenset({"gateway", "cache", "saved_usd", "condensed"})
 # What identifies a reported attempt; a charged attempt must be reported again identically.
 _ATTEMPT_KEYS = ("model", "status", "latency_ms", "input_tokens", "output_tokens")
 
@@ -53,6 +59,10 @@ class AttemptInput(TypedDict):
     escalation_reason: NotRequired[str]
     # Time to the first token of a streamed answer (the gateway), stored with the attempt.
     ttft_ms: NotRequired[int]
+    # Not an answer but a call made for it: "condense" (the gateway's local condensing
+    # call). Priced and charged like any attempt; not counted as an attempt at answering
+    # (attempt_count, escalated, tokens).
+    purpose: NotRequired[str]
 
 
 class PriceBook:
@@ -166,13 +176,15 @@ def _attempts_priced(
         }
         if "ttft_ms" in attempt:
             entry["ttft_ms"] = attempt["ttft_ms"]
+        if attempt.get("purpose"):
+            entry["purpose"] = attempt["purpose"]
         priced.append(entry)
     return priced, total
 
 
 def _same_attempt(stored: dict[str, Any], reported: dict[str, Any]) -> bool:
-    return all(stored.get(k) == reported.get(k) for k in _ATTEMPT_KEYS) and (
-        stored.get("escalation_reason", "") == reported.get("escalation_reason", "")
+    return all(stored.get(k) == reported.get(k) for k in _ATTEMPT_KEYS) and all(
+        stored.get(k, "") == reported.get(k, "") for k in ("escalation_reason", "purpose")
     )
 
 
@@ -212,6 +224,13 @@ def outcome_report(item: OutcomeInput, *, pricebook: PriceBook | None = None) ->
         total_cost = sum((Decimal(a["cost_usd"]) for a in priced), Decimal(0))
         fields = _outcome_fields(item, priced, total_cost, priced[-1])
         fields["reported_at"] = reported_at
+        if not first_report:  # the server's keys stay as the first report wrote them
+            given = fields["validation"]
+            stored = outcome.validation or {}
+            fields["validation"] = {
+                **{k: v for k, v in given.items() if k not in SERVER_VALIDATION_KEYS},
+                **{k: v for k, v in stored.items() if k in SERVER_VALIDATION_KEYS},
+            }
         for field_name, value in fields.items():
             setattr(outcome, field_name, value)
         outcome.charged_attempts = len(priced)
@@ -252,6 +271,8 @@ def _outcome_fields(
     item: OutcomeInput, priced: list[dict[str, Any]], total_cost: Decimal, last: dict[str, Any]
 ) -> dict[str, Any]:
     decision = item.decision
+    # Calls made for the answer (condensing) cost and take time, but are no attempt at it.
+    answering = [a for a in priced if not a.get("purpose")] or priced
     return {
         "reported_at": item.reported_at or timezone.now(),
         "application_id": decision.application_id,
@@ -264,10 +285,10 @@ def _outcome_fields(
         "final_tier": last["tier"] or decision.tier,
         "final_status": item.final_status,
         "attempts": priced,
-        "attempt_count": len(priced),
-        "escalated": len(priced) > 1,
-        "input_tokens": sum(a["input_tokens"] for a in priced),
-        "output_tokens": sum(a["output_tokens"] for a in priced),
+        "attempt_count": len(answering),
+        "escalated": len(answering) > 1,
+        "input_tokens": sum(a["input_tokens"] for a in answering),
+        "output_tokens": sum(a["output_tokens"] for a in answering),
         "cost_usd": total_cost,
         "latency_ms": sum(a["latency_ms"] for a in priced),
         "quality_score": item.quality_score,
@@ -297,8 +318,13 @@ def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
     )
 
 
-def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
-    """Many first-time outcomes in one transaction (the demo and benchmark loaders).
+def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -> int:
+    """Many first-time outcomes in one transaction (the gateway, the demo and benchmark
+    loaders). ``flush=False``: the COMMIT does not wait for its own WAL flush
+    (``synchronous_commit = off``) — for outcomes nobody was promised durable yet (the
+    gateway's, written after the answer was sent): the next synchronous COMMIT on the server
+    (the next decision's) flushes them, and only a crash of PostgreSQL itself within
+    ``wal_writer_delay`` could lose them, as killing the process before the COMMIT could.
 
     Same cost and charging rules as ``outcome_report``:
     1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
@@ -314,6 +340,8 @@ def outcome_report_batch(items: Sequence[OutcomeInput]) -> int:
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
     columns = ", ".join(_OUTCOME_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
+        if not flush:
+            cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
             "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

@@ -13,7 +13,8 @@ carried.
 
 Modes: ``abort`` sleeps after the signal, so the backend dies inside the trigger and the
 transaction is rolled back; ``race`` does not, so the backend may die just before or just
-after the commit is durable — the client cannot tell which (an uncertain COMMIT).
+after the commit is durable — the client cannot tell which (an uncertain COMMIT); ``slow``
+kills nothing: the COMMIT waits 0.4 s, then succeeds (``fired`` counts it too).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ BEGIN
         PERFORM setval('fault_commit_rows', greatest(rows, (
             SELECT CASE WHEN is_called THEN last_value ELSE 1 END FROM fault_commit_rows
         )));
+        IF how = 'slow' THEN
+            PERFORM pg_sleep(0.4);
+            RETURN NULL;
+        END IF;
         PERFORM pg_terminate_backend(pg_backend_pid());
         IF how = 'abort' THEN
             PERFORM pg_sleep(10);

@@ -12,15 +12,16 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.db.models import Sum
 from django.test import Client
 from openai.types.chat import ChatCompletionMessageParam
 
 from controlplane.generation import generation_bump
 from controlplane.models import TaskClass
-from evaluation.fleet import RunningFleet
+from evaluation.fleet import RunningFleet, fleet_start
 from routing.gateway import answer_cache
 from routing.snapshot import registry_cache
-from telemetry.models import DecisionRecord
+from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.rollups import rollups_rebuild
 from tests import factories
 from tests.routing.test_gateway import (  # noqa: F401
@@ -49,13 +50,17 @@ def _fleet_calls(fleet: RunningFleet) -> int:
     return sum(m["requests"] for m in stats["models"].values())
 
 
-@pytest.fixture
-def registry(fleet: RunningFleet) -> dict[str, Any]:
-    fleet.state.reset()
+def _cache_clear() -> None:
     store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
     for key in store.scan_iter("sy:answer:*"):
         store.delete(key)
     answer_cache.close()
+
+
+@pytest.fixture
+def registry(fleet: RunningFleet) -> dict[str, Any]:
+    fleet.state.reset()
+    _cache_clear()
     return registry_create(f"{fleet.url}/v1")
 
 
@@ -98,7 +103,7 @@ def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
     assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
     assert hit.attempts[0]["input_tokens"] == hit.attempts[0]["output_tokens"] == 0
     assert hit.attempts[0]["latency_ms"] < paid.attempts[0]["latency_ms"] + 1000
-    # Another question, another temperature, or a stream: not the cached answer.
+    # Another question or another temperature: not the cached answer.
     other: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "How do I reset my password?"}
     ]
@@ -107,11 +112,6 @@ def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
             model="auto", extra_headers=SUPPORT, **kwargs
         )
         assert raw.headers["x-switchyard-cache"] == "miss"
-    streamed = client.chat.completions.with_raw_response.create(
-        model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
-    )
-    list(streamed.parse())
-    assert streamed.headers["x-switchyard-cache"] == "miss"
     # The entry lives as long as the class says.
     store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
     ttls = [store.ttl(k) for k in store.scan_iter("sy:answer:*")]
@@ -180,3 +180,116 @@ def test_the_dashboard_shows_the_spend_the_cache_saved(
     html = viewer.get("/?range=24h").content.decode()
     assert 'data-kpi="cache-saved"' in html
     assert "2 answers reused" in html
+
+
+def _streamed_text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_streamed_requests_hit_the_cache_and_fill_it(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    # A streamed miss: relayed from the model, and its answer, put back together, cached.
+    first = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
+    )
+    streamed = list(first.parse())
+    assert first.headers["x-switchyard-cache"] == "miss"
+    calls = _fleet_calls(fleet)
+    paid = outcome_of(first.headers["x-switchyard-decision-id"])
+    assert paid.cost_usd > 0 and paid.validation == {"gateway": "stream", "cache": "miss"}
+    # The same request, plain: answered from the entry the stream filled.
+    plain = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT
+    )
+    assert plain.headers["x-switchyard-cache"] == "hit"
+    completion = plain.parse()
+    assert completion.choices[0].message.content == _streamed_text(streamed)
+    assert completion.choices[0].finish_reason == streamed[-1].choices[0].finish_reason
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    # Streamed again, with usage asked for: a hit, sent as an SSE stream of the same answer.
+    again = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=ASK,
+        extra_headers=SUPPORT,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    chunks = list(again.parse())
+    assert _streamed_text(chunks) == _streamed_text(streamed)
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert _fleet_calls(fleet) == calls, "hits call no model"
+    for raw in (plain, again):
+        hit = outcome_of(raw.headers["x-switchyard-decision-id"])
+        assert hit.final_status == "ok" and hit.cost_usd == 0
+        assert hit.validation["cache"] == "hit"
+        assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
+    streamed_hit = outcome_of(again.headers["x-switchyard-decision-id"])
+    assert streamed_hit.validation["gateway"] == "stream"
+    assert streamed_hit.attempts[0]["ttft_ms"] >= 0
+    assert DecisionRecord.objects.count() == 3
+
+
+def test_a_stream_that_fails_is_not_cached(gateway_url: str) -> None:
+    with fleet_start(latency_scale=4.0) as slow:  # the answer streams over ≈ 2 s
+        _cache_clear()
+        registry = registry_create(f"{slow.url}/v1")
+        _cacheable(600)
+        body = {"model": "auto", "messages": ASK, "stream": True}
+        headers = {"Authorization": f"Bearer {registry['secret']}", **SUPPORT}
+        with httpx.stream(
+            "POST", f"{gateway_url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            assert response.headers["x-switchyard-cache"] == "miss"
+            for line in response.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # the first words arrived: hang up
+        outcome_of(response.headers["x-switchyard-decision-id"])
+        store = redis.Redis.from_url(settings.SWITCHYARD_ANSWER_CACHE_URL)
+        assert list(store.scan_iter("sy:answer:*")) == []
+
+
+def test_savings_count_only_what_the_gateway_observed(
+    registry: dict[str, Any],
+    gateway_url: str,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    ids = [
+        client.chat.completions.with_raw_response.create(
+            model="auto", messages=ASK, extra_headers=SUPPORT
+        ).headers["x-switchyard-decision-id"]
+        for _ in range(2)
+    ]
+    paid, hit = outcome_of(ids[0]), outcome_of(ids[1])
+    saved = Decimal(hit.validation["saved_usd"])
+    assert saved == paid.cost_usd > 0
+    api = Client()
+    # The caller reports on its own decision: forging a bigger saving is refused ...
+    url = f"/api/v1/decisions/{ids[1]}/outcome"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {registry['secret']}"}
+    attempts = [
+        {k: a[k] for k in ("model", "status", "latency_ms", "input_tokens", "output_tokens")}
+        for a in hit.attempts
+    ]
+    for forged in ({"saved_usd": "1000"}, {"cache": "hit"}, {"condensed": {"saved_usd": 9}}):
+        body = {"attempts": attempts, "final_status": "ok", "validation": forged}
+        refused = api.post(url, body, content_type="application/json", **auth)
+        assert refused.status_code == 400, refused.content
+        assert list(refused.json()["error"]["fields"]) == [f"validation.{next(iter(forged))}"]
+    # ... and a report of its own grades keeps the gateway's account as it was.
+    body = {"attempts": attempts, "final_status": "ok", "validation": {"valid": True}}
+    kept = api.post(url, body, content_type="application/json", **auth)
+    assert kept.status_code == 200, kept.content
+    hit.refresh_from_db()
+    assert hit.validation["valid"] is True
+    assert Decimal(hit.validation["saved_usd"]) == saved and hit.validation["cache"] == "hit"
+    rollups_rebuild()
+    rolled = HourlyRollup.objects.aggregate(hits=Sum("cache_hits"), saved=Sum("cache_saved_usd"))
+    assert rolled == {"hits": 1, "saved": saved}

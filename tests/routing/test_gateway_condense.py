@@ -10,13 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+from django.db.models import Sum
 from django.test import Client
 from openai.types.chat import ChatCompletionMessageParam
 
+from controlplane import services
 from controlplane.generation import generation_bump
-from controlplane.models import TaskClass
+from controlplane.models import BudgetSpend, TaskClass, Team
 from evaluation.fleet import RunningFleet
 from routing.snapshot import registry_cache
+from telemetry.models import HourlyRollup
+from telemetry.recorder import recorder
 from telemetry.rollups import rollups_rebuild
 from tests import factories
 from tests.routing.test_gateway import (  # noqa: F401
@@ -129,3 +133,46 @@ def test_a_failed_condensing_call_leaves_the_request_whole(
     assert raw.parse().choices[0].message.content
     condensed = outcome_of(raw.headers["x-switchyard-decision-id"]).validation["condensed"]
     assert condensed["error"] == "HTTP 503" and "input_tokens_after" not in condensed
+
+
+def test_the_condensing_call_is_charged_like_any_attempt(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    team = Team.objects.get(slug="team-a")
+    budget = services.budget_create(
+        name="team-a-daily",
+        scope="team",
+        team=team,
+        period="day",
+        limit_usd=Decimal("100"),
+        hard_action="block",
+    )
+    client = client_for(gateway_url, registry["secret"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers=RESEARCH
+    )
+    assert _calls(fleet, LOCAL) == 1
+    outcome = outcome_of(raw.headers["x-switchyard-decision-id"])
+    condensing, answer = outcome.attempts
+    assert condensing["model"] == LOCAL and condensing["purpose"] == "condense"
+    assert condensing["status"] == "ok" and condensing["input_tokens"] > 200
+    assert Decimal(condensing["cost_usd"]) > 0
+    micro = Decimal("0.000001")  # the header and validation.condensed show 6 decimals
+    assert Decimal(condensing["cost_usd"]).quantize(micro) == Decimal(
+        outcome.validation["condensed"]["condense_cost_usd"]
+    )
+    assert answer["model"] == "gpt-4o" and "purpose" not in answer
+    # One attempt at answering, not an escalation; its tokens are the frontier call's.
+    assert outcome.attempt_count == 1 and not outcome.escalated
+    assert outcome.final_model == "gpt-4o"
+    assert outcome.input_tokens == answer["input_tokens"]
+    # The cost header, the outcome, the budget and the dashboards' rollups agree.
+    total = Decimal(condensing["cost_usd"]) + Decimal(answer["cost_usd"])
+    assert outcome.cost_usd == total
+    assert total.quantize(micro) == Decimal(raw.headers["x-switchyard-cost-usd"])
+    recorder.close()  # the budget's lease gives back what it did not use
+    spend = BudgetSpend.objects.get(budget=budget)
+    assert spend.spent_usd == total and spend.reserved_usd == 0
+    rollups_rebuild()
+    rolled = HourlyRollup.objects.aggregate(cost=Sum("cost_usd"), escalations=Sum("escalations"))
+    assert rolled["cost"] == total and rolled["escalations"] == 0

@@ -147,3 +147,32 @@ def test_outcome_validation_and_ownership(
     )
     assert response.status_code == 404
     assert not DecisionOutcome.objects.exists()
+
+
+def test_clients_cannot_write_the_gateways_savings(
+    registry: dict[str, Any], api_key: str, client: Client
+) -> None:
+    decision_id = post(client, api_key, {"task_class": "triage"}).json()["decision_id"]
+    attempt = {
+        "model": "small-local",
+        "status": "ok",
+        "latency_ms": 1,
+        "input_tokens": 1,
+        "output_tokens": 1,
+    }
+    url = f"/api/v1/decisions/{decision_id}/outcome"
+    for key in ("gateway", "cache", "saved_usd", "condensed"):
+        body = {"attempts": [attempt], "final_status": "ok", "validation": {key: "hit"}}
+        response = client.post(
+            url, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+        )
+        assert response.status_code == 400
+        assert list(response.json()["error"]["fields"]) == [f"validation.{key}"]
+    assert not DecisionOutcome.objects.exists()
+    # Grades of the client's own are welcome.
+    body = {"attempts": [attempt], "final_status": "ok", "validation": {"valid": True}}
+    response = client.post(
+        url, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    )
+    assert response.status_code == 200
+    assert DecisionOutcome.objects.get().validation == {"valid": True}

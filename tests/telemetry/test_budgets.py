@@ -191,3 +191,30 @@ def test_expiry_releases_what_a_lease_still_holds_even_if_its_holder_died() -> N
         )
     spend.refresh_from_db()
     assert spend.reserved_usd == 0 and spend.spent_usd == Decimal("0.12")
+
+
+def test_admit_now_holds_from_open_leases_and_a_used_lease_is_renewed_on_tick() -> None:
+    leases = BudgetLeases()
+    b = global_budget("g", "100")
+    first = row("cloud", (b, 0.01))
+    assert not leases.admit_now(first), "no lease yet: the writer must take one"
+    assert admit(leases, [first]) == {}
+    second = row("cloud", (b, 0.01))
+    assert leases.admit_now(second)  # in memory, no statement
+    assert held([second], b) == Decimal("0.01")
+    # More than the open lease has left: nothing held, the writer decides.
+    huge = row("cloud", (b, 50.0))
+    assert not leases.admit_now(huge) and huge["budget_holds"] == []
+    # The lease's lifetime ends: the writer's tick closes it and, as it was used, takes the
+    # next one at once, so requests keep being admitted without waiting for a lease.
+    taken = leases.taken
+    for lease in leases._open.values():
+        lease.closes_at = 0.0
+    leases.tick(raw())
+    assert leases.taken == taken + 1
+    third = row("cloud", (b, 0.01))
+    assert leases.admit_now(third)
+    assert BudgetLease.objects.filter(budget=b).count() == 2
+    leases.tick(raw(), close_all=True)
+    assert reserved(b) == Decimal("0.03")
+    books_balance(b)
