@@ -48,6 +48,7 @@ from routing.confidence import (
     VALIDATION_KEYS,
     SuccessCount,
 )
+from routing.enums import RouteStrategy
 from routing.learned import LearnedRouterInfo, learned_router_from_data
 from routing.route_diff import RouteChange, routes_diff
 from telemetry.models import DecisionOutcome, DecisionRecord
@@ -439,6 +440,8 @@ def routing_strategy_summary(task_class: str, strategy: str | None) -> dict[str,
         .select_related("router_model")
         .first()
     )
+    # An enabled LLM router decides only where the route's strategy is llm.
+    out["llm_router_applies"] = strategy == RouteStrategy.LLM
     return out
 
 

@@ -48,6 +48,7 @@ from evaluation.models import (
 )
 from evaluation.selectors import learned_router_info
 from routing.confidence import graded_success
+from routing.enums import RouteStrategy
 from routing.learned import (
     HashingSpec,
     LearnedRouterInfo,
@@ -418,7 +419,7 @@ def _routed_by_learned() -> set[str]:
     if active is None:
         return set()
     return set(
-        Route.objects.filter(version=active, strategy="learned").values_list(
+        Route.objects.filter(version=active, strategy=RouteStrategy.LEARNED).values_list(
             "task_class__slug", flat=True
         )
     )

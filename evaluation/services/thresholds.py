@@ -47,6 +47,7 @@ from evaluation.services.learned import (
     routing_shares,
     training_examples,
 )
+from routing.enums import RouteStrategy
 from routing.learned import ThresholdPoint, predict_success, threshold_curve, threshold_for_target
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _point(p: ThresholdPoint) -> dict[str, float]:
 def _learned_route(target: LearnedThresholdTarget) -> bool:
     active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
     return Route.objects.filter(
-        version=active, task_class=target.task_class, strategy="learned"
+        version=active, task_class=target.task_class, strategy=RouteStrategy.LEARNED
     ).exists()
 
 
