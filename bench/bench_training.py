@@ -16,7 +16,9 @@
    its own process.
 
 Run with ``make bench`` or ``.venv/bin/python bench/bench_training.py`` (DATABASE_URL set;
-``BENCH_TRAINING_DECISIONS`` to change the size). Writes bench/results/training.json.
+``BENCH_TRAINING_DECISIONS`` to change the size; ``BENCH_TRAINING_COMPARE=1`` also trains
+with the penalty cross-validated on every row, for comparison). Writes
+bench/results/training.json.
 """
 
 from __future__ import annotations
@@ -210,6 +212,25 @@ def main() -> int:
             "setup_s": round(setup_s, 1),
             "python": platform.python_version(),
         }
+        if os.environ.get("BENCH_TRAINING_COMPARE"):
+            # The same training with the penalty cross-validated on every row (no subsample):
+            # what the subsample costs in quality, and saves in time.
+            from evaluation import logreg
+
+            logreg.CV_MAX_ROWS = 10**9
+            started = time.perf_counter()
+            full = learned.learned_router_train(task_class, threshold=0.85)
+            assert full is not None
+            result["full_cross_validation"] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "models": {
+                    slug: {
+                        "l2": full.coefficients[slug]["l2"],
+                        **{k: full.metrics[slug][k] for k in ("brier", "auc", "ece")},
+                    }
+                    for slug in full.coefficients
+                },
+            }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))

@@ -236,7 +236,7 @@ def l2_choose(
     grid: Sequence[float] = L2_GRID,
     folds: int = 3,
     trials: np.ndarray | None = None,
-    max_rows: int = CV_MAX_ROWS,
+    max_rows: int | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The penalty with the lowest grouped k-fold cross-validated log loss on these examples
     (and the mean loss per request of every candidate). Fewer than two groups, or a fold
@@ -244,8 +244,10 @@ def l2_choose(
 
     ``y``/``trials`` as in :func:`logistic_fit`. Each fold fits the grid from the strongest
     penalty down, each fit starting from the previous one's solution. More than
-    ``max_rows`` rows: cross-validated on ``max_rows`` of them (a fixed-seed draw), and
-    the chosen penalty scaled by (requests in the subsample / all requests)."""
+    ``max_rows`` rows (default :data:`CV_MAX_ROWS`): cross-validated on ``max_rows`` of
+    them (a fixed-seed draw), and the chosen penalty scaled by (requests in the subsample /
+    all requests)."""
+    max_rows = CV_MAX_ROWS if max_rows is None else max_rows
     counts = np.ones(len(y)) if trials is None else trials
     scale = 1.0
     rows = list(range(len(y)))
