@@ -368,9 +368,11 @@ def demo_live_load(secret: str) -> dict[str, Any]:
     from evaluation.workload import workload_items
     from routing.schemas import CascadeInput
     from routing.services import decision_create
+    from routing.snapshot import registry_cache
 
     with transaction.atomic():
         demo_graders_load()  # the cascade call reads what the class's answers look like
+    registry_cache.invalidate()  # decide on the table just approved, not a cached one
     authorization = f"Bearer {secret}"
     strategies: dict[str, int] = {}
     routed: list[tuple[int, str, str, str]] = []  # learned: (tier, decision id, model, prompt)

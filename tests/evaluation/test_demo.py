@@ -132,7 +132,6 @@ def test_demo_routes_triage_by_a_learned_router_approved_through_the_normal_flow
     from evaluation.selectors import learned_router_info
     from evaluation.workload import workload_items
     from routing.learned import predict_success, request_features
-    from routing.snapshot import registry_cache
     from tests.browser import roles_ensure
 
     roles_ensure()  # a transactional test: an earlier flush removed the role groups
@@ -167,7 +166,6 @@ def test_demo_routes_triage_by_a_learned_router_approved_through_the_normal_flow
     )
     assert demo_learned_load() == {"status": "present"}  # idempotent
 
-    registry_cache.invalidate()
     live = demo_live_load(credentials["api_key"]["secret"])
     assert live["strategies"]["learned"] == 12, live
     assert live["strategies"]["semantic"] >= 3, live  # the complaints
