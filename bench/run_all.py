@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [
     "bench_engine.py",
     "bench_strategies.py",
+    "bench_training.py",
     "bench_pii.py",
     "bench_decision_api.py",
     "bench_dashboards.py",

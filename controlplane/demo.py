@@ -28,6 +28,7 @@ from controlplane.models import (
     TaskClass,
 )
 from evaluation.workload import INVOICE_SCHEMA
+from routing.enums import RouteStrategy
 
 CREDENTIALS_PATH = VAR_DIR / "demo-credentials.json"
 
@@ -267,7 +268,7 @@ def _routes_apply(
             primary=models[primary],
             fallbacks=fallbacks,
             escalate_confidence_below=Decimal("0.60") if models[primary].tier == 1 else None,
-            strategy=(strategies or {}).get(task_class.slug, "rule"),
+            strategy=(strategies or {}).get(task_class.slug, RouteStrategy.RULE),
         )
 
 
@@ -338,7 +339,7 @@ def demo_registry_load() -> None:
             v2 = services.routing_version_draft_create(
                 based_on=v1, note="Routine classes move to the local 8B/7B models."
             )
-            _routes_apply(v2, ROUTES_V2, {SEMANTIC_CLASS: "semantic"})
+            _routes_apply(v2, ROUTES_V2, {SEMANTIC_CLASS: RouteStrategy.SEMANTIC})
             services.routing_version_activate(version=v2, comment="tier-1 rollout")
             when = now - timedelta(days=16)
             RoutingTableVersion.objects.filter(pk=v2.pk).update(created_at=when, activated_at=when)

@@ -24,6 +24,7 @@ from routing.enums import (
     Locality,
     ModelStatus,
     Risk,
+    RouteStrategy,
     Tier,
     choices,
 )
@@ -205,12 +206,6 @@ class RoutingTableVersion(models.Model):
         return self.status == VersionStatus.DRAFT
 
 
-class Strategy(models.TextChoices):
-    RULE = "rule", "rule"
-    LEARNED = "learned", "learned"
-    SEMANTIC = "semantic", "semantic"
-
-
 class Route(models.Model):
     version = models.ForeignKey(
         RoutingTableVersion, on_delete=models.CASCADE, related_name="routes"
@@ -238,12 +233,19 @@ class Route(models.Model):
     output_cap = models.PositiveIntegerField(
         null=True, blank=True, help_text="Overrides the task class's default output cap"
     )
-    strategy = models.CharField(max_length=10, choices=Strategy.choices, default="rule")
+    # How the route decides (routing.enums.RouteStrategy); without its router, by the rule.
+    strategy = models.CharField(
+        max_length=10, choices=choices(RouteStrategy), default=RouteStrategy.RULE.value
+    )
 
     class Meta:
         ordering = ["task_class__slug"]
         constraints = [
             models.UniqueConstraint(fields=["version", "task_class"], name="one_route_per_class"),
+            models.CheckConstraint(
+                condition=Q(strategy__in=[s.value for s in RouteStrategy]),
+                name="route_strategy_valid",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -147,6 +147,59 @@ def reliability_figure(
             "title": {"text": "Reliability: observed success against confidence"},
             "xaxis": {"title": {"text": "confidence (predicted success)"}, "range": [low, 1.02]},
             "yaxis": {"title": {"text": "observed success rate"}, "range": [low, 1.02]},
-            "legend": {"orientation": "h", "y": -0.2},
+            "legend": {"orientation": "h", "y": -0.3},
+        },
+    }
+
+
+def cost_quality_figure(
+    curve: Sequence[Mapping[str, float]], threshold: float
+) -> dict[str, Any] | None:
+    """A learned router's cost–quality curve: for each threshold, the mean relative cost of
+    the models it would choose (the dearest route model is 1) against their mean predicted
+    success, on the held-out requests of its training; the router's current threshold is
+    marked. A plain figure structure, drawn like the dashboard charts."""
+    points = sorted(curve, key=lambda p: p["threshold"])
+    if not points:
+        return None
+    current = min(points, key=lambda p: abs(p["threshold"] - threshold))
+    hover = (
+        "threshold %{text}<br>relative cost %{x:.3f}<br>expected success %{y:.3f}"
+        "<br>on the strongest model %{customdata:.0%}<extra></extra>"
+    )
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "thresholds 0 → 1",
+                "x": [round(p["mean_cost"], 4) for p in points],
+                "y": [round(p["expected_success"], 4) for p in points],
+                "text": [f"{p['threshold']:.2f}" for p in points],
+                "customdata": [p["strongest_share"] for p in points],
+                "marker": {"size": 5, "color": "#2f6fde"},
+                "line": {"color": "#2f6fde", "width": 1.5},
+                "hovertemplate": hover,
+            },
+            {
+                "type": "scatter",
+                "mode": "markers+text",
+                "name": f"current threshold {threshold:.2f}",
+                "x": [round(current["mean_cost"], 4)],
+                "y": [round(current["expected_success"], 4)],
+                "text": [f"threshold {threshold:.2f}"],
+                "textposition": "bottom right",
+                "customdata": [current["strongest_share"]],
+                "marker": {"size": 14, "color": "#c2413a", "symbol": "star"},
+                "hovertemplate": hover,
+            },
+        ],
+        "layout": {
+            **_LAYOUT,
+            "height": 340,
+            "title": {"text": "Cost and quality by threshold (held out)"},
+            "xaxis": {"title": {"text": "mean relative cost (dearest route model = 1)"}},
+            "yaxis": {"title": {"text": "expected success of the chosen model"}},
+            "legend": {"orientation": "h", "y": -0.25},
         },
     }

@@ -293,3 +293,124 @@ def demo_desk_load(task_class: str = "customer-reply-draft") -> dict[str, int]:
             input_text="I want my money back for order 88151.",
         )
     return {"handoffs": Handoff.objects.count(), "checks": 0 if check.passed else 1}
+
+
+# The demo class routed by a learned router: ticket-triage's first attempts follow the fleet's
+# skill profiles (telemetry.demo_traffic), so the small local model fails the hard tickets
+# (a second topic, shouting) and the router has something real to learn; three tiers.
+DEMO_LEARNED_CLASS = "ticket-triage"
+DEMO_REVIEWER = "reviewer"  # the demo's Reviewer (controlplane.demo.USERS)
+
+
+def demo_learned_load() -> dict[str, Any]:
+    """Route the demo's :data:`DEMO_LEARNED_CLASS` by a learned router through the normal
+    flow: train it on the class's graded demo traffic (``learned_router_train``), propose it
+    with its evidence (``learned_router_propose``) and approve it as the demo Reviewer
+    (``proposal_approve``: audited; a new routing-table version whose route has strategy
+    learned, the router active). Idempotent: nothing is done once the class has a learned
+    router. Needs the demo registry, users and traffic."""
+    from django.contrib.auth.models import User
+
+    from evaluation.models import LearnedRouter
+    from evaluation.services.learned import learned_router_propose, learned_router_train
+
+    task_class = TaskClass.objects.filter(slug=DEMO_LEARNED_CLASS).first()
+    reviewer = User.objects.filter(username=DEMO_REVIEWER).first()
+    if task_class is None or reviewer is None:
+        return {"status": "no demo registry"}
+    if LearnedRouter.objects.filter(task_class=task_class).exists():
+        return {"status": "present"}
+    started = timezone.now()
+    router = learned_router_train(task_class)
+    if router is None:
+        return {"status": "not enough graded traffic"}
+    trained_s = (timezone.now() - started).total_seconds()
+    proposal = learned_router_propose(router)
+    if proposal is None:  # an open proposal for the class already waits for review
+        return {"status": "proposal open", "router": router.version}
+    held_out = ", ".join(
+        f"{slug} Brier {m['brier']:.3f} vs base rate {m['brier_base']:.3f}"
+        for slug, m in router.metrics.items()
+        if slug in router.coefficients and isinstance(m, dict) and m.get("brier") is not None
+    )
+    comment = f"demo review: held out {held_out or 'nothing'}"
+    applied = services.proposal_approve(proposal=proposal, user=reviewer, comment=comment)
+    return {
+        "status": "applied",
+        "router": router.version,
+        "proposal": str(applied.public_id),
+        "version": applied.applied_version.number if applied.applied_version else None,
+        "train_s": round(trained_s, 1),
+        "total_s": round((timezone.now() - started).total_seconds(), 1),
+    }
+
+
+# Live requests the demo loader sends once its data is in (``demo_live_load``): tickets for
+# the learned route, customer messages for the semantic one (complaints match its
+# "upset-customer" route), then one cascade check of a cheap attempt.
+DEMO_LIVE_TICKETS = 12
+DEMO_LIVE_MESSAGES = 10
+DEMO_SEMANTIC_CLASS = "intent-detection"
+
+
+def demo_live_load(secret: str) -> dict[str, Any]:
+    """Live decisions through the decision pipeline that answers POST /api/v1/decisions
+    (``routing.services.decision_create``, with the demo key ``secret``), so the explorer
+    shows decisions made by the learned router and the semantic routes, and one cascade
+    check (``evaluation.services.cascade.cascade_check``, what POST
+    /api/v1/decisions/{id}/cascade runs) of the cheap model's real answer from the replay
+    fleet (skipped when the fleet does not answer). Returns counts by strategy."""
+    import orjson
+
+    from evaluation.client import chat_complete
+    from evaluation.selectors import model_target
+    from evaluation.services.cascade import cascade_check
+    from evaluation.workload import workload_items
+    from routing.schemas import CascadeInput
+    from routing.services import decision_create
+    from routing.snapshot import registry_cache
+
+    with transaction.atomic():
+        demo_graders_load()  # the cascade call reads what the class's answers look like
+    registry_cache.invalidate()  # decide on the table just approved, not a cached one
+    authorization = f"Bearer {secret}"
+    strategies: dict[str, int] = {}
+    routed: list[tuple[int, str, str, str]] = []  # learned: (tier, decision id, model, prompt)
+    requests = [
+        (DEMO_LEARNED_CLASS, item.prompt, "triage-v3")
+        for item in workload_items(DEMO_LEARNED_CLASS)[-DEMO_LIVE_TICKETS:]
+    ]
+    messages = workload_items(DEMO_SEMANTIC_CLASS)
+    complaints = [i for i in messages if i.reference == "complaint"][:3]
+    others = [i for i in messages[-40:] if i.reference != "complaint"]
+    requests += [
+        (DEMO_SEMANTIC_CLASS, item.prompt, "intent-v2")
+        for item in complaints + others[: DEMO_LIVE_MESSAGES - len(complaints)]
+    ]
+    for task_class, prompt, template in requests:
+        body = {
+            "task_class": task_class,
+            "prompt": prompt,
+            "prompt_template": {"id": template, "version": "1"},  # as in the demo traffic
+        }
+        _, answer = decision_create(authorization=authorization, body=orjson.dumps(body))
+        strategies[answer["strategy"]] = strategies.get(answer["strategy"], 0) + 1
+        if task_class == DEMO_LEARNED_CLASS:
+            model = answer["model"]
+            routed.append((model["tier"], answer["decision_id"], model["slug"], prompt))
+    cascade: dict[str, Any] | None = None
+    if routed and fleet_reachable():  # the cheapest attempt: the model answers, is it enough?
+        _, decision_id, slug, prompt = min(routed, key=lambda r: r[0])
+        attempt = chat_complete(
+            model_target(ModelEndpoint.objects.get(slug=slug)),
+            [{"role": "user", "content": prompt}],
+            max_tokens=64,
+            retries=1,
+        )
+        if attempt.status == "ok":
+            record = DecisionRecord.objects.get(id=decision_id)
+            cascade = cascade_check(
+                record=record,
+                attempt=CascadeInput(output=attempt.content, finish_reason=attempt.finish_reason),
+            )
+    return {"strategies": strategies, "cascade": cascade["action"] if cascade else None}

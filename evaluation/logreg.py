@@ -3,7 +3,14 @@
 
 ``logistic_fit`` minimises mean log loss + l2/2·|w|² (the intercept is not penalised) with
 L-BFGS and an Armijo line search on a sparse design matrix (``design``: the feature dicts of
-``routing.learned.request_features``).
+``routing.learned.request_features``). Rows may carry counts (``trials`` requests with the
+same features, ``y`` of them successes: :func:`aggregate` folds repeated requests into one
+row), which gives exactly the fit on the individual requests at a fraction of the cost.
+
+``l2_choose`` picks the penalty by grouped cross-validation, each fold's fits warm-started
+from the previous (stronger) penalty's solution; above :data:`CV_MAX_ROWS` rows it
+cross-validates on a stable subsample and scales the chosen penalty to the full sample
+(same prior: ``l2 · n`` is held constant), so training time stays bounded on big logs.
 """
 
 from __future__ import annotations
@@ -53,20 +60,65 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def aggregate(
+    features: Sequence[dict[int, float]], success: Sequence[bool]
+) -> tuple[list[dict[int, float]], np.ndarray, np.ndarray, list[int]]:
+    """Fold rows that share one features object (the same request seen again: the trainer
+    reuses the features of identical requests) into one row with counts. Returns the
+    distinct features, successes and trials per row, and the first input index of each."""
+    rows: dict[int, int] = {}
+    out: list[dict[int, float]] = []
+    first: list[int] = []
+    wins: list[int] = []
+    trials: list[int] = []
+    for i, (f, ok) in enumerate(zip(features, success, strict=True)):
+        row = rows.get(id(f))
+        if row is None:
+            row = rows[id(f)] = len(out)
+            out.append(f)
+            first.append(i)
+            wins.append(0)
+            trials.append(0)
+        wins[row] += bool(ok)
+        trials[row] += 1
+    return (
+        out,
+        np.asarray(wins, dtype=np.float64),
+        np.asarray(trials, dtype=np.float64),
+        first,
+    )
+
+
 def logistic_fit(
-    x: _Design, y: np.ndarray, *, l2: float, max_iter: int = 300, tol: float = 1e-7
+    x: _Design,
+    y: np.ndarray,
+    *,
+    l2: float,
+    trials: np.ndarray | None = None,
+    init: tuple[np.ndarray, float] | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-7,
 ) -> tuple[np.ndarray, float]:
-    """Minimise mean log loss + l2/2·|w|² (intercept not penalised). Returns (w, b)."""
+    """Minimise mean log loss + l2/2·|w|² (intercept not penalised). Returns (w, b).
+
+    ``y``: the successes of each row (0/1, or a count with ``trials``: the requests the row
+    stands for; the mean is over requests). ``init``: a starting point (a warm start)."""
     width = x.width
     theta = np.zeros(width + 1)
-    rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-    theta[-1] = math.log(rate / (1 - rate))
+    counts = np.ones(x.n) if trials is None else trials
+    total = float(counts.sum()) or 1.0
+    if init is not None:
+        theta[:-1] = init[0]
+        theta[-1] = init[1]
+    else:
+        rate = float(np.clip(y.sum() / total, 1e-3, 1 - 1e-3))
+        theta[-1] = math.log(rate / (1 - rate))
 
     def loss_grad(t: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = t[:-1], t[-1]
         z = _scores(x, w, b)
-        loss = float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * (w @ w))
-        r = (_sigmoid(z) - y) / x.n
+        loss = float(np.sum(counts * np.logaddexp(0.0, z) - y * z) / total + 0.5 * l2 * (w @ w))
+        r = (counts * _sigmoid(z) - y) / total
         grad = np.empty_like(t)
         grad[:-1] = np.bincount(x.cols, weights=x.vals * r[x.rows], minlength=width) + l2 * w
         grad[-1] = r.sum()
@@ -159,6 +211,8 @@ def heldout_metrics(p: list[float], y: list[bool], base_rate: float) -> dict[str
 
 # The penalties cross-validation chooses from (mean log loss, grouped folds).
 L2_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+# Above this many (distinct) rows the penalty is chosen on a stable subsample of this size.
+CV_MAX_ROWS = 12_000
 
 
 def predict_proba(x: _Design, w: np.ndarray, b: float) -> np.ndarray:
@@ -181,32 +235,51 @@ def l2_choose(
     *,
     grid: Sequence[float] = L2_GRID,
     folds: int = 3,
+    trials: np.ndarray | None = None,
+    max_rows: int | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The penalty with the lowest grouped k-fold cross-validated log loss on these examples
-    (and the loss of every candidate). Fewer than two groups, or a fold without both
-    outcomes in its training part: the middle of the grid."""
-    fold = group_folds(groups, folds)
+    (and the mean loss per request of every candidate). Fewer than two groups, or a fold
+    without both outcomes in its training part: the middle of the grid.
+
+    ``y``/``trials`` as in :func:`logistic_fit`. Each fold fits the grid from the strongest
+    penalty down, each fit starting from the previous one's solution. More than
+    ``max_rows`` rows (default :data:`CV_MAX_ROWS`): cross-validated on ``max_rows`` of
+    them (a fixed-seed draw), and the chosen penalty scaled by (requests in the subsample /
+    all requests)."""
+    max_rows = CV_MAX_ROWS if max_rows is None else max_rows
+    counts = np.ones(len(y)) if trials is None else trials
+    scale = 1.0
+    rows = list(range(len(y)))
+    if len(rows) > max_rows:
+        rows = sorted(np.random.default_rng(0).choice(len(y), max_rows, replace=False).tolist())
+        scale = float(counts[rows].sum() / counts.sum())
+    fold = group_folds([groups[i] for i in rows], folds)
     k = len(set(fold))
     losses: dict[str, float] = {}
+    middle = grid[len(grid) // 2] * scale
     if k < 2:
-        return grid[len(grid) // 2], losses
+        return middle, losses
     parts = []
     for f in range(k):
-        train = [i for i in range(len(y)) if fold[i] != f]
-        test = [i for i in range(len(y)) if fold[i] == f]
-        y_train = y[train]
-        if not test or y_train.min() == y_train.max():
-            return grid[len(grid) // 2], losses
+        train = [rows[j] for j in range(len(rows)) if fold[j] != f]
+        test = [rows[j] for j in range(len(rows)) if fold[j] == f]
+        wins_train, n_train = y[train], counts[train]
+        if not test or wins_train.sum() == 0 or wins_train.sum() == n_train.sum():
+            return middle, losses
         parts.append(
-            (design([features[i] for i in train], width), y_train,
-             design([features[i] for i in test], width), y[test])
+            (design([features[i] for i in train], width), wins_train, n_train,
+             design([features[i] for i in test], width), y[test], counts[test])
         )  # fmt: skip
+    requests = float(counts[rows].sum())
+    totals = dict.fromkeys(grid, 0.0)
+    for x_train, y_train, n_train, x_test, y_test, n_test in parts:
+        start: tuple[np.ndarray, float] | None = None
+        for l2 in sorted(grid, reverse=True):  # strongest first: each warm-starts the next
+            start = logistic_fit(x_train, y_train, l2=l2, trials=n_train, init=start)
+            p = np.clip(predict_proba(x_test, *start), 1e-6, 1 - 1e-6)
+            totals[l2] += float(-np.sum(y_test * np.log(p) + (n_test - y_test) * np.log(1 - p)))
     for l2 in grid:
-        total = 0.0
-        for x_train, y_train, x_test, y_test in parts:
-            w, b = logistic_fit(x_train, y_train, l2=l2)
-            p = np.clip(predict_proba(x_test, w, b), 1e-6, 1 - 1e-6)
-            total += float(-np.sum(y_test * np.log(p) + (1 - y_test) * np.log(1 - p)))
-        losses[f"{l2:g}"] = round(total / len(y), 5)
+        losses[f"{l2:g}"] = round(totals[l2] / requests, 5)
     best = min(grid, key=lambda v: losses[f"{v:g}"])
-    return best, losses
+    return best * scale, losses

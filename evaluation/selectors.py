@@ -48,6 +48,7 @@ from routing.confidence import (
     VALIDATION_KEYS,
     SuccessCount,
 )
+from routing.enums import RouteStrategy
 from routing.learned import LearnedRouterInfo, learned_router_from_data
 from routing.route_diff import RouteChange, routes_diff
 from telemetry.models import DecisionOutcome, DecisionRecord
@@ -407,8 +408,10 @@ def graded_estimates(task_class: str) -> dict[str, float]:
 
 def routing_strategy_summary(task_class: str, strategy: str | None) -> dict[str, Any]:
     """What decides a class beyond its rule, for the task class page: the active learned
-    router (held-out metrics per model, threshold and its target's last calibration), the
-    semantic routes, the LLM router. At most three queries."""
+    router (held-out metrics per model, its reliability curve and its cost–quality curve
+    with the current threshold marked — Plotly figures from the stored metrics —,
+    threshold and its target's last calibration), the semantic routes, the LLM router. At
+    most three queries."""
     from routing.models import LlmRouter, SemanticRoute
 
     out: dict[str, Any] = {"strategy": strategy}
@@ -428,6 +431,22 @@ def routing_strategy_summary(task_class: str, strategy: str | None) -> dict[str,
                 if slug in router.coefficients and isinstance(m, dict)
             ]
             out["threshold_target"] = getattr(router.task_class, "threshold_target", None)
+            from evaluation import charts
+
+            out["reliability_figure"] = charts.reliability_figure(
+                [
+                    (
+                        f"{m['slug']} (held out)",
+                        [
+                            (float(p), float(o), int(n))
+                            for p, o, n in router.metrics[m["slug"]].get("reliability") or []
+                        ],
+                    )
+                    for m in out["learned_models"]
+                ]
+            )
+            curve = router.metrics.get("curve") or []
+            out["cost_quality_figure"] = charts.cost_quality_figure(curve, router.threshold)
     if strategy == "semantic":
         out["semantic_routes"] = list(
             SemanticRoute.objects.filter(task_class__slug=task_class, is_active=True)
@@ -439,6 +458,8 @@ def routing_strategy_summary(task_class: str, strategy: str | None) -> dict[str,
         .select_related("router_model")
         .first()
     )
+    # An enabled LLM router decides only where the route's strategy is llm.
+    out["llm_router_applies"] = strategy == RouteStrategy.LLM
     return out
 
 

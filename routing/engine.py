@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from routing import enums
 from routing.confidence import PRIOR_BY_TIER
+from routing.enums import RouteStrategy
 from routing.learned import (
     LearnedRouterInfo,
     learned_choice,
@@ -55,7 +56,10 @@ __all__ = [
     "snapshot_build",
 ]
 
+# How a decision's model was chosen: the values of ``enums.DecisionStrategy`` (the type
+# checker needs the literal; the assertion below keeps the two one list).
 Strategy = Literal["rule", "policy", "budget", "fallback", "learned", "semantic", "llm"]
+assert frozenset(get_args(Strategy)) == enums.values(enums.DecisionStrategy)
 BudgetAction = Literal["none", "downgrade", "block", "local_only"]
 
 TIER_VALUES: Final = enums.values(enums.Tier)
@@ -69,6 +73,7 @@ BUDGET_SCOPE_VALUES: Final = enums.values(enums.BudgetScope)
 BUDGET_PERIOD_VALUES: Final = enums.values(enums.BudgetPeriod)
 HARD_ACTION_VALUES: Final = enums.values(enums.HardAction)
 DATA_CLASSIFICATION_VALUES: Final = enums.values(enums.DataClassification)
+ROUTE_STRATEGY_VALUES: Final = enums.values(enums.RouteStrategy)
 
 # Confidence when the snapshot has no estimate for (model, task class): the tier's prior.
 DEFAULT_CONFIDENCE_BY_TIER: Final[Mapping[int, float]] = PRIOR_BY_TIER
@@ -160,7 +165,7 @@ class RouteInfo:
     fallbacks: tuple[str, ...] = ()
     escalation: EscalationTriggers = EscalationTriggers()
     conditions: RouteConditions = RouteConditions()
-    strategy: str = "rule"
+    strategy: str = RouteStrategy.RULE.value  # one of enums.RouteStrategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +446,10 @@ def _validate(
     models: Mapping[str, ModelInfo],
     task_classes: Mapping[str, TaskClassInfo],
     budgets: tuple[BudgetState, ...],
+    routes: Mapping[str, RouteInfo],
 ) -> None:
+    for r in routes.values():
+        _check(r.strategy, ROUTE_STRATEGY_VALUES, f"strategy of route {r.task_class!r}")
     for m in models.values():
         _check(m.tier, TIER_VALUES, f"tier of model {m.slug!r}")
         _check(m.locality, LOCALITY_VALUES, f"locality of model {m.slug!r}")
@@ -558,8 +566,10 @@ def _build_index(
             policy_local=task.data_policy == "local_only",
             base_budgets=tuple(base),
             quality=quality_by_task.get(slug, {}),
-            learned=(learned or {}).get(slug) if route.strategy == "learned" else None,
-            semantic=(semantic or {}).get(slug) if route.strategy == "semantic" else None,
+            learned=(learned or {}).get(slug) if route.strategy == RouteStrategy.LEARNED else None,
+            semantic=(
+                (semantic or {}).get(slug) if route.strategy == RouteStrategy.SEMANTIC else None
+            ),
         )
 
     active_ranked = tuple(
@@ -604,7 +614,7 @@ def snapshot_build(
     quality_map = dict(quality) if quality else {}
     learned_map = dict(learned) if learned else {}
     semantic_map = dict(semantic) if semantic else {}
-    _validate(model_map, task_map, budget_tuple)
+    _validate(model_map, task_map, budget_tuple, route_map)
     return Snapshot(
         version=version,
         models=model_map,

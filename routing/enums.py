@@ -76,6 +76,31 @@ OPEN_CLASSIFICATIONS: frozenset[str] = frozenset(
 )
 
 
+class RouteStrategy(StrEnum):
+    """How a route decides among its models (``Route.strategy``): its rule (primary, then
+    fallbacks), the class's learned router, its semantic routes, or its LLM router. A
+    strategy without its router (none active, none enabled) decides by the rule."""
+
+    RULE = "rule"
+    LEARNED = "learned"
+    SEMANTIC = "semantic"
+    LLM = "llm"
+
+
+class DecisionStrategy(StrEnum):
+    """How one decision's model was chosen (``Decision.strategy``, stored and answered):
+    a route strategy that applied, or the rule displaced by a policy, a budget or an
+    ineligible primary."""
+
+    RULE = "rule"
+    POLICY = "policy"
+    BUDGET = "budget"
+    FALLBACK = "fallback"
+    LEARNED = "learned"
+    SEMANTIC = "semantic"
+    LLM = "llm"
+
+
 class AttemptStatus(StrEnum):
     """How one attempt (and so the whole request: its final status) ended."""
 
@@ -97,6 +122,10 @@ LABELS: Final[Mapping[StrEnum | IntEnum, str]] = {
     DataPolicy.LOCAL_ONLY: "local models only",
     HardAction.BLOCK: "block (429)",
     HardAction.LOCAL_ONLY: "local models only",
+    RouteStrategy.RULE: "rule (primary, then fallbacks)",
+    RouteStrategy.LEARNED: "learned router",
+    RouteStrategy.SEMANTIC: "semantic routes",
+    RouteStrategy.LLM: "LLM router (a local model picks)",
 }
 
 

@@ -16,6 +16,7 @@ from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework import serializers
 
 from controlplane.errors import ErrorSerializer  # noqa: F401  (re-exported for the views)
+from routing.enums import DecisionStrategy
 from telemetry.models import DecisionOutcome, DecisionRecord
 
 # Request-side names, apart from the response serializers' (e.g. PromptTemplate).
@@ -125,7 +126,9 @@ STRATEGY_HELP = (
     "How the model was chosen: rule (the route's primary), fallback (the primary was not "
     "eligible), policy / budget (a data policy or a budget restricted the choice), learned "
     "(the class's learned router), semantic (the semantic route whose examples are most "
-    "similar to the prompt), llm (the class's LLM router picked among the eligible models)."
+    "similar to the prompt), llm (the class's LLM router picked among the eligible models). "
+    "learned, semantic and llm apply only where the route's strategy (Route.strategy) says so "
+    "and the class has that router; otherwise the route's rule decides."
 )
 
 
@@ -137,7 +140,9 @@ class DecisionOutputSerializer(serializers.Serializer[Any]):
         max_value=1.0,
         help_text=CONFIDENCE_HELP,
     )
-    strategy = serializers.CharField(help_text=STRATEGY_HELP)
+    strategy = serializers.ChoiceField(
+        choices=[s.value for s in DecisionStrategy], help_text=STRATEGY_HELP
+    )
     reason = serializers.CharField()
     fallbacks = FallbackSerializer(many=True)
     max_output_tokens = serializers.IntegerField()

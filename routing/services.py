@@ -10,9 +10,10 @@ body to send. Its steps, in order:
 3. A repeated ``request_id`` returns the stored decision (409 if the body differs).
 4. Scan every free-text field for personal data (fail closed: a failing scan counts as
    personal) - ``routing.pii.request_scan``.
-5. Decide with the plain-Python engine on the in-memory snapshot; for a class with an LLM
-   router, ask it to pick among the eligible candidates (``routing.llm_router``; bounded
-   by its timeout, else the rule's decision stands).
+5. Decide with the plain-Python engine on the in-memory snapshot; for a class whose route's
+   strategy is ``llm`` and that has an enabled LLM router, ask it to pick among the
+   eligible candidates (``routing.llm_router``; bounded by its timeout, else the rule's
+   decision stands).
 6. Record the decision durably (group commit) with its worst-case cost held against
    every budget that applies (telemetry/budgets.py), and only then answer. A budget the
    hold does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
@@ -410,8 +411,9 @@ def recording_error(exc: RecordingFailed) -> ApiError:
 
 
 def _llm_routed(decision: Decision, request: DecisionRequest, snapshot: Snapshot) -> Decision:
-    """The LLM router's pick among the decision's eligible models, for a class that has one
-    (``routing.llm_router``): skipped under a policy or budget restriction, with a single
+    """The LLM router's pick among the decision's eligible models, for a class whose route's
+    strategy is ``llm`` and that has an enabled router (``registry_cache.llm_router`` holds
+    only those; ``routing.llm_router``): skipped under a policy or budget restriction, with a single
     eligible model or without a prompt. The router model is called through the project's
     model client with the router's timeout and no retries."""
     router = registry_cache.llm_router(request.task_class)

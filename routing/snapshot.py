@@ -70,6 +70,7 @@ from routing.engine import (
     TaskClassInfo,
     snapshot_build,
 )
+from routing.enums import RouteStrategy
 from routing.learned import LearnedRouterInfo
 from routing.llm_router import LlmRouterInfo
 from routing.models import LlmRouter, SemanticRoute
@@ -221,7 +222,7 @@ def _static_load(now: datetime) -> _Static:
     models, schedules = _models_load()
     learned = _learned_load()
     semantic = _semantic_load(routes)
-    llm_routers = _llm_routers_load()
+    llm_routers = _llm_routers_load(routes)
     static = _Static(
         version=active.number if active else 0,
         models=models,
@@ -253,7 +254,7 @@ def _semantic_load(routes: dict[str, RouteInfo]) -> dict[str, SemanticRouterInfo
     """The semantic routers of the classes whose route's strategy is ``semantic``, their
     examples embedded by the configured backend (``SWITCHYARD_SEMANTIC_BACKEND``). A class
     whose routes do not build (logged) is routed by its rule."""
-    wanted = [slug for slug, r in routes.items() if r.strategy == "semantic"]
+    wanted = [slug for slug, r in routes.items() if r.strategy == RouteStrategy.SEMANTIC]
     if not wanted:
         return {}
     factory = backend_factory(settings.SWITCHYARD_SEMANTIC_BACKEND)
@@ -277,8 +278,14 @@ def _semantic_load(routes: dict[str, RouteInfo]) -> dict[str, SemanticRouterInfo
     return out
 
 
-def _llm_routers_load() -> dict[str, LlmRouterInfo]:
-    """The enabled LLM routers by task class (routing.llm_router)."""
+def _llm_routers_load(routes: dict[str, RouteInfo]) -> dict[str, LlmRouterInfo]:
+    """The enabled LLM routers (routing.llm_router) of the classes whose route's strategy
+    is ``llm``, by task class: an enabled router on a route with another strategy does
+    not decide."""
+    wanted = [slug for slug, r in routes.items() if r.strategy == RouteStrategy.LLM]
+    if not wanted:
+        return {}
+    rows = LlmRouter.objects.filter(enabled=True, task_class__slug__in=wanted)
     return {
         r.task_class.slug: LlmRouterInfo(
             task_class=r.task_class.slug,
@@ -286,7 +293,7 @@ def _llm_routers_load() -> dict[str, LlmRouterInfo]:
             timeout_ms=r.timeout_ms,
             descriptions={str(k): str(v) for k, v in (r.descriptions or {}).items()},
         )
-        for r in LlmRouter.objects.filter(enabled=True).select_related("task_class", "router_model")
+        for r in rows.select_related("task_class", "router_model")
     }
 
 

@@ -18,9 +18,10 @@ holds three incidents a manager should spot on the dashboards:
 Every request carries a prompt of the project's generated workload (``evaluation.workload``)
 and, while its prompt is stored, the item's reference answer in
 ``metadata["reference_answer"]``, so evaluation sweeps replay and grade real samples. The
-first attempt of a multi-step-reasoning request succeeds exactly when the replay fleet's
-skill profile says that model answers that item correctly. Prompts are stored only while
-the task class keeps them.
+first attempt of a multi-step-reasoning or ticket-triage request succeeds exactly when the
+replay fleet's skill profile says that model answers that item correctly (hard tickets —
+a second topic, shouting — trip the small models: what the demo's learned router learns).
+Prompts are stored only while the task class keeps them.
 
 Decisions carry the confidence the live system would give them: every
 ``GRADED_REFRESH_EVERY`` requests the graded outcomes so far (last
@@ -206,8 +207,10 @@ _CLASSES = {
 PROCESSES = 2  # this machine has two cores
 OUTAGE_MODEL = "llama-3.1-8b-local"
 DRIFT_CLASS, DRIFT_MODEL = "short-summary", "llama-3.1-8b-local"
-# Requests of this class succeed (first attempt) as the replay fleet answers them.
+# Requests of these classes succeed (first attempt) as the replay fleet answers them; the
+# first one's request size follows its prompt.
 FLEET_GRADED_CLASS = "multi-step-reasoning"
+FLEET_GRADED_CLASSES = frozenset({FLEET_GRADED_CLASS, "ticket-triage"})
 
 
 def hour_weight(when: datetime) -> float:
@@ -379,7 +382,7 @@ def _attempt_ok(
     if model == OUTAGE_MODEL and ctx.outage[0] <= at < ctx.outage[1]:
         return rng.random() < 0.08
     item: WorkloadItem = extra["item"]
-    if task_class == FLEET_GRADED_CLASS and not extra.get("retried") and model in SKILLS:
+    if task_class in FLEET_GRADED_CLASSES and not extra.get("retried") and model in SKILLS:
         # First attempt: what the replay fleet's skill profile says this model does on it.
         extra["retried"] = True
         outcome = verdict(model, SKILLS[model], task_class, item.difficulty, item.id)

@@ -51,13 +51,22 @@ def task_class_create(**overrides: Any) -> TaskClass:
 
 
 def routing_table_create(
-    routes: dict[TaskClass, tuple[ModelEndpoint, list[str]]], *, activate: bool = True
+    routes: dict[TaskClass, tuple[ModelEndpoint, list[str]]],
+    *,
+    activate: bool = True,
+    strategies: dict[str, str] | None = None,
 ) -> RoutingTableVersion:
+    """A new routing-table version with ``routes``; ``strategies``: task class slug → route
+    strategy (routing.enums.RouteStrategy; default rule)."""
     version = services.routing_version_draft_create(based_on=None)
     version.routes.all().delete()
     for task_class, (primary, fallbacks) in routes.items():
         services.route_set(
-            version=version, task_class=task_class, primary=primary, fallbacks=fallbacks
+            version=version,
+            task_class=task_class,
+            primary=primary,
+            fallbacks=fallbacks,
+            strategy=(strategies or {}).get(task_class.slug, "rule"),
         )
     if activate:
         services.routing_version_activate(version=version)

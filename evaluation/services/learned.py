@@ -6,12 +6,15 @@ For one task class (``learned_router_train``):
    outcome (``routing.confidence.graded_success``: the routed model's success), and every
    graded sweep sample (the candidate's and the primary's success on a replayed request).
 2. Features: ``routing.learned.request_features`` (hashed n-grams, template, metadata,
-   lengths) — the very function the engine calls at decision time.
+   lengths) — the very function the engine calls at decision time; computed once per
+   distinct request (prompt, template, metadata), and identical requests of a model are
+   fitted as one row with counts (``evaluation.logreg.aggregate``: the same fit).
 3. Per model of the class's route with enough examples of both outcomes, an L2-penalised
    logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the prompts
    (split by a stable hash of the prompt text: a prompt is never on both sides), its
    penalty chosen by 3-fold cross-validated log loss on that 80 % only
-   (``evaluation.logreg.l2_choose``, prompts grouped the same way); the other 20 % give the
+   (``evaluation.logreg.l2_choose``, prompts grouped the same way; warm starts, and on big
+   logs a subsample with the penalty scaled to the full size); the other 20 % give the
    held-out metrics (Brier score beside the base-rate predictor's, log loss, AUC,
    calibration error) and the share of requests each model would get at the threshold.
 4. Stored as a new *candidate* version of ``evaluation.LearnedRouter``: coefficients as JSON
@@ -24,13 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -38,7 +41,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass, VersionStatus
-from evaluation.logreg import design, heldout_metrics, l2_choose, logistic_fit
+from evaluation.logreg import aggregate, design, heldout_metrics, l2_choose, logistic_fit
 from evaluation.models import (
     LearnedRouter,
     LearnedRouterRule,
@@ -48,13 +51,17 @@ from evaluation.models import (
 )
 from evaluation.selectors import learned_router_info
 from routing.confidence import graded_success
+from routing.enums import RouteStrategy
 from routing.learned import (
+    THRESHOLD_GRID,
     HashingSpec,
     LearnedRouterInfo,
+    ThresholdPoint,
     learned_choice,
     predict_success,
     request_features,
     template_key,
+    threshold_curve,
 )
 
 logger = logging.getLogger(__name__)
@@ -105,6 +112,20 @@ def training_examples(
 ) -> list[Example]:
     """Graded examples of the class in [since, until) (see the module docstring)."""
     out: list[Example] = []
+    # Identical requests (prompt, template, metadata) share one features object: computed
+    # once, and fitted as one row with counts (evaluation.logreg.aggregate).
+    seen: dict[tuple[str, str, str], dict[int, float]] = {}
+
+    def features_of(prompt: str, tpl: str, tpl_v: str, meta: Any) -> dict[int, float]:
+        meta_key = meta if isinstance(meta, str) else json.dumps(meta, sort_keys=True)
+        key = (prompt, template_key(tpl, tpl_v), meta_key)
+        features = seen.get(key)
+        if features is None:
+            features = seen[key] = request_features(
+                spec, prompt, template=key[1], metadata=_json(meta)
+            )
+        return features
+
     with connection.cursor() as cursor:
         params: dict[str, Any] = {"task_class": task_class, "since": since, "until": until}
         cursor.execute(_LIVE_SQL, params)
@@ -117,15 +138,10 @@ def training_examples(
             )
             if ok is None:
                 continue
-            features = request_features(
-                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
-            )
-            out.append(Example(prompt, model, features, ok))
+            out.append(Example(prompt, model, features_of(prompt, tpl, tpl_v, meta), ok))
         cursor.execute(_SWEEP_SQL, params)
         for _, prompt, cand, cand_ok, primary, primary_ok, tpl, tpl_v, meta in cursor:
-            features = request_features(
-                spec, prompt, template=template_key(tpl, tpl_v), metadata=_json(meta)
-            )
+            features = features_of(prompt, tpl, tpl_v, meta)
             if cand_ok is not None:
                 out.append(Example(prompt, cand, features, bool(cand_ok)))
             if primary and primary_ok is not None:
@@ -193,6 +209,48 @@ def routing_shares(
     }
 
 
+CURVE_MAX_REQUESTS = 5000  # held-out requests the cost–quality curve is drawn from, at most
+
+
+def threshold_point(p: ThresholdPoint) -> dict[str, float]:
+    return {
+        "threshold": round(p.threshold, 4),
+        "strongest_share": round(p.strongest_share, 4),
+        "expected_success": round(p.expected_success, 4),
+        "mean_cost": round(p.mean_cost, 6),
+    }
+
+
+def cost_quality_curve(
+    task_class: TaskClass,
+    router: LearnedRouterInfo,
+    features: Sequence[dict[int, float]],
+    ladder: Sequence[ModelEndpoint],
+) -> list[dict[str, float]]:
+    """What every threshold (0 to 1, step 0.02) would do on these requests (held out):
+    mean relative cost of the chosen models (dearest route model = 1), their mean predicted
+    success (a model without a learned model counts with its class estimate), share on
+    the strongest model. At most :data:`CURVE_MAX_REQUESTS` requests (every k-th)."""
+    from evaluation.selectors import graded_estimates
+
+    if not features or len(ladder) < 2:
+        return []
+    step = max(1, math.ceil(len(features) / CURVE_MAX_REQUESTS))
+    predictions = [predict_success(router, f) for f in features[::step]]
+    costs = {m.slug: _price(m) for m in ladder}
+    top = max(costs.values()) or 1.0
+    relative = {slug: c / top for slug, c in costs.items()}
+    curve = threshold_curve(
+        router,
+        predictions,
+        [m.slug for m in ladder],
+        relative,
+        graded_estimates(task_class.slug),
+        grid=THRESHOLD_GRID[::2],
+    )
+    return [threshold_point(p) for p in curve]
+
+
 def learned_router_train(
     task_class: TaskClass,
     *,
@@ -227,14 +285,16 @@ def learned_router_train(
         wins = sum(e.success for e in train)
         if len(train) < MIN_EXAMPLES or wins < MIN_EACH or len(train) - wins < MIN_EACH:
             continue
-        y = np.asarray([e.success for e in train], dtype=np.float64)
+        rows, y, trials, first = aggregate([e.features for e in train], [e.success for e in train])
         if c is None:
-            groups = [f"g{zlib.crc32(e.key.encode('utf-8', 'surrogatepass')) % 30}" for e in train]
-            l2, cv_loss = l2_choose([e.features for e in train], y, groups, spec.width)
+            groups = [
+                f"g{zlib.crc32(train[i].key.encode('utf-8', 'surrogatepass')) % 30}" for i in first
+            ]
+            l2, cv_loss = l2_choose(rows, y, groups, spec.width, trials=trials)
         else:
             l2, cv_loss = 1.0 / (c * len(train)), {}
         l2_used = max(l2_used, l2)
-        w, b = logistic_fit(design([e.features for e in train], spec.width), y, l2=l2)
+        w, b = logistic_fit(design(rows, spec.width), y, l2=l2, trials=trials)
         coefficients[model.slug] = {
             "intercept": round(b, 6),
             "weights": [round(float(v), 6) for v in w],
@@ -254,7 +314,8 @@ def learned_router_train(
             from routing.learned import predict_one
 
             p = [predict_one(fitted, e.features) for e in heldout]
-            metrics[model.slug] = heldout_metrics(p, [e.success for e in heldout], float(y.mean()))
+            base_rate = float(y.sum() / trials.sum())
+            metrics[model.slug] = heldout_metrics(p, [e.success for e in heldout], base_rate)
     if not coefficients:
         return None
     if threshold is not None:
@@ -270,6 +331,7 @@ def learned_router_train(
             seen.setdefault(e.key, e.features)
     metrics["routing"] = routing_shares(info, list(seen.values()), [m.slug for m in ladder])
     metrics["ladder"] = [m.slug for m in ladder]
+    metrics["curve"] = cost_quality_curve(task_class, info, list(seen.values()), ladder)
     with transaction.atomic():
         version = (
             LearnedRouter.objects.select_for_update()
@@ -418,7 +480,7 @@ def _routed_by_learned() -> set[str]:
     if active is None:
         return set()
     return set(
-        Route.objects.filter(version=active, strategy="learned").values_list(
+        Route.objects.filter(version=active, strategy=RouteStrategy.LEARNED).values_list(
             "task_class__slug", flat=True
         )
     )

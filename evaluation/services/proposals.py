@@ -27,6 +27,7 @@ from evaluation.models import (
     SweepRun,
 )
 from evaluation.selectors import active_version_number
+from routing.enums import RouteStrategy
 
 
 def proposal_fallbacks(route: Route, to_model: ModelEndpoint, change: str) -> list[str]:
@@ -254,7 +255,7 @@ def proposal_apply(*, proposal: Proposal, user: Any, comment: str = "") -> Propo
                 # Route by the learned router; the new version also makes every decider
                 # reload (and so pick up the router) within a second.
                 router = _learned_router_of(proposal)
-                options["strategy"] = "learned"
+                options["strategy"] = RouteStrategy.LEARNED.value
             registry.route_set(
                 version=draft,
                 task_class=proposal.task_class,

@@ -45,26 +45,19 @@ from evaluation.services.learned import (
     learned_router_propose,
     learned_router_rethreshold,
     routing_shares,
+    threshold_point,
     training_examples,
 )
-from routing.learned import ThresholdPoint, predict_success, threshold_curve, threshold_for_target
+from routing.enums import RouteStrategy
+from routing.learned import predict_success, threshold_curve, threshold_for_target
 
 logger = logging.getLogger(__name__)
-
-
-def _point(p: ThresholdPoint) -> dict[str, float]:
-    return {
-        "threshold": round(p.threshold, 4),
-        "strongest_share": round(p.strongest_share, 4),
-        "expected_success": round(p.expected_success, 4),
-        "mean_cost": round(p.mean_cost, 6),
-    }
 
 
 def _learned_route(target: LearnedThresholdTarget) -> bool:
     active = RoutingTableVersion.objects.filter(status=VersionStatus.ACTIVE).first()
     return Route.objects.filter(
-        version=active, task_class=target.task_class, strategy="learned"
+        version=active, task_class=target.task_class, strategy=RouteStrategy.LEARNED
     ).exists()
 
 
@@ -111,10 +104,10 @@ def learned_threshold_calibrate(
     current = min(curve, key=lambda p: abs(p.threshold - router.threshold))
     result.update(
         {
-            "current": _point(current) | {"threshold": router.threshold},
-            "calibrated": _point(chosen),
+            "current": threshold_point(current) | {"threshold": router.threshold},
+            "calibrated": threshold_point(chosen),
             "target_met": met,
-            "curve": [_point(p) for p in curve[::5]],
+            "curve": [threshold_point(p) for p in curve[::5]],
             "window": [since.isoformat(), now.isoformat()],
         }
     )

@@ -112,3 +112,45 @@ def test_database_refuses_changes_to_an_activated_versions_routes(
         "mid-cloud",
         "big-cloud",
     ]
+
+
+def test_route_strategy_is_the_one_enumeration_everywhere(registry: dict[str, Any]) -> None:
+    """Route.strategy takes routing.enums.RouteStrategy (llm included): the model's choices,
+    the form validation, the database constraint and the engine's snapshot check agree."""
+    from django.db import IntegrityError, transaction
+
+    from routing.engine import ModelInfo, RouteInfo, TaskClassInfo, snapshot_build
+    from routing.enums import RouteStrategy, values
+    from routing.serializers import DecisionOutputSerializer
+
+    field = Route._meta.get_field("strategy")
+    assert [value for value, _ in field.choices] == ["rule", "learned", "semantic", "llm"]
+    assert set(DecisionOutputSerializer().fields["strategy"].choices) >= values(RouteStrategy)
+    draft = services.routing_version_draft_create(note="llm for triage")
+    route = services.route_set(
+        version=draft,
+        task_class=registry["triage"],
+        primary=registry["big"],
+        fallbacks=["mid-cloud", "small-local"],
+        strategy=RouteStrategy.LLM,
+    )
+    assert Route.objects.get(pk=route.pk).strategy == "llm"
+    with pytest.raises(ValidationError) as exc:
+        services.route_set(
+            version=draft, task_class=registry["triage"], primary=registry["big"], strategy="gpt"
+        )
+    assert "strategy" in exc.value.message_dict
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Route.objects.filter(pk=route.pk).update(strategy="gpt")  # a draft: only the check
+    model = ModelInfo(
+        slug="m", provider="p", base_url="http://127.0.0.1:1/v1", provider_model="m",
+        version="1", tier=1, locality="local", context_window=1000, max_output_tokens=10,
+        status="active", input_usd_per_mtok=0.0, output_usd_per_mtok=0.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="strategy of route 't'"):
+        snapshot_build(
+            version=1,
+            models=[model],
+            task_classes=[TaskClassInfo(slug="t")],
+            routes=[RouteInfo(task_class="t", primary="m", strategy="gpt")],
+        )

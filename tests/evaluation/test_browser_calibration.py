@@ -38,3 +38,56 @@ def test_viewer_sees_the_reliability_curve(live_server: Any) -> None:
         shown = page.inner_text("[data-testid=confidence]")
         assert shown == f"confidence {decision.confidence:.2f}"
         assert not page.failed_requests  # type: ignore[attr-defined]
+
+
+def test_task_class_page_draws_the_learned_routers_curves(live_server: Any) -> None:
+    """A class routed by an approved learned router: its page shows the router, its held-out
+    metrics, its reliability curve and its cost–quality curve with the threshold marked."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from evaluation import services
+    from evaluation.services.learned import learned_router_propose, learned_router_train
+    from evaluation.workload import workload_items
+    from tests import factories
+    from tests.evaluation.test_learned import CLASS, _graded_decisions
+
+    roles_ensure()
+    local = factories.model_create(slug="small-local", tier=1, locality="local")
+    mid = factories.model_create(
+        slug="mid-cloud", tier=2, locality="cloud", input_usd_per_mtok="0.60",
+        output_usd_per_mtok="1.20",
+    )  # fmt: skip
+    big = factories.model_create(
+        slug="big-cloud", tier=3, locality="cloud", input_usd_per_mtok="5.00",
+        output_usd_per_mtok="15.00",
+    )  # fmt: skip
+    reasoning = factories.task_class_create(
+        slug=CLASS, quality_target=Decimal("0.85"), prompt_retention_days=30
+    )
+    factories.routing_table_create({reasoning: (big, ["mid-cloud", "small-local"])})
+    items = list(workload_items(CLASS))
+    for offset, model in enumerate((local, mid, big)):
+        chosen = items[offset * 100 :] + items[: offset * 100]
+        _graded_decisions(model, chosen[:300], timedelta(days=1 + offset))
+    router = learned_router_train(reasoning, threshold=0.8)
+    assert router is not None and len(router.metrics["curve"]) == 51
+    proposal = learned_router_propose(router)
+    assert proposal is not None
+    services.proposal_approve(proposal=proposal, user=factories.user_create("Reviewer"))
+    viewer = User.objects.create_user("vera", password="viewer-pass-123")
+    viewer.groups.add(Group.objects.get(name="Viewer"))
+
+    with browser_page() as page:
+        login(page, live_server.url, "vera", "viewer-pass-123")
+        page.goto(f"{live_server.url}/dashboards/task-classes/{CLASS}/")
+        strategy = page.inner_text("[data-testid=route-strategy]")
+        assert "Strategy: learned" in strategy and "learned router v1" in strategy
+        assert "threshold 0.80" in strategy and "small-local" in strategy  # held-out table
+        page.wait_for_selector("#learned-reliability .main-svg")  # Plotly drew both
+        page.wait_for_selector("#learned-cost-quality .main-svg")
+        legend = page.text_content("#learned-cost-quality .legend") or ""
+        assert "current threshold 0.80" in legend
+        assert "small-local (held out)" in (page.text_content("#learned-reliability") or "")
+        screenshot(page, "task-class-learned-router")
+        assert not page.failed_requests  # type: ignore[attr-defined]

@@ -115,3 +115,94 @@ def test_demo_sweep_is_queued_when_the_fleet_is_not_reachable(
     result = demo_evaluation_load()
     assert result["demo_sweep_status"] == "pending"
     assert SweepRun.objects.get(key=DEMO_SWEEP_KEY).status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_routes_triage_by_a_learned_router_approved_through_the_normal_flow(
+    eval_fleet: RunningFleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, client: Any
+) -> None:
+    """The demo loader trains a learned router on the generated graded traffic, proposes it
+    with its evidence, approves it as the demo Reviewer (audited); live decisions on that
+    class are then learned, with the router's prediction as their confidence; the live
+    step also goes through the semantic routes and makes a cascade check."""
+    from controlplane.demo import demo_load
+    from controlplane.models import AuditLog, Route, RoutingTableVersion
+    from evaluation.demo import DEMO_LEARNED_CLASS, demo_learned_load, demo_live_load
+    from evaluation.models import LearnedRouter
+    from evaluation.selectors import learned_router_info
+    from evaluation.workload import workload_items
+    from routing.learned import predict_success, request_features
+    from tests.browser import roles_ensure
+
+    roles_ensure()  # a transactional test: an earlier flush removed the role groups
+    monkeypatch.setenv("FLEET_URL", f"{eval_fleet.url}/v1")
+    monkeypatch.setattr("controlplane.demo.CREDENTIALS_PATH", tmp_path / "creds.json")
+    monkeypatch.setattr("controlplane.demo.VAR_DIR", tmp_path)
+    credentials = demo_load()
+    demo_traffic_load(decisions=9000, days=30, seed=5, processes=1)
+
+    result = demo_learned_load()
+    assert result["status"] == "applied", result
+    router = LearnedRouter.objects.get(task_class__slug=DEMO_LEARNED_CLASS)
+    assert router.status == "active" and router.version == result["router"]
+    # Both models that were routed in the demo period learned (v1: gpt-4o-mini, v2: 8B).
+    assert set(router.coefficients) == {"llama-3.1-8b-local", "gpt-4o-mini"}
+    assert router.metrics["ladder"] == ["llama-3.1-8b-local", "gpt-4o-mini", "gpt-4o"]
+    proposal = Proposal.objects.get(task_class__slug=DEMO_LEARNED_CLASS)
+    assert proposal.change == "learned" and proposal.status == "applied"
+    assert proposal.evidence["learned_router_id"] == router.pk
+    assert proposal.evidence["metrics"]["llama-3.1-8b-local"]["brier"] is not None
+    assert proposal.reviewed_by is not None and proposal.reviewed_by.username == "reviewer"
+    approval = AuditLog.objects.get(
+        action="approve", object_type="proposal", object_id=str(proposal.pk)
+    )
+    assert approval.actor == proposal.reviewed_by and "held out" in approval.comment
+    active = RoutingTableVersion.objects.get(status="active")
+    assert active == proposal.applied_version and active.number == result["version"]
+    route = Route.objects.get(version=active, task_class__slug=DEMO_LEARNED_CLASS)
+    assert route.strategy == "learned"
+    assert Route.objects.get(version=active, task_class__slug="intent-detection").strategy == (
+        "semantic"
+    )
+    assert demo_learned_load() == {"status": "present"}  # idempotent
+
+    live = demo_live_load(credentials["api_key"]["secret"])
+    assert live["strategies"]["learned"] == 12, live
+    assert live["strategies"]["semantic"] >= 3, live  # the complaints
+    assert live["cascade"] in ("accept", "escalate"), live
+    checked = DecisionRecord.objects.filter(path__has_key="cascade").get()
+    live_tiers = DecisionRecord.objects.filter(strategy="learned").values_list("tier", flat=True)
+    assert checked.task_class == DEMO_LEARNED_CLASS and checked.tier == min(live_tiers)
+    assert checked.path["cascade"][0]["action"] == live["cascade"]
+
+    # POST /api/v1/decisions: learned, and the confidence is the router's prediction for
+    # the chosen model on this request (or, for a model it has none for, its class rate).
+    info = learned_router_info(router)
+    secret = credentials["api_key"]["secret"]
+    # (Shown, not asserted: 9,000 decisions are too few to learn difficulty reliably; the
+    # full demo's router is measured in the README.)
+    local: dict[int, list[float]] = {1: [], 2: [], 3: []}  # the 8B's predicted success
+    confidences = set()
+    for item in workload_items(DEMO_LEARNED_CLASS)[:60]:
+        body = factories.decision_post(
+            client,
+            secret,
+            {
+                "task_class": DEMO_LEARNED_CLASS,
+                "prompt": item.prompt,
+                "prompt_template": {"id": "triage-v3", "version": "1"},
+            },
+        ).json()
+        assert body["strategy"] == "learned", body
+        chosen = body["model"]["slug"]
+        predicted = predict_success(
+            info, request_features(info.spec, item.prompt, template="triage-v3@1")
+        )
+        if chosen in predicted:
+            assert body["confidence"] == pytest.approx(predicted[chosen], abs=1e-3)
+            assert body["confidence"] >= router.threshold
+        confidences.add(body["confidence"])
+        local[item.difficulty].append(predicted["llama-3.1-8b-local"])
+    assert len(confidences) > 10  # per-request probabilities, not a tier constant
+    means = {d: sum(p) / len(p) for d, p in local.items() if p}
+    print("demo learned router, the 8B's predicted success by difficulty:", means)

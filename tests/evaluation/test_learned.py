@@ -179,6 +179,13 @@ def test_training_stores_inspectable_data_with_honest_heldout_metrics(
     print("routing share at 0.80:", share)
     assert all(share[s] > 0.03 for s in ("small-local", "mid-cloud", "big-cloud")), share
     assert learned_router_info(stored).threshold == 0.8
+    # The cost–quality curve on the held-out requests: every threshold 0 → 1 (step 0.02);
+    # a higher threshold sends requests to dearer models.
+    curve = stored.metrics["curve"]
+    assert [p["threshold"] for p in curve] == [round(i / 50, 4) for i in range(51)]
+    assert curve[0]["strongest_share"] == 0.0 and curve[-1]["strongest_share"] > 0.9
+    costs = [p["mean_cost"] for p in curve]
+    assert costs == sorted(costs) and costs[0] < costs[-1] <= 1.0
     # The penalty was chosen by cross-validation on the training part, per model.
     grid = {f"{v:g}" for v in L2_GRID}
     for slug, coef in stored.coefficients.items():

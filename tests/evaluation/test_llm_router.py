@@ -123,7 +123,8 @@ def test_live_decisions_are_routed_by_the_fleet_router_model(
         locality="local",
     )  # fmt: skip
     reasoning = factories.task_class_create(slug=CLASS, prompt_retention_days=1)
-    factories.routing_table_create({reasoning: (big, ["gpt-4o-mini", "llama-3.1-8b-local"])})
+    routes = {reasoning: (big, ["gpt-4o-mini", "llama-3.1-8b-local"])}
+    factories.routing_table_create(routes, strategies={CLASS: "llm"})
     config = LlmRouter.objects.create(
         task_class=reasoning,
         router_model=router_model,
@@ -186,3 +187,13 @@ def test_live_decisions_are_routed_by_the_fleet_router_model(
     record = DecisionRecord.objects.get(id=body["decision_id"])
     assert record.path["llm_router"]["status"] == "timeout"
     assert 250 <= record.path["llm_router"]["latency_ms"] < 2000
+    # The router stays enabled, but a route whose strategy is not llm decides by its rule:
+    # the router is not asked (nothing on the path) and the page says it is not used.
+    factories.routing_table_create(routes)  # strategy rule
+    registry_cache.invalidate()
+    body = post(workload_items(CLASS, size=2)[1].prompt)
+    assert body["strategy"] == "rule" and body["model"]["slug"] == "gpt-4o", body["reason"]
+    assert "LLM router" not in body["reason"]
+    assert "llm_router" not in DecisionRecord.objects.get(id=body["decision_id"]).path
+    page = viewer.get(f"/dashboards/task-classes/{CLASS}/").content.decode()
+    assert "is enabled but not used: the route's strategy is rule" in page

@@ -11,7 +11,8 @@ from controlplane.demo import CREDENTIALS_PATH, demo_load
 class Command(BaseCommand):
     help = (
         "Load the demo: registry, users and API keys, 30 days of traffic through the "
-        "ingestion code, evaluation schedules and a first sweep (idempotent)."
+        "ingestion code, a learned router approved through the proposal flow, a few live "
+        "decisions, evaluation schedules and a first sweep (idempotent)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,7 +40,13 @@ class Command(BaseCommand):
         )
         if options["registry_only"]:
             return
-        from evaluation.demo import demo_desk_load, demo_evaluation_load, proposals_announce
+        from evaluation.demo import (
+            demo_desk_load,
+            demo_evaluation_load,
+            demo_learned_load,
+            demo_live_load,
+            proposals_announce,
+        )
         from telemetry.demo_traffic import demo_traffic_load
 
         traffic = demo_traffic_load()
@@ -56,6 +63,26 @@ class Command(BaseCommand):
             f"reviewers' desk: {desk['handoffs']} pending handoffs, "
             f"{desk['checks']} failed output check"
         )
+        # A class routed by a learned router, proposed and approved through the normal
+        # flow; then a few live decisions (learned, semantic) and a cascade check.
+        step = time.monotonic()
+        learned = demo_learned_load()
+        self.stdout.write(
+            f"learned router: {learned['status']}"
+            + (
+                f" (v{learned['router']}, table v{learned['version']}, trained in "
+                f"{learned['train_s']} s)"
+                if learned["status"] == "applied"
+                else ""
+            )
+        )
+        if learned["status"] == "applied":  # the first load only: a re-run adds nothing
+            live = demo_live_load(credentials["api_key"]["secret"])
+            self.stdout.write(
+                f"live decisions by strategy: {live['strategies']}; cascade check: "
+                f"{live['cascade'] or 'skipped (fleet not answering)'} "
+                f"({time.monotonic() - step:.1f} s)"
+            )
         with proposals_announce(options["base_url"], self._say):
             evaluation = demo_evaluation_load()
         self.stdout.write(
