@@ -507,7 +507,7 @@ def run() -> int:
             "API key above (model 'auto' + header X-Switchyard-Task-Class, a task class, or "
             "a model)",
             "Demo traffic (30 days, 200k decisions) is loading in the background on first "
-            f"start (about a minute; progress in {log_dir / 'demo.log'}); the first sweep "
+            f"start (a few minutes; progress in {log_dir / 'demo.log'}); the first sweep "
             "follows and its proposal's address is printed here.",
             "Press Ctrl-C to stop everything.",
         ]
