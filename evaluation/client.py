@@ -112,6 +112,7 @@ def http_client() -> httpx.Client:
                     trust_env=False,
                 )
                 _client_pid = pid
+                _sdk_clients.clear()  # they sent through the old client
     return _client
 
 
@@ -131,7 +132,7 @@ def sdk_client(target: ModelTarget) -> openai.OpenAI:
     key = (target.base_url, target.api_key)
     with _client_lock:
         client = _sdk_clients.get(key)
-        if client is None or client._client is not http:
+        if client is None:
             client = openai.OpenAI(
                 base_url=target.base_url,
                 api_key=target.api_key or "switchyard-no-key",
