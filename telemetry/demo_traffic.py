@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
@@ -66,6 +66,7 @@ from routing.engine import (
     decide,
     snapshot_build,
 )
+from routing.services import RECORD_FOR_OUTCOME
 from routing.snapshot import registry_snapshot_build, route_info
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionRecord
@@ -395,7 +396,7 @@ def _attempt_ok(
 
 
 def _record_unsaved(**fields: Any) -> DecisionRecord:
-    """The decision as outcome reporting reads it (id, time, names, model, tier).
+    """The decision as outcome reporting reads it (``RECORD_FOR_OUTCOME``).
 
     Built without ``Model.__init__`` (field defaults and init signals), which took a third
     of the simulation's time; the instance is never saved.
@@ -467,16 +468,9 @@ def _outcome_for(
             quality = min(1.0, max(0.0, rng.gauss(base, 0.05)))
         else:
             quality = min(1.0, max(0.0, rng.gauss(0.3, 0.1)))
-    record = _record_unsaved(
-        id=row["id"],
-        created_at=at,
-        application_id=row["application_id"],
-        application=row["application"],
-        team=row["team"],
-        task_class=row["task_class"],
-        model=row["model"],
-        tier=row["tier"],
-    )
+    # What charging reads of the stored row, as the live outcome API loads it.
+    columns = cast(dict[str, Any], row)
+    record = _record_unsaved(**{name: columns[name] for name in RECORD_FOR_OUTCOME})
     return OutcomeInput(
         decision=record,
         attempts=attempts,

@@ -126,3 +126,16 @@ def test_the_outage_escalates_requests(db: Any) -> None:
         if a["model"] == "llama-3.1-8b-local" and a["status"] == "timeout"
     ]
     assert timeouts
+
+
+def test_the_query_count_does_not_grow_with_the_traffic(
+    db: Any, django_assert_max_num_queries: Any
+) -> None:
+    """Outcomes are charged from the simulated rows, never by reading each decision back
+    (a per-outcome read made a 205,000-decision demo take five minutes)."""
+    from controlplane.demo import demo_registry_load
+
+    demo_registry_load()
+    with django_assert_max_num_queries(400):
+        result = demo_traffic_load(decisions=2500, days=3, seed=5, processes=1)
+    assert result["outcomes"] == result["decisions"] > 2000
