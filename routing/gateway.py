@@ -78,12 +78,15 @@ from routing import metrics
 from routing.answer_cache import AnswerCache, CachedAnswer, cache_key, cacheable
 from routing.circuit_board import board as circuits
 from routing.condense import (
-    FRONTIER_TIER,
+    condense_output_cap,
+    condense_saving_usd,
     condensed_messages,
     condenser_pick,
+    condenses,
     condensing_body,
     context_split,
     estimate_tokens,
+    transcript_line,
 )
 from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
@@ -225,7 +228,7 @@ def _prompt_of(messages: Any) -> str:
         _check_text(message["role"], f"messages[{i}].role")
         text = _text_of(message.get("content"), f"messages[{i}].content")
         _check_text(text, f"messages[{i}].content")
-        texts.append(f"{message['role']}: {text}")
+        texts.append(transcript_line(message["role"], text))
     return "\n".join(texts)
 
 
@@ -306,9 +309,7 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     condenser = None
     if (
         extras is not None
-        and extras.condense_above_tokens > 0
-        and chosen.locality == "cloud"
-        and chosen.tier >= FRONTIER_TIER
+        and condenses(extras.condense_above_tokens, chosen.locality, chosen.tier)
         and (cache is None or cache.hit is None)
     ):
         condenser = condenser_pick(snapshot.models.values())
@@ -583,7 +584,7 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         record["error"] = CIRCUIT_OPEN
     else:
         attempt = Attempt(local, purpose="condense")
-        cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
+        cap = condense_output_cap(local.max_output_tokens, call.condense_above)
         request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
         failure: UpstreamFailed | None = None
         try:
@@ -623,16 +624,19 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         return replace(call, condensed=record, condensing=attempt)
     frontier = call.decided.decision.model
     at = call.decided.created_at
-    saved = price_cost_usd(
-        price_in_force(call.schedules.get(frontier.slug, ()), at), before - after, 0
+    spent, saved = condense_saving_usd(
+        price_in_force(call.schedules.get(frontier.slug, ()), at),
+        price_in_force(call.schedules.get(local.slug, ()), at),
+        before,
+        after,
+        *usage,
     )
-    spent = price_cost_usd(price_in_force(call.schedules.get(local.slug, ()), at), *usage)
     record.update(
         input_tokens_after=after,
         condense_input_tokens=usage[0],
         condense_output_tokens=usage[1],
         condense_cost_usd=f"{spent:.6f}",
-        saved_usd=f"{saved - spent:.6f}",
+        saved_usd=f"{saved:.6f}",
     )
     metrics.GATEWAY_CONDENSED.labels("ok").inc()
     body = {**call.body, "messages": condensed_messages(summary, last)}
