@@ -81,8 +81,6 @@ from routing.condense import (
     condense_output_cap,
     condense_saving_usd,
     condensed_messages,
-    condenser_pick,
-    condenses,
     condensing_body,
     context_split,
     estimate_tokens,
@@ -298,21 +296,18 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     if headers.get(CLASSIFICATION_HEADER):
         decision_body["data_classification"] = headers[CLASSIFICATION_HEADER]
     data = decision_input_decode(orjson.dumps(decision_body))
-    made = decision_make(key, data, started=started, pinned_model=pinned, wait_commit=False)
+    made = decision_make(
+        key, data, started=started, pinned_model=pinned, wait_commit=False, condense=True
+    )
     assert isinstance(made, Decided)  # no request_id: never a replay
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     cache = _cache_lookup(made, task_class, pinned, body)
     extras = registry_cache.extras(task_class)
-    chosen = made.decision.model
-    condenser = None
-    if (
-        extras is not None
-        and condenses(extras.condense_above_tokens, chosen.locality, chosen.tier)
-        and (cache is None or cache.hit is None)
-    ):
-        condenser = condenser_pick(snapshot.models.values())
+    # The local model the decision held the condensing call's worst case for; a cache hit
+    # calls no model at all.
+    condenser = made.condenser if cache is None or cache.hit is None else None
     return ChatCall(
         made,
         body,
