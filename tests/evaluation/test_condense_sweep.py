@@ -14,9 +14,11 @@ from django.test import Client
 from django.urls import reverse
 
 from controlplane.generation import generation_bump
+from evaluation.demo import sweep_schedules_ensure
 from evaluation.fleet import RunningFleet
 from evaluation.models import GraderConfig, SweepKind, SweepRun, SweepSample, SweepStatus
 from evaluation.replay import PromptShape, condensable_tokens
+from evaluation.tasks import condense_sweeps
 from evaluation.workload import WorkloadItem
 from routing.condense import prompt_messages, transcript_line
 from routing.snapshot import registry_cache
@@ -194,3 +196,10 @@ def test_classes_that_do_not_condense_are_not_swept_and_operators_can_start_one(
     assert response.status_code == 302
     started = SweepRun.objects.exclude(pk=run.pk).get()
     assert started.kind == SweepKind.CONDENSE and started.task_class == research["research"]
+    # The weekly schedule fires one run over the classes that condense.
+    fired = condense_sweeps()
+    assert SweepRun.objects.get(pk=fired[0]).kind == SweepKind.CONDENSE
+    sweep_schedules_ensure()
+    html = operator.get(reverse("sweeps")).content.decode()
+    assert "evaluation.tasks.condense_sweeps" in html
+    assert '<option value="condense">condensed vs full context</option>' in html
