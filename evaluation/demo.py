@@ -72,6 +72,13 @@ SCHEDULES: list[tuple[str, str, str | None, int | None, dict[str, Any]]] = [
         {},
     ),
     (
+        "evaluation: condensed vs full context (weekly)",
+        "evaluation.tasks.condense_sweeps",
+        "0 5 * * 2",
+        None,
+        {},
+    ),
+    (
         "evaluation: shadow sweeps (hourly)",
         "evaluation.tasks.shadow_sweeps",
         "15 * * * *",

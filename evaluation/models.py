@@ -174,6 +174,7 @@ class SweepKind(models.TextChoices):
     TIER_DOWNGRADE = "tier_downgrade", "tier downgrade"
     SHADOW = "shadow", "shadow traffic"
     ESCALATION_MONITOR = "escalation_monitor", "escalation-rate monitor"
+    CONDENSE = "condense", "condensed vs full context"
 
 
 class SweepStatus(models.TextChoices):
@@ -266,6 +267,12 @@ class SweepSample(models.Model):
     primary_success = models.BooleanField(null=True)
     primary_output = models.TextField(null=True, blank=True)  # noqa: DJ001 (NULL = purged)
     primary_latency_ms = models.FloatField(null=True)
+    primary_input_tokens = models.IntegerField(default=0)
+    primary_output_tokens = models.IntegerField(default=0)
+    # A condensing sweep (kind ``condense``): the candidate is the model with its context
+    # condensed, the primary the same model with the full context; what the local
+    # condensing call did (model, estimated context tokens before/after, its tokens, error).
+    condensed = models.JSONField(default=dict, blank=True)
     detail = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

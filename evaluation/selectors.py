@@ -134,6 +134,12 @@ def _by_price(models: list[ModelEndpoint]) -> list[ModelEndpoint]:
     return sorted(models, key=key)
 
 
+def models_by_slug(slugs: list[str]) -> list[ModelEndpoint]:
+    """The models named, in the order named (unknown slugs left out)."""
+    found = {m.slug: m for m in ModelEndpoint.objects.filter(slug__in=slugs)}
+    return [found[slug] for slug in slugs if slug in found]
+
+
 def model_candidates_for_tier(route: Route, tier: int) -> list[ModelEndpoint]:
     """Active models of ``tier`` that the class's data policy and output cap allow, cheapest
     first (local before cloud at equal price: data stays inside)."""

@@ -40,6 +40,12 @@ def escalation_monitor(task_class: str | None = None, **params: Any) -> list[int
 
 
 @shared_task
+def condense_sweeps(task_class: str | None = None, **params: Any) -> list[int]:
+    """Condensed against full context, for the classes that condense (or the one named)."""
+    return _fire(SweepKind.CONDENSE, task_class, params)
+
+
+@shared_task
 def shadow_sweeps(**params: Any) -> list[int]:
     return _fire(SweepKind.SHADOW, None, params)
 

@@ -159,6 +159,10 @@ def _reevaluate(request: HttpRequest, proposal: Proposal, comment: str) -> None:
     messages.success(request, f"Re-evaluation queued as sweep run #{run.pk}.")
 
 
+# The sweeps an Operator may start from the sweeps page (shadow runs need a configuration).
+STARTABLE_KINDS = [SweepKind.TIER_DOWNGRADE, SweepKind.ESCALATION_MONITOR, SweepKind.CONDENSE]
+
+
 @require_GET
 @role_required(VIEWER)
 def sweep_list(request: HttpRequest) -> HttpResponse:
@@ -169,7 +173,7 @@ def sweep_list(request: HttpRequest) -> HttpResponse:
             "runs": selectors.sweep_run_list(),
             "schedules": selectors.sweep_schedule_list(),
             "task_classes": TaskClass.objects.filter(is_active=True).order_by("slug"),
-            "kinds": [SweepKind.TIER_DOWNGRADE, SweepKind.ESCALATION_MONITOR],
+            "kinds": STARTABLE_KINDS,
         },
     )
 
@@ -178,7 +182,7 @@ def sweep_list(request: HttpRequest) -> HttpResponse:
 @role_required(OPERATOR)
 def sweep_start(request: HttpRequest) -> HttpResponse:
     kind = request.POST.get("kind", "")
-    if kind not in (SweepKind.TIER_DOWNGRADE, SweepKind.ESCALATION_MONITOR):
+    if kind not in STARTABLE_KINDS:
         messages.error(request, "Choose a sweep kind.")
         return redirect("sweeps")
     slug = request.POST.get("task_class", "")

@@ -1,12 +1,13 @@
 """The gateway's answer cache: the rules (plain Python) and the store (Redis).
 
 A task class is cacheable when its ``answer_cache_ttl_s`` > 0. For such a class a chat
-completion that was answered ``ok`` — plain, or a stream that finished cleanly with text
-only, put back together as the plain answer — is kept for that many seconds under the hash
-of its *normalised request* (:func:`cache_key`), and an identical request within the TTL,
-plain or streamed, is answered from the cache (a stream as the SSE events of the stored
-answer) — still decided, policy-checked and recorded like every call, its outcome recorded
-as a cache hit (no tokens, cost 0, latency of the lookup, the spend it saved).
+completion that was answered ``ok`` — plain, or a stream that finished cleanly, put back
+together as the plain answer (text, refusals, tool and function calls) — is kept for that
+many seconds under the hash of its *normalised request* (:func:`cache_key`), and an
+identical request within the TTL, plain or streamed, is answered from the cache (a stream
+as the SSE events of the stored answer, its tool calls included) — still decided,
+policy-checked and recorded like every call, its outcome recorded as a cache hit (no
+tokens, cost 0, latency of the lookup, the spend it saved).
 
 Never cached, unless the class allows it (``answer_cache_personal_data``): requests with
 personal data — detected, declared (``personal`` / ``confidential`` / an unknown

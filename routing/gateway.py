@@ -78,12 +78,13 @@ from routing import metrics
 from routing.answer_cache import AnswerCache, CachedAnswer, cache_key, cacheable
 from routing.circuit_board import board as circuits
 from routing.condense import (
-    FRONTIER_TIER,
+    condense_output_cap,
+    condense_saving_usd,
     condensed_messages,
-    condenser_pick,
     condensing_body,
     context_split,
     estimate_tokens,
+    transcript_line,
 )
 from routing.engine import CIRCUIT_OPEN, ModelInfo
 from routing.pricing import DatedPrice, price_cost_usd, price_in_force
@@ -225,7 +226,7 @@ def _prompt_of(messages: Any) -> str:
         _check_text(message["role"], f"messages[{i}].role")
         text = _text_of(message.get("content"), f"messages[{i}].content")
         _check_text(text, f"messages[{i}].content")
-        texts.append(f"{message['role']}: {text}")
+        texts.append(transcript_line(message["role"], text))
     return "\n".join(texts)
 
 
@@ -295,23 +296,18 @@ def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: in
     if headers.get(CLASSIFICATION_HEADER):
         decision_body["data_classification"] = headers[CLASSIFICATION_HEADER]
     data = decision_input_decode(orjson.dumps(decision_body))
-    made = decision_make(key, data, started=started, pinned_model=pinned, wait_commit=False)
+    made = decision_make(
+        key, data, started=started, pinned_model=pinned, wait_commit=False, condense=True
+    )
     assert isinstance(made, Decided)  # no request_id: never a replay
     stream = body.get("stream") is True
     options = body.pop("stream_options", None)
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     cache = _cache_lookup(made, task_class, pinned, body)
     extras = registry_cache.extras(task_class)
-    chosen = made.decision.model
-    condenser = None
-    if (
-        extras is not None
-        and extras.condense_above_tokens > 0
-        and chosen.locality == "cloud"
-        and chosen.tier >= FRONTIER_TIER
-        and (cache is None or cache.hit is None)
-    ):
-        condenser = condenser_pick(snapshot.models.values())
+    # The local model the decision held the condensing call's worst case for; a cache hit
+    # calls no model at all.
+    condenser = made.condenser if cache is None or cache.hit is None else None
     return ChatCall(
         made,
         body,
@@ -583,7 +579,7 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         record["error"] = CIRCUIT_OPEN
     else:
         attempt = Attempt(local, purpose="condense")
-        cap = max(64, min(local.max_output_tokens, call.condense_above // 2))
+        cap = condense_output_cap(local.max_output_tokens, call.condense_above)
         request = orjson.dumps(condensing_body(local.provider_model, transcript, cap))
         failure: UpstreamFailed | None = None
         try:
@@ -623,16 +619,19 @@ async def _condensed(call: ChatCall, local: ModelInfo) -> ChatCall:
         return replace(call, condensed=record, condensing=attempt)
     frontier = call.decided.decision.model
     at = call.decided.created_at
-    saved = price_cost_usd(
-        price_in_force(call.schedules.get(frontier.slug, ()), at), before - after, 0
+    spent, saved = condense_saving_usd(
+        price_in_force(call.schedules.get(frontier.slug, ()), at),
+        price_in_force(call.schedules.get(local.slug, ()), at),
+        before,
+        after,
+        *usage,
     )
-    spent = price_cost_usd(price_in_force(call.schedules.get(local.slug, ()), at), *usage)
     record.update(
         input_tokens_after=after,
         condense_input_tokens=usage[0],
         condense_output_tokens=usage[1],
         condense_cost_usd=f"{spent:.6f}",
-        saved_usd=f"{saved - spent:.6f}",
+        saved_usd=f"{saved:.6f}",
     )
     metrics.GATEWAY_CONDENSED.labels("ok").inc()
     body = {**call.body, "messages": condensed_messages(summary, last)}
@@ -1309,15 +1308,95 @@ class _Lines:
             yield line
 
 
+class _Choice:
+    """One choice of a stream, put back together."""
+
+    __slots__ = ("calls", "content", "finish", "function", "refusal", "role")
+
+    def __init__(self) -> None:
+        self.role = "assistant"
+        self.content: list[str] | None = None  # None: no content chunk (a tool call)
+        self.refusal: list[str] | None = None
+        self.calls: dict[int, dict[str, Any]] = {}  # tool call index: the call so far
+        self.function: dict[str, str] | None = None  # a legacy ``function_call``
+        self.finish = ""
+
+    def add(self, delta: Mapping[str, Any]) -> bool:
+        """Fold one delta in; False if it cannot be told how to."""
+        if isinstance(delta.get("role"), str):
+            self.role = delta["role"]
+        for name in ("content", "refusal"):
+            text = delta.get(name)
+            if isinstance(text, str):
+                parts = getattr(self, name)
+                if parts is None:
+                    parts = []
+                    setattr(self, name, parts)
+                parts.append(text)
+        calls = delta.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list):
+                return False
+            for part in calls:
+                if not isinstance(part, dict) or not isinstance(part.get("index"), int):
+                    return False
+                call = self.calls.setdefault(
+                    part["index"], {"id": "", "type": "function", "name": "", "arguments": ""}
+                )
+                for key in ("id", "type"):
+                    if isinstance(part.get(key), str):
+                        call[key] = part[key]
+                if not _function_add(call, part.get("function")):
+                    return False
+        if delta.get("function_call"):
+            self.function = self.function or {"name": "", "arguments": ""}
+            if not _function_add(self.function, delta["function_call"]):
+                return False
+        return True
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": self.role,
+            "content": "".join(self.content) if self.content is not None else None,
+        }
+        if self.refusal is not None:
+            message["refusal"] = "".join(self.refusal)
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": c["type"],
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for _, c in sorted(self.calls.items())
+            ]
+        if self.function is not None:
+            message["function_call"] = dict(self.function)
+        return message
+
+
+def _function_add(into: dict[str, Any], function: Any) -> bool:
+    """Fold a streamed ``function`` part (name and arguments arrive in pieces) in."""
+    if function is None:
+        return True
+    if not isinstance(function, dict):
+        return False
+    for key in ("name", "arguments"):
+        if isinstance(function.get(key), str):
+            into[key] += function[key]
+    return True
+
+
 class StreamedAnswer:
     """A streamed answer put back together as the chat completion a plain call returns, so
-    a stream can fill the answer cache. Only text answers: a stream with tool or function
-    calls, or with a choice that never finished, gives nothing."""
+    a stream can fill the answer cache: text, refusals, tool calls (each call's id, type,
+    name and arguments joined from their pieces by the call's index) and legacy function
+    calls. A stream with a chunk it cannot read, or a choice that never finished, gives
+    nothing."""
 
     def __init__(self) -> None:
         self._head: dict[str, Any] = {}
-        self._choices: dict[int, tuple[list[str], list[str]]] = {}  # index: (content, end)
-        self._roles: dict[int, str] = {}
+        self._choices: dict[int, _Choice] = {}
         self._usage: Any = None
         self._usable = True
 
@@ -1326,7 +1405,9 @@ class StreamedAnswer:
             self._usable = False
             return
         if not self._head:
-            self._head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
+            self._head = {
+                k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk
+            }
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
@@ -1335,19 +1416,19 @@ class StreamedAnswer:
             if not isinstance(delta, dict) or not isinstance(index, int):
                 self._usable = False
                 continue
-            if delta.get("tool_calls") or delta.get("function_call"):
+            state = self._choices.setdefault(index, _Choice())
+            if not state.add(delta):
                 self._usable = False
-            parts, end = self._choices.setdefault(index, ([], []))
-            if isinstance(delta.get("role"), str):
-                self._roles[index] = delta["role"]
-            if isinstance(delta.get("content"), str):
-                parts.append(delta["content"])
             if isinstance(choice.get("finish_reason"), str):
-                end[:] = [choice["finish_reason"]]
+                state.finish = choice["finish_reason"]
 
     def body(self) -> bytes | None:
         """The assembled ``chat.completion`` (JSON), or None if it cannot be told."""
-        if not self._usable or not self._choices or not all(e for _, e in self._choices.values()):
+        if (
+            not self._usable
+            or not self._choices
+            or not all(c.finish for c in self._choices.values())
+        ):
             return None
         completion: dict[str, Any] = {
             "id": self._head.get("id", ""),
@@ -1355,17 +1436,12 @@ class StreamedAnswer:
             "created": self._head.get("created", 0),
             "model": self._head.get("model", ""),
             "choices": [
-                {
-                    "index": index,
-                    "message": {
-                        "role": self._roles.get(index, "assistant"),
-                        "content": "".join(parts),
-                    },
-                    "finish_reason": end[0],
-                }
-                for index, (parts, end) in sorted(self._choices.items())
+                {"index": index, "message": choice.message(), "finish_reason": choice.finish}
+                for index, choice in sorted(self._choices.items())
             ],
         }
+        if "system_fingerprint" in self._head:
+            completion["system_fingerprint"] = self._head["system_fingerprint"]
         if self._usage is not None:
             completion["usage"] = self._usage
         return orjson.dumps(completion)
@@ -1373,7 +1449,9 @@ class StreamedAnswer:
 
 def completion_events(body: bytes, *, include_usage: bool) -> bytes:
     """A stored ``chat.completion`` as the SSE events of a stream (a cache hit asked for
-    with ``stream: true``): per choice its role and content, then its finish reason; the
+    with ``stream: true``), as OpenAI streams one: per choice its role with its content (or
+    ``null`` content for a tool call) and any refusal; then each tool call whole (index, id,
+    type, name and arguments) or the legacy function call; then its finish reason; the
     usage chunk if the client asked for it; ``[DONE]``."""
     completion = orjson.loads(body)
     head = {
@@ -1382,12 +1460,23 @@ def completion_events(body: bytes, *, include_usage: bool) -> bytes:
         "created": completion.get("created", 0),
         "model": completion.get("model", ""),
     }
+    if completion.get("system_fingerprint"):
+        head["system_fingerprint"] = completion["system_fingerprint"]
     events: list[dict[str, Any]] = []
     for choice in completion.get("choices") or ():
         message = choice.get("message") or {}
-        delta = {k: message[k] for k in ("role", "content", "refusal") if message.get(k)}
         index = choice.get("index", 0)
+        delta: dict[str, Any] = {"role": message.get("role") or "assistant"}
+        delta["content"] = message.get("content")
+        if message.get("refusal"):
+            delta["refusal"] = message["refusal"]
         events.append({**head, "choices": [{"index": index, "delta": delta}]})
+        for i, call in enumerate(message.get("tool_calls") or ()):
+            part = {"index": i, **call}
+            events.append({**head, "choices": [{"index": index, "delta": {"tool_calls": [part]}}]})
+        if message.get("function_call"):
+            delta = {"function_call": message["function_call"]}
+            events.append({**head, "choices": [{"index": index, "delta": delta}]})
         end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
         events.append({**head, "choices": [end]})
     if include_usage and completion.get("usage") is not None:
@@ -1396,15 +1485,32 @@ def completion_events(body: bytes, *, include_usage: bool) -> bytes:
 
 
 def _content_chars(chunk: Any) -> int:
-    """Characters of content a stream chunk carries."""
+    """Characters of output a stream chunk carries: content, and the names and arguments of
+    tool and function calls."""
     if not isinstance(chunk, dict):
         return 0
     total = 0
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        content = delta.get("content")
         if isinstance(content, str):
             total += len(content)
+        calls = delta.get("tool_calls")
+        functions = (
+            [c.get("function") for c in calls if isinstance(c, dict)]
+            if isinstance(calls, list)
+            else []
+        )
+        functions.append(delta.get("function_call"))
+        for function in functions:
+            if isinstance(function, dict):
+                total += sum(
+                    len(function[k])
+                    for k in ("name", "arguments")
+                    if isinstance(function.get(k), str)
+                )
     return total
 
 

@@ -15,9 +15,11 @@ body to send. Its steps, in order:
    eligible candidates (``routing.llm_router``; bounded by its timeout, else the rule's
    decision stands).
 6. Record the decision durably (group commit) with its worst-case cost held against
-   every budget that applies (telemetry/budgets.py), and only then answer. A budget the
-   hold does not fit refuses it: 429 for a ``block`` budget; for a ``local_only``
-   budget, decide again with that budget exhausted (the request stays local).
+   every budget that applies (telemetry/budgets.py; for the gateway, a call whose context a
+   local model may condense first holds that call's worst case too), and only then answer.
+   A budget the hold does not fit refuses it: 429 for a ``block`` budget; for a
+   ``local_only`` budget, decide again with that budget exhausted (the request stays
+   local).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from django.conf import settings
 from controlplane.authentication import bearer_secret
 from controlplane.errors import ApiError
 from routing import metrics
+from routing.condense import condenser_for, condensing_worst_tokens
 from routing.engine import (
     BudgetExceeded,
     BudgetView,
     Decision,
     DecisionRequest,
+    ModelInfo,
     NoEligibleModel,
     Snapshot,
     UnknownTaskClass,
@@ -138,10 +142,20 @@ def _budget_exceeded(body: dict[str, Any]) -> ApiError:
     )
 
 
-def _reservations(decision: Decision, input_tokens: int) -> list[Reservation]:
+def _reservations(
+    decision: Decision, input_tokens: int, condenser: ModelInfo | None, condense_above: int
+) -> list[Reservation]:
     """The decision's worst case (input + output cap at the chosen model's price in force
-    now) against every budget that applies."""
+    now) — plus, when the call's context may be condensed first, the condensing call's
+    worst case at the local model's price (``routing.condense.condensing_worst_tokens``) —
+    against every budget that applies. Settling the outcome releases it all and charges
+    what was spent, so spent + reserved never undercounts a call in flight."""
     worst = estimated_cost_usd(decision.model, input_tokens, decision.max_output_tokens)
+    if condenser is not None:
+        worst += estimated_cost_usd(
+            condenser,
+            *condensing_worst_tokens(input_tokens, condenser.max_output_tokens, condense_above),
+        )
     if worst <= 0:
         return []
     return [{"budget_id": b.budget_id, "amount_usd": worst} for b in decision.budgets]
@@ -244,6 +258,9 @@ class Decided:
     # taken, its COMMIT still running — nothing may be acknowledged before this resolves
     # to "stored". None: committed already.
     committing: Committing | None = None
+    # ``decision_make(condense=True)`` (the gateway): the local model that condenses the
+    # call's long context (``routing.condense``), its worst case held with the decision's.
+    condenser: ModelInfo | None = None
 
 
 # What telemetry.services needs of a decision to charge its outcome.
@@ -260,6 +277,7 @@ def decision_make(
     started: int,
     pinned_model: str | None = None,
     wait_commit: bool = True,
+    condense: bool = False,
 ) -> Decided | tuple[int, dict[str, Any]]:
     """Steps 2-6 of the pipeline for an authenticated key and a decoded request: the
     recorded decision, or (status, body) of the stored decision a repeated ``request_id``
@@ -270,7 +288,11 @@ def decision_make(
     ``wait_commit=False`` (the gateway): when the budget holds are taken at once
     (``recorder.submit``), return before the row's COMMIT with ``Decided.committing``; the
     caller may call the model meanwhile but acknowledges nothing before it resolves.
-    Otherwise (a lease to take, a refusal possible) it waits as usual."""
+    Otherwise (a lease to take, a refusal possible) it waits as usual.
+
+    ``condense=True`` (the gateway, which condenses long contexts for classes that enable
+    it): ``Decided.condenser`` names the local model that would condense this call, and
+    the budget holds include that call's worst case."""
     _check_sizes(data)
     team = _effective_team(key, data.team)
     request_sha256 = _request_sha256(data) if data.request_id else ""
@@ -310,6 +332,10 @@ def decision_make(
             decision = _pinned(decision, pinned_model, engine_request, snapshot)
         else:
             decision = _llm_routed(decision, engine_request, snapshot)
+        threshold = extras.condense_above_tokens if extras is not None else 0
+        condenser = (
+            condenser_for(threshold, decision.model, snapshot.models.values()) if condense else None
+        )
         decision_id = uuid7()
         created_at = uuid7_time(decision_id)
         decision_us = (time.perf_counter_ns() - started) // 1000
@@ -336,7 +362,7 @@ def decision_make(
             decision_us=decision_us,
             response=response,
             request_sha256=request_sha256,
-            reservations=_reservations(decision, input_tokens),
+            reservations=_reservations(decision, input_tokens, condenser, threshold),
         )
         committing = None
         try:
@@ -384,6 +410,7 @@ def decision_make(
         is_sensitive,
         as_stored,
         committing,
+        condenser,
     )
 
 

@@ -286,6 +286,7 @@ class _ChatRequest:
     json_schema: Mapping[str, object] | None
     stream: bool = False
     include_usage: bool = False
+    tool: Mapping[str, Any] | None = None  # the function the answer calls (``tools``)
 
 
 class FleetRequestHandler(BaseHTTPRequestHandler):
@@ -628,6 +629,7 @@ def _parse_chat_request(data: Mapping[str, object], fleet: FleetServer) -> _Chat
             if isinstance(schema, Mapping):
                 json_schema = cast(Mapping[str, object], schema)
 
+    tool = _tool_called(data.get("tools"), data.get("tool_choice"))
     user_texts = [text for role, text in messages if role == "user"]
     prompt = user_texts[-1] if user_texts else messages[-1][1]
     if not json_mode:
@@ -641,7 +643,51 @@ def _parse_chat_request(data: Mapping[str, object], fleet: FleetServer) -> _Chat
         json_schema=json_schema,
         stream=bool(stream),
         include_usage=include_usage,
+        tool=tool,
     )
+
+
+def _tool_called(tools: object, choice: object) -> Mapping[str, Any] | None:
+    """The function a request with ``tools`` gets called: the one ``tool_choice`` names,
+    else the first; none for ``tool_choice: "none"`` or without function tools."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+        raise _RequestError(400, "`tools` must be an array of tool objects", param="tools")
+    functions = [
+        t["function"]
+        for t in tools
+        if t.get("type") == "function"
+        and isinstance(t.get("function"), Mapping)
+        and isinstance(t["function"].get("name"), str)
+    ]
+    if not functions or choice == "none":
+        return None
+    if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
+        named = choice["function"].get("name")
+        chosen = next((f for f in functions if f["name"] == named), None)
+        if chosen is None:
+            raise _RequestError(400, f"`tool_choice` names no tool {named!r}", param="tool_choice")
+        return cast(Mapping[str, Any], chosen)
+    return cast(Mapping[str, Any], functions[0])
+
+
+def _tool_call(request: _ChatRequest) -> dict[str, Any]:
+    """A deterministic call of the request's tool: every declared parameter (the first
+    required one first) gets the prompt's text; without parameters, ``{}``."""
+    assert request.tool is not None
+    parameters = request.tool.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+    names = list(properties) if isinstance(properties, Mapping) else []
+    arguments = {name: request.prompt[:200] for name in names}
+    return {
+        "id": f"call_{stable_int('tool', request.model.slug, request.prompt):016x}"[:29],
+        "type": "function",
+        "function": {
+            "name": request.tool["name"],
+            "arguments": json.dumps(arguments, ensure_ascii=False, separators=(",", ":")),
+        },
+    }
 
 
 def _injected_failure(
@@ -684,6 +730,12 @@ def _completion_payload(
         finish_reason = "length"
     prompt_tokens = sum(estimate_tokens(text) + 4 for _, text in request.messages) + 2
     completion_tokens = estimate_tokens(content)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if request.tool is not None:
+        call = _tool_call(request)
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        finish_reason = "tool_calls"
+        completion_tokens = estimate_tokens(call["function"]["arguments"]) + 4
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -693,7 +745,7 @@ def _completion_payload(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
@@ -715,7 +767,8 @@ def _stream_chunks(request: _ChatRequest, payload: Mapping[str, Any]) -> list[di
     """``chat.completion.chunk`` objects of a completion: the role, the content in up to four
     pieces, the finish reason, and the usage when ``stream_options.include_usage`` asks."""
     choice = payload["choices"][0]
-    content: str = choice["message"]["content"]
+    calls = choice["message"].get("tool_calls")
+    content: str = calls[0]["function"]["arguments"] if calls else choice["message"]["content"]
     size = max(1, -(-len(content) // 4))
     pieces = [content[i : i + size] for i in range(0, len(content), size)] or [""]
     base = {
@@ -727,6 +780,13 @@ def _stream_chunks(request: _ChatRequest, payload: Mapping[str, Any]) -> list[di
     }
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     deltas += [{"content": piece} for piece in pieces]
+    if calls:  # as OpenAI streams a tool call: id and name first, then the arguments
+        call = calls[0]
+        head = {**call, "index": 0, "function": {"name": call["function"]["name"], "arguments": ""}}
+        deltas = [{"role": "assistant", "content": None, "tool_calls": [head]}]
+        deltas += [
+            {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces
+        ]
     chunks = [
         {**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
         for d in deltas

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -37,9 +39,19 @@ from evaluation.models import (
     SweepSample,
     SweepStatus,
 )
-from evaluation.replay import PromptShape, ReplayItem, ReplayOutcome, replay_batch
+from evaluation.replay import (
+    PromptShape,
+    ReplayItem,
+    ReplayOutcome,
+    condensable_tokens,
+    replay_batch,
+    replay_condensed,
+)
 from evaluation.services.proposals import proposal_create
 from evaluation.stats import percentile, wilson_interval
+from routing.condense import condense_saving_usd, condenser_pick, condenses
+from routing.pricing import price_cost_usd
+from routing.snapshot import registry_cache
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +227,10 @@ class ClassReplay:
     primary_shape: PromptShape
     grader: Grader
     requests: list[dict[str, Any]]
+    # A condensing sweep: the local model that condenses and the class's threshold (the
+    # candidate and the primary are then the same frontier model).
+    condenser: ModelEndpoint | None = None
+    condense_above: int = 0
 
 
 def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -254,6 +270,9 @@ def _sample_row(
         primary_success=out.primary_grade.passed if out.primary_grade else None,
         primary_output=prim.content[:OUTPUT_CHARS] if prim else None,
         primary_latency_ms=round(prim.latency_ms, 2) if prim else None,
+        primary_input_tokens=prim.input_tokens if prim else 0,
+        primary_output_tokens=prim.output_tokens if prim else 0,
+        condensed=dict(out.condensed or {}),
         detail=out.candidate_grade.detail[:300],
     )
 
@@ -276,15 +295,26 @@ def _replay_class(
         items = [
             ReplayItem(r["id"], r["prompt"], selectors.reference_of(r["metadata"])) for r in chunk
         ]
-        outcomes = replay_batch(
-            items,
-            candidate=candidate,
-            primary=primary,
-            grader=plan.grader,
-            candidate_shape=plan.candidate_shape,
-            primary_shape=plan.primary_shape,
-            pool=pool,
-        )
+        if plan.condenser is not None:
+            condensed = partial(
+                replay_condensed,
+                model=candidate,
+                local=selectors.model_target(plan.condenser),
+                shape=plan.candidate_shape,
+                grader=plan.grader,
+                threshold=plan.condense_above,
+            )
+            outcomes = list(pool.map(condensed, items))
+        else:
+            outcomes = replay_batch(
+                items,
+                candidate=candidate,
+                primary=primary,
+                grader=plan.grader,
+                candidate_shape=plan.candidate_shape,
+                primary_shape=plan.primary_shape,
+                pool=pool,
+            )
         rows = []
         errors: list[str] = []
         for row, out in zip(chunk, outcomes, strict=True):
@@ -619,6 +649,206 @@ def _shadow(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
     return _propose_from(run, plan, version, min_samples, change)
 
 
+# --- condensed against full context -------------------------------------------------------
+
+
+def _condense(run: SweepRun, token: uuid.UUID) -> dict[str, Any]:
+    """For each class that condenses long contexts (``condense_above_tokens`` > 0): replay
+    its recent requests whose context the gateway would condense on the frontier model the
+    class is routed to — once condensed by the local condensing model (``routing.condense``,
+    as the gateway does it), once in full — grade both with the class's grader and compare
+    quality, input tokens and cost. Measures only: the evidence is in the summary."""
+    version = _active()
+    params = run.params or {}
+    sample_size = int(params.get("sample_size") or settings.SWITCHYARD_SWEEP_SAMPLE_SIZE)
+    window_days = float(params.get("window_days") or settings.SWITCHYARD_SWEEP_WINDOW_DAYS)
+    min_samples = int(params.get("min_samples", 30))
+    routes = [r for r in selectors.active_routes(version) if r.task_class.condense_above_tokens]
+    if run.task_class_id:
+        routes = [r for r in routes if r.task_class_id == run.task_class_id]
+    summary: dict[str, Any] = {"based_on_version": version.number, "classes": {}}
+    if run.task_class_id and not routes:
+        slug = run.task_class.slug if run.task_class else "?"
+        summary["classes"][slug] = {"outcome": "the class does not condense (or has no route)"}
+    local_info = condenser_pick(registry_cache.snapshot().models.values())
+    local = (
+        ModelEndpoint.objects.filter(slug=local_info.slug).first()
+        if local_info is not None
+        else None
+    )
+    plans: list[ClassReplay] = []
+    planned = skipped_total = 0
+    for route in routes:
+        task_class = route.task_class
+        threshold = task_class.condense_above_tokens
+        chain = [route.primary, *selectors.models_by_slug(route.fallbacks)]
+        frontier = next((m for m in chain if condenses(threshold, m.locality, m.tier)), None)
+        if frontier is None:
+            summary["classes"][task_class.slug] = {"outcome": "no frontier model on the route"}
+            continue
+        if local is None:
+            summary["classes"][task_class.slug] = {"outcome": "no local model to condense"}
+            continue
+        shape = selectors.prompt_shape_for(task_class, route)
+        requests, skipped = _requests_for(
+            run, route, [frontier, local], min(20_000, sample_size * 20), window_days
+        )
+        requests = [r for r in requests if condensable_tokens(r["prompt"], shape, threshold)]
+        requests = requests[:sample_size]
+        if not requests:
+            summary["classes"][task_class.slug] = {
+                "outcome": "no recent requests with a context long enough to condense"
+            }
+            continue
+        skipped_total = max(skipped_total, skipped)
+        planned += len(requests)
+        plans.append(
+            ClassReplay(
+                route,
+                frontier,
+                frontier,
+                shape,
+                shape,
+                _grader_for(route),
+                requests,
+                local,
+                threshold,
+            )
+        )
+    sweep_heartbeat(run.pk, token, samples_planned=planned, samples_skipped=skipped_total)
+    with _pool() as pool:
+        for plan in plans:
+            _replay_class(run, token, plan, pool)
+            evidence = _condense_evidence(
+                run, plan, based_on=version.number, min_samples=min_samples
+            )
+            summary["classes"][plan.route.task_class.slug] = {
+                "outcome": "measured",
+                "candidate": f"{plan.candidate.slug} condensed by {plan.condenser}",
+                "sample_size": evidence["sample_size"],
+                "success_rate": evidence["success_rate"],
+                "interval": [evidence["interval_low"], evidence["interval_high"]],
+                "quality_target": evidence["quality_target"],
+                "condense": evidence,
+            }
+    return summary
+
+
+def _condense_evidence(
+    run: SweepRun, plan: ClassReplay, *, based_on: int, min_samples: int
+) -> dict[str, Any]:
+    """Quality condensed against full context (success rates, the condensed rate's 95 %
+    Wilson interval, the difference on the requests graded both ways), the frontier
+    model's input tokens with and without condensing, and what it cost: the frontier calls
+    plus the condensing calls against the frontier calls with the full context."""
+    task_class = plan.route.task_class
+    samples = list(
+        SweepSample.objects.filter(
+            run=run, task_class=task_class.slug, candidate_model=plan.candidate.slug
+        ).values(
+            "pk",
+            "candidate_status",
+            "candidate_success",
+            "candidate_input_tokens",
+            "candidate_output_tokens",
+            "primary_status",
+            "primary_success",
+            "primary_input_tokens",
+            "primary_output_tokens",
+            "reference_source",
+            "condensed",
+        )
+    )
+    graded = [s for s in samples if s["candidate_success"] is not None]
+    n = len(graded)
+    successes = sum(1 for s in graded if s["candidate_success"])
+    low, high = wilson_interval(successes, n)
+    both = [s for s in graded if s["primary_success"] is not None]
+    full_rate = sum(1 for s in both if s["primary_success"]) / len(both) if both else None
+    cond_on_both = sum(1 for s in both if s["candidate_success"]) / len(both) if both else None
+    answered = [s for s in samples if s["candidate_status"] == "ok" and s["primary_status"] == "ok"]
+    condensed = [s for s in samples if "input_tokens_after" in (s["condensed"] or {})]
+    at = run.created_at
+    frontier_price = plan.candidate.price_at(at)
+    local_price = plan.condenser.price_at(at) if plan.condenser else None
+    tokens_full = sum(s["primary_input_tokens"] for s in answered)
+    tokens_condensed = sum(s["candidate_input_tokens"] for s in answered)
+    cost_full = cost_condensed = condensing = input_saved = Decimal(0)
+    for s in answered:
+        record = s["condensed"] or {}
+        spent, saved = condense_saving_usd(
+            frontier_price,
+            local_price,
+            s["primary_input_tokens"],
+            s["candidate_input_tokens"],
+            int(record.get("condense_input_tokens", 0)),
+            int(record.get("condense_output_tokens", 0)),
+        )
+        condensing += spent
+        input_saved += saved
+        cost_full += price_cost_usd(
+            frontier_price, s["primary_input_tokens"], s["primary_output_tokens"]
+        )
+        cost_condensed += spent + price_cost_usd(
+            frontier_price, s["candidate_input_tokens"], s["candidate_output_tokens"]
+        )
+    saved_total = cost_full - cost_condensed
+    target = float(task_class.quality_target)
+    fails = sorted(
+        (s for s in graded if not s["candidate_success"]),
+        key=lambda s: s["primary_success"] is not True,
+    )
+    passes = [s["pk"] for s in graded if s["candidate_success"]][:3]
+    return {
+        "kind": run.kind,
+        "task_class": task_class.slug,
+        "from_model": plan.candidate.slug,
+        "to_model": plan.candidate.slug,
+        "condenser": plan.condenser.slug if plan.condenser else None,
+        "condense_above_tokens": plan.condense_above,
+        "based_on_version": based_on,
+        "sample_size": n,
+        "samples_total": len(samples),
+        "call_failures": sum(
+            1
+            for s in samples
+            if s["candidate_status"] in {"error", "timeout"}
+            or s["primary_status"] in {"error", "timeout"}
+        ),
+        "condensed": len(condensed),
+        "condense_failures": len(samples) - len(condensed),
+        "successes": successes,
+        "success_rate": round(successes / n, 4) if n else 0.0,
+        "interval_low": round(low, 4),
+        "interval_high": round(high, 4),
+        "confidence": 0.95,
+        "quality_target": target,
+        "min_samples": min_samples,
+        "meets_target": n >= min_samples and low >= target,
+        "graded_against": sorted({s["reference_source"] for s in graded}),
+        "full_success_rate": round(full_rate, 4) if full_rate is not None else None,
+        "quality_delta": (
+            round(cond_on_both - full_rate, 4)
+            if full_rate is not None and cond_on_both is not None
+            else None
+        ),
+        "compared": len(answered),
+        "input_tokens_full": tokens_full,
+        "input_tokens_condensed": tokens_condensed,
+        "input_tokens_saved_share": (
+            round(1 - tokens_condensed / tokens_full, 4) if tokens_full else None
+        ),
+        "cost_full_usd": f"{cost_full:.6f}",
+        "cost_condensed_usd": f"{cost_condensed:.6f}",
+        "condensing_cost_usd": f"{condensing:.6f}",
+        "input_saved_usd": f"{input_saved:.6f}",
+        "saved_usd": f"{saved_total:.6f}",
+        "saved_per_request_usd": (f"{saved_total / len(answered):.8f}" if answered else None),
+        "example_sample_ids": passes + [s["pk"] for s in fails][:3],
+        "sweep_run": run.pk,
+    }
+
+
 # --- escalation-rate monitor --------------------------------------------------------------
 
 
@@ -740,6 +970,7 @@ EXECUTORS: dict[str, Callable[[SweepRun, uuid.UUID], dict[str, Any]]] = {
     SweepKind.TIER_DOWNGRADE: _tier_downgrade,
     SweepKind.SHADOW: _shadow,
     SweepKind.ESCALATION_MONITOR: _escalation_monitor,
+    SweepKind.CONDENSE: _condense,
 }
 
 

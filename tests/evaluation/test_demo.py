@@ -47,8 +47,9 @@ def test_first_sweep_proposes_where_the_cheaper_tier_passes_and_nowhere_else(
     ):
         result = demo_evaluation_load(run_now=True)
 
-    assert result["schedules"] == 5 and result["demo_sweep_status"] == "completed"
+    assert result["schedules"] == 6 and result["demo_sweep_status"] == "completed"
     assert PeriodicTask.objects.filter(task="evaluation.tasks.tier_downgrade_sweep").exists()
+    assert PeriodicTask.objects.filter(task="evaluation.tasks.condense_sweeps").exists()
     kinds = set(GraderConfig.objects.values_list("kind", flat=True))
     assert kinds == {
         "numeric",
@@ -97,7 +98,7 @@ def test_first_sweep_proposes_where_the_cheaper_tier_passes_and_nowhere_else(
     again = demo_evaluation_load(run_now=True)  # idempotent
     assert again["demo_sweep"] == result["demo_sweep"]
     assert Proposal.objects.count() == 1
-    assert PeriodicTask.objects.filter(task__startswith="evaluation.").count() == 5
+    assert PeriodicTask.objects.filter(task__startswith="evaluation.").count() == 6
 
     reviewer = factories.user_create("Reviewer")
     applied = services.proposal_approve(proposal=proposal, user=reviewer)

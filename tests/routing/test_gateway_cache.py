@@ -9,17 +9,18 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from django.conf import settings
 from django.db.models import Sum
 from django.test import Client
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from controlplane.generation import generation_bump
 from controlplane.models import TaskClass
 from evaluation.fleet import RunningFleet, fleet_start
-from routing.gateway import answer_cache
+from routing.gateway import StreamedAnswer, answer_cache, completion_events
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.rollups import rollups_rebuild
@@ -293,3 +294,181 @@ def test_savings_count_only_what_the_gateway_observed(
     rollups_rebuild()
     rolled = HourlyRollup.objects.aggregate(hits=Sum("cache_hits"), saved=Sum("cache_saved_usd"))
     assert rolled == {"hits": 1, "saved": saved}
+
+
+TOOLS: list[ChatCompletionToolParam] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_ticket",
+            "description": "Find the customer's support ticket.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}},
+                "required": ["query"],
+            },
+        },
+    }
+]
+
+
+def _tool_calls(message: Any) -> list[tuple[str, str, str, str]]:
+    return [(c.id, c.type, c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+
+
+def _streamed_tool_calls(chunks: list[Any]) -> list[tuple[str, str, str, str]]:
+    """Tool calls put together from stream chunks as a client does it: by index, the id,
+    type and name from the first piece, the arguments joined."""
+    calls: dict[int, list[str]] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            for part in choice.delta.tool_calls or ():
+                call = calls.setdefault(part.index, ["", "", "", ""])
+                call[0] = part.id or call[0]
+                call[1] = part.type or call[1]
+                if part.function is not None:
+                    call[2] += part.function.name or ""
+                    call[3] += part.function.arguments or ""
+    return [(c[0], c[1], c[2], c[3]) for _, c in sorted(calls.items())]
+
+
+def test_answers_with_tool_calls_are_cached_and_replayed_as_the_same_calls(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    # A streamed miss with a tool call: relayed, put back together and cached.
+    first = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, tools=TOOLS, extra_headers=SUPPORT, stream=True
+    )
+    assert first.headers["x-switchyard-cache"] == "miss"
+    streamed = list(first.parse())
+    expected = _streamed_tool_calls(streamed)
+    assert len(expected) == 1
+    call_id, kind, name, arguments = expected[0]
+    assert call_id.startswith("call_") and (kind, name) == ("function", "lookup_ticket")
+    assert orjson.loads(arguments) == {"query": ASK[0]["content"]}
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    paid = outcome_of(first.headers["x-switchyard-decision-id"])
+    assert paid.final_status == "ok" and paid.cost_usd > 0
+    assert paid.attempts[0]["ttft_ms"] >= 0 and paid.output_tokens > 0
+    calls = _fleet_calls(fleet)
+    # Plain: a hit with the same tool call, as a plain completion.
+    plain = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, tools=TOOLS, extra_headers=SUPPORT
+    )
+    assert plain.headers["x-switchyard-cache"] == "hit"
+    choice = plain.parse().choices[0]
+    assert _tool_calls(choice.message) == expected
+    assert choice.message.content is None and choice.finish_reason == "tool_calls"
+    # Streamed: a hit sent as OpenAI's tool-call chunks ...
+    again = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, tools=TOOLS, extra_headers=SUPPORT, stream=True
+    )
+    assert again.headers["x-switchyard-cache"] == "hit"
+    chunks = list(again.parse())
+    assert _streamed_tool_calls(chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # ... that the SDK's own stream helper puts back together as the same calls.
+    with client.chat.completions.stream(
+        model="auto", messages=ASK, tools=TOOLS, extra_headers=SUPPORT
+    ) as stream:
+        final = stream.get_final_completion()
+    assert _tool_calls(final.choices[0].message) == expected
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert _fleet_calls(fleet) == calls, "hits call no model"
+    # Without the tools it is another request: not the cached tool call.
+    text = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ASK, extra_headers=SUPPORT
+    )
+    assert text.headers["x-switchyard-cache"] == "miss"
+    assert text.parse().choices[0].message.tool_calls is None
+    for raw in (plain, again):
+        hit = outcome_of(raw.headers["x-switchyard-decision-id"])
+        assert hit.cost_usd == 0 and hit.validation["cache"] == "hit"
+        assert Decimal(hit.validation["saved_usd"]) == paid.cost_usd
+
+
+def test_a_plain_tool_call_answer_fills_the_cache_for_streams(
+    registry: dict[str, Any],
+    gateway_url: str,
+    fleet: RunningFleet,
+) -> None:
+    _cacheable(600)
+    client = client_for(gateway_url, registry["secret"])
+    choice = {"type": "function", "function": {"name": "lookup_ticket"}}
+    first = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=choice,
+        extra_headers=SUPPORT,
+    )
+    assert first.headers["x-switchyard-cache"] == "miss"
+    expected = _tool_calls(first.parse().choices[0].message)
+    assert expected and expected[0][2] == "lookup_ticket"
+    calls = _fleet_calls(fleet)
+    streamed = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=choice,
+        extra_headers=SUPPORT,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert streamed.headers["x-switchyard-cache"] == "hit"
+    chunks = list(streamed.parse())
+    assert _streamed_tool_calls(chunks) == expected
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert _fleet_calls(fleet) == calls
+
+
+def test_streamed_tool_calls_in_pieces_are_put_back_together() -> None:
+    """Two parallel tool calls whose names and arguments arrive in pieces, interleaved: the
+    assembled answer holds both whole, and its SSE events assemble back to the same."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    pieces = [
+        chunk({"role": "assistant", "content": None}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                               "function": {"name": "get_", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                               "function": {"name": "get_time", "arguments": '{"tz":'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "weather",
+                                                        "arguments": '{"city":"Oslo"}'}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": '"CET"}'}}]}),
+        chunk({}, "tool_calls"),
+    ]  # fmt: skip
+    assembled = StreamedAnswer()
+    for piece in pieces:
+        assembled.add(piece)
+    body = assembled.body()
+    assert body is not None
+    message = orjson.loads(body)["choices"][0]["message"]
+    assert message == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
+            {"id": "call_b", "type": "function",
+             "function": {"name": "get_time", "arguments": '{"tz":"CET"}'}},
+        ],
+    }  # fmt: skip
+    replayed = StreamedAnswer()
+    events = completion_events(body, include_usage=False).decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    for event in events[:-2]:
+        replayed.add(orjson.loads(event.removeprefix("data: ")))
+    assert replayed.body() == body
+    # A choice that never finished gives nothing to cache.
+    unfinished = StreamedAnswer()
+    for piece in pieces[:-1]:
+        unfinished.add(piece)
+    assert unfinished.body() is None

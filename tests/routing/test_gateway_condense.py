@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from django.db.models import Sum
 from django.test import Client
@@ -18,8 +19,11 @@ from controlplane import services
 from controlplane.generation import generation_bump
 from controlplane.models import BudgetSpend, TaskClass, Team
 from evaluation.fleet import RunningFleet
+from routing.condense import condensing_worst_tokens
+from routing.engine import estimated_cost_usd
 from routing.snapshot import registry_cache
-from telemetry.models import HourlyRollup
+from telemetry.budgets import holds_of
+from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.recorder import recorder
 from telemetry.rollups import rollups_rebuild
 from tests import factories
@@ -176,3 +180,78 @@ def test_the_condensing_call_is_charged_like_any_attempt(
     rollups_rebuild()
     rolled = HourlyRollup.objects.aggregate(cost=Sum("cost_usd"), escalations=Sum("escalations"))
     assert rolled["cost"] == total and rolled["escalations"] == 0
+
+
+def _held(decision_id: str) -> Decimal:
+    holds = holds_of(DecisionRecord.objects.get(id=decision_id).budget_holds)
+    assert len(holds) == 1, "one budget applies"
+    return holds[0][1]
+
+
+def test_the_budget_hold_covers_the_condensing_call(
+    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+) -> None:
+    """A call that may be condensed holds the frontier call's worst case plus the
+    condensing call's, so spent + reserved bounds what it can spend before it spends it."""
+    whole = factories.task_class_create(slug="research-whole")  # the same, never condensed
+    routes = {
+        TaskClass.objects.get(slug="research"): (registry["big"], []),
+        whole: (registry["big"], []),
+        TaskClass.objects.get(slug="support"): (registry["mid"], ["gpt-4o"]),
+        TaskClass.objects.get(slug="redact"): (registry["local"], []),
+    }
+    factories.routing_table_create(routes)
+    generation_bump()
+    registry_cache.invalidate()
+    team = Team.objects.get(slug="team-a")
+    budget = services.budget_create(
+        name="team-a-daily",
+        scope="team",
+        team=team,
+        period="day",
+        limit_usd=Decimal("1"),
+        soft_limit_pct=100,  # no downgrade before the hard limit: the hold decides alone
+        hard_action="block",
+    )
+    client = client_for(gateway_url, registry["secret"])
+    condensed = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers=RESEARCH
+    )
+    full = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers={"X-Switchyard-Task-Class": "research-whole"}
+    )
+    with_condensing = _held(condensed.headers["x-switchyard-decision-id"])
+    without = _held(full.headers["x-switchyard-decision-id"])
+    # The difference is the condensing call's worst case at the local model's price.
+    record = DecisionRecord.objects.get(id=condensed.headers["x-switchyard-decision-id"])
+    local = registry_cache.snapshot().models[LOCAL]
+    worst = estimated_cost_usd(
+        local, *condensing_worst_tokens(record.input_tokens, local.max_output_tokens, 200)
+    )
+    assert worst > 0
+    assert with_condensing - without == pytest.approx(Decimal(str(worst)), abs=Decimal("1e-8"))
+    # What the call did spend — the condensing call and the frontier call — is within it.
+    outcome = outcome_of(condensed.headers["x-switchyard-decision-id"])
+    assert outcome.attempts[0]["purpose"] == "condense"
+    assert 0 < outcome.cost_usd <= with_condensing
+    outcome_of(full.headers["x-switchyard-decision-id"])
+    recorder.close()  # the lease gives back what it did not use
+    spend = BudgetSpend.objects.get(budget=budget)
+    assert spend.reserved_usd == 0
+    # Room for the frontier call's worst case but not for the condensing call's too: the
+    # condensing class is refused before any model is called, the other is not.
+    room = without + (with_condensing - without) / 2
+    BudgetSpend.objects.filter(pk=spend.pk).update(spent_usd=budget.limit_usd - room)
+    registry_cache.invalidate()
+    calls = _calls(fleet, LOCAL) + _calls(fleet, "gpt-4o")
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="auto", messages=LONG, extra_headers=RESEARCH)
+    assert refused.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert _calls(fleet, LOCAL) + _calls(fleet, "gpt-4o") == calls
+    admitted = client.chat.completions.with_raw_response.create(
+        model="auto", messages=LONG, extra_headers={"X-Switchyard-Task-Class": "research-whole"}
+    )
+    assert admitted.headers["x-switchyard-model"] == "gpt-4o"
+    outcome_of(admitted.headers["x-switchyard-decision-id"])
+    row = BudgetSpend.objects.get(pk=spend.pk)
+    assert row.spent_usd + row.reserved_usd <= budget.limit_usd
