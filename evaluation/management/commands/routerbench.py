@@ -1,6 +1,8 @@
 """``manage.py routerbench DIR [--train DIR] [--json] [--out FILE] [--plot FILE]``: routing
-quality (APGR, CPT) of the random, length, learned and cascade routers on RouteLLM-format
-recorded outcomes (``evaluation.routerbench``). DIR is read in place."""
+quality (APGR, CPT) of the random, length, learned, semantic and cascade routers on
+RouteLLM-format recorded outcomes (``evaluation.routerbench``), the learned router and the
+cascade run through the product in a scratch database that is dropped afterwards
+(``evaluation.services.routerbench``). DIR is read in place."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from evaluation import routerbench
+from evaluation.services.routerbench import routerbench_run
 
 
 class Command(BaseCommand):
@@ -37,14 +40,17 @@ class Command(BaseCommand):
                 raise CommandError(f"{path} is not a directory")
         if options["folds"] < 2:
             raise CommandError("--folds must be at least 2")
-        results, scored = routerbench.routerbench(
-            data,
-            train=options["train"],
-            folds=options["folds"],
-            seed=options["seed"],
-            weak=options["weak"],
-            strong=options["strong"],
-        )
+        try:
+            results, scored = routerbench_run(
+                data,
+                train=options["train"],
+                folds=options["folds"],
+                seed=options["seed"],
+                weak=options["weak"],
+                strong=options["strong"],
+            )
+        except RuntimeError as exc:  # e.g. too few graded decisions to train a router
+            raise CommandError(str(exc)) from exc
         if not results:
             raise CommandError(
                 f"no RouteLLM-format data in {data} (mmlu/*.csv, gsm8k_responses.csv)"
