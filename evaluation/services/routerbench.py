@@ -238,6 +238,7 @@ def _record(row: DecisionRow) -> DecisionRecord:
         model=row["model"],
         tier=row["tier"],
         confidence=row["confidence"],
+        prompt=row["prompt"],
         path=row["path"],
         budget_holds=row["budget_holds"],
     )
