@@ -18,10 +18,13 @@ PostgreSQL database created for the run and dropped afterwards (also on error):
    recording through ``telemetry.services.outcome_report_batch`` (``validation.valid``).
 4. ``evaluation.services.learned.learned_router_train`` (rule ``gain``) reads that decision
    log and stores a candidate router; it is activated (``learned_router_activate``) and the
-   route switched to the ``learned`` strategy in a new routing-table version.
+   route switched to the ``learned`` strategy in a new routing-table version. Its threshold
+   is calibrated to :data:`STRONG_SHARE_TARGET` on the class's recorded traffic
+   (``evaluation.services.thresholds.learned_threshold_calibrate``) and the re-thresholded
+   version activated.
 5. Held-out prompts are decided by the engine on a snapshot built from the scratch database
    (``routing.snapshot.registry_snapshot_build``): the learned strategy's choice and
-   confidence at the router's threshold, and the router's predicted success of each model
+   confidence at the calibrated threshold, and the router's predicted success of each model
    (the same ``predict_success`` on the same features the engine computes) to trace the
    cost–quality curve. On GSM8K the router is re-thresholded to try the weak model first
    (``learned_router_rethreshold``), those decisions are recorded, and the weak model's
@@ -51,13 +54,20 @@ from controlplane import services as registry
 from controlplane.models import ModelEndpoint, TaskClass
 from evaluation import routerbench as bench
 from evaluation.logreg import group_folds
-from evaluation.models import GraderConfig, LearnedRouter, LearnedRouterRule
+from evaluation.models import (
+    GraderConfig,
+    LearnedRouter,
+    LearnedRouterRule,
+    LearnedThresholdTarget,
+    ThresholdTargetKind,
+)
 from evaluation.services.cascade import cascade_check
 from evaluation.services.learned import (
     learned_router_activate,
     learned_router_rethreshold,
     learned_router_train,
 )
+from evaluation.services.thresholds import learned_threshold_calibrate
 from routing.engine import Decision, DecisionRequest, Snapshot, decide
 from routing.enums import RouteStrategy
 from routing.learned import predict_success, request_features
@@ -76,9 +86,13 @@ WEAK_SLUG = "bench-weak"
 STRONG_SLUG = "bench-strong"
 APPLICATION = "routerbench"
 BATCH = 5000
-# The rule-gain threshold the engine decides at (the share and accuracy reported "at the
-# threshold"): route to the weak model unless it is predicted to lose more than this.
+# The rule-gain threshold the router is trained with (routing.learned: route to the weak
+# model unless it is predicted to lose more than this) …
 GAIN_THRESHOLD = 0.05
+# … and the target its threshold is then calibrated to on the class's own recorded
+# traffic (evaluation.services.thresholds): half of the requests on the strong model. The
+# held-out prompts are decided at the calibrated threshold.
+STRONG_SHARE_TARGET = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +399,7 @@ def dataset_score(
         learned_router_activate(router)
         trained.append(router)
     _classes_route(classes, reg, RouteStrategy.LEARNED)
+    trained = [_calibrated(router) for router in trained]
     n = len(rows)
     out = Scored([0.0] * n, [0.0] * n, [False] * n, [0.0] * n, [0.0] * n if cascade else None,
                  [_describe(r) for r in trained])  # fmt: skip
@@ -399,6 +414,25 @@ def dataset_score(
         for task_class, (_, test) in zip(classes, splits, strict=True):
             _score_cascade(snapshot, task_class.slug, [rows[i] for i in test], test, reg, out)
     return out
+
+
+def _calibrated(router: LearnedRouter) -> LearnedRouter:
+    """The router re-thresholded to :data:`STRONG_SHARE_TARGET` on its class's recorded
+    traffic, and activated."""
+    target = LearnedThresholdTarget.objects.create(
+        task_class=router.task_class,
+        kind=ThresholdTargetKind.STRONG_SHARE,
+        target=STRONG_SHARE_TARGET,
+        window_days=1,
+        min_requests=1,
+        min_change=0.0,
+    )
+    result = learned_threshold_calibrate(target, propose=False)
+    if "calibrated" not in result:
+        raise RuntimeError(f"{router.task_class.slug}: threshold not calibrated ({result})")
+    calibrated = learned_router_rethreshold(router, threshold=result["calibrated"]["threshold"])
+    learned_router_activate(calibrated)
+    return calibrated
 
 
 def _score_learned(
@@ -495,5 +529,6 @@ def routerbench_run(
                     routers=product.routers,
                 ),
             )
+            results[name]["learned"]["calibrated_to"] = {"strong_share": STRONG_SHARE_TARGET}
             scored[name] = (rows, routers)
     return results, scored

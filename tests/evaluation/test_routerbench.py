@@ -64,7 +64,7 @@ def _gsm8k_write(directory: Path, n: int, seed: int) -> None:
         writer = csv.writer(fh)
         writer.writerow(["prompt", WEAK, STRONG, f"{WEAK}_response", f"{STRONG}_response",
                          "reference_answer"])  # fmt: skip
-        for i in range(n):
+        for _ in range(n):
             a, b = rng.randint(2, 90), rng.randint(2, 90)
             weak = rng.random() < 0.65
             strong = rng.random() < 0.9
@@ -74,7 +74,7 @@ def _gsm8k_write(directory: Path, n: int, seed: int) -> None:
                 answer = "I think it might be more than that, it depends on the baskets."
             else:
                 answer = f"{a} + {b} = {a + b + 1}.\n#### {a + b + 1}"
-            prompt = f"Ann has {a} apples and buys {b} more in basket {i}. How many apples?"
+            prompt = f"Ann has {a} apples and buys {b} more. How many apples has she now?"
             writer.writerow([prompt, str(weak), str(strong), answer, f"#### {a + b}", a + b])
 
 
@@ -134,12 +134,15 @@ def test_routerbench_holds_out_domains_and_reports_every_router(
     routers = mmlu["learned"]["routers"]
     assert [r["task_class"] for r in routers] == [f"mmlu-f{k}" for k in range(5)]
     for r in routers:
-        assert r["rule"] == "gain" and r["version"] == 1
+        # Trained (v1), then re-thresholded (v2) to the strong-share target on its traffic.
+        assert r["rule"] == "gain" and r["version"] == 2 and 0.0 <= r["threshold"] <= 1.0
         assert set(r["samples"]) == {"bench-weak", "bench-strong"}
         assert 350 <= r["samples"]["bench-weak"] == r["samples"]["bench-strong"] <= 420
-    # The engine's decisions at the router's threshold: a share of them strong, and their
+    # The engine's decisions at the calibrated threshold: about the targeted share strong
+    # (calibrated on the training traffic, measured on held-out domains), and their
     # confidence (the chosen model's predicted success) calibrated better than a coin.
-    assert 0.0 < mmlu["learned"]["strong_share"] < 1.0
+    assert mmlu["learned"]["calibrated_to"] == {"strong_share": 0.5}
+    assert 0.3 < mmlu["learned"]["strong_share"] < 0.7
     assert mmlu["learned"]["accuracy"] > mmlu["weak_accuracy"]
     assert mmlu["learned"]["confidence_brier"] < 0.25
     # The cascade reads the weak model's answer: hedges without a number escalate.
