@@ -9,17 +9,21 @@ import pytest
 from evaluation.fleet.skills import SKILLS, verdict
 from evaluation.graders import GraderSpec, grader_build
 from evaluation.workload import INVOICE_SCHEMA, workload_items
-from routing.cascade import CascadeAttempt, attempt_evidence, cascade_judge
+from routing.cascade import CascadeAttempt, Expects, attempt_evidence, cascade_judge
 from routing.confidence import brier_score
 
-CLASSES = {"multi-step-reasoning": "number", "field-extraction": "json", "ticket-triage": "label"}
+CLASSES: dict[str, Expects] = {
+    "multi-step-reasoning": "number",
+    "field-extraction": "json",
+    "ticket-triage": "label",
+}
 CHEAP = "llama-3.1-8b-local"
 
 
 def _attempts(task_class: str) -> list[tuple[str, str, str]]:
     """(answer text, verdict, request) of the cheap model on every generated item of the
     class."""
-    out = []
+    out: list[tuple[str, str, str]] = []
     for item in workload_items(task_class):
         v = verdict(CHEAP, SKILLS[CHEAP], task_class, item.difficulty, item.id)
         pool = {"correct": item.answers, "wrong": item.wrong, "invalid": item.invalid}[v]
