@@ -9,8 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
+from signal import SIGTERM
 
 import numpy as np
 import pytest
@@ -173,6 +178,32 @@ def test_routerbench_drops_its_database_when_the_run_fails(tmp_path: Path) -> No
     with pytest.raises(CommandError, match="not enough graded decisions"):
         call_command("routerbench", str(tmp_path), "--folds", "2", stdout=io.StringIO())
     _nothing_left_behind()
+
+
+@scratch
+def test_routerbench_drops_its_database_when_terminated(recording: Path) -> None:
+    """``kill`` (SIGTERM) while the command works in its scratch database: it unwinds and
+    drops the database before exiting."""
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen(
+        [sys.executable, "manage.py", "routerbench", str(recording)],
+        cwd=root,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not scratch_databases_left(pid=child.pid):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # migrated by now, or migrating: both must be cleaned up
+        child.send_signal(SIGTERM)
+        assert child.wait(timeout=60) == 128 + SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert scratch_databases_left(pid=child.pid) == []
 
 
 def test_routerbench_refuses_a_directory_without_data(tmp_path: Path) -> None:
