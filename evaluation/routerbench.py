@@ -13,17 +13,20 @@ area under PGR over c ∈ [0, 1]; CPT(x) = the smallest c with PGR(c) ≥ x.
 Routers:
 
 - ``random``; ``length`` (a rule: the longest prompts go strong); ``oracle``.
-- ``learned``: the product's learned router (``routing.learned`` features, ``evaluation.
-  logreg`` fit, the penalty chosen by grouped cross-validation on the training part only),
-  one model per tier predicting its success; the score is the predicted success of the
-  weak model minus the strong model's — the ``gain`` rule of ``routing.learned``, so the
-  threshold sweep is exactly what the product would route.
+- ``learned``: the product's learned router, trained from the decision log of a scratch
+  database by the product's own training and decided by its engine
+  (``evaluation.services.routerbench``); the score is the predicted success of the weak
+  model minus the strong model's — the ``gain`` rule of ``routing.learned``, so the
+  threshold sweep is exactly what the product would route. Also reported: the engine's
+  strong share and accuracy at the router's threshold and the Brier score of its
+  decisions' confidence.
 - ``semantic``: the product's semantic router (``routing.semantic``, default hashed TF-IDF
   backend fitted on the training prompts) with two routes defined by the training prompts
   as utterances — "weak" (the weak model was enough) and "strong" (only the strong model
   was right); the score is the weak route's best similarity minus the strong route's.
-- ``cascade`` (GSM8K, where the weak model's answers exist): ``routing.cascade`` on the
-  weak model's recorded answer, the learned prediction as its prior.
+- ``cascade`` (GSM8K, where the weak model's answers exist): the product's cascade call
+  (``evaluation.services.cascade``, ``routing.cascade``) on the weak model's recorded
+  answer, the learned router's confidence as its prior.
 
 Held out: with ``train`` rows, fitted on them and scored on the data; otherwise k-fold
 cross-validation where MMLU folds hold out whole domains and GSM8K folds by prompt hash.
@@ -42,10 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.logreg import design, group_folds, l2_choose, logistic_fit, predict_proba
-from routing.cascade import CascadeAttempt, cascade_judge
+from evaluation.logreg import group_folds
 from routing.confidence import brier_score
-from routing.learned import HashingSpec, request_features
 from routing.semantic import HashedTfidf
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -140,70 +141,23 @@ def summary(rows: Sequence[Row], scores: Sequence[float], seed: int) -> dict[str
 
 
 # --------------------------------------------------------------------------------------------
-# The learned router
+# What the product said (evaluation.services.routerbench)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class LearnedScores:
-    p_weak: list[float]  # predicted success of the weak model
-    p_strong: list[float]
-    l2: dict[str, list[float]]  # the penalty chosen per fit, by tier
+class ProductScores:
+    """The held-out answers of the product's learned router and cascade, aligned with the
+    rows: predicted success of each model, the engine's decision at the router's threshold
+    (strong or not, and its confidence: the chosen model's predicted success), and the
+    cascade call's probability that the weak model's answer is right (GSM8K)."""
 
-
-def _fit_predict(
-    train: Sequence[int],
-    test: Sequence[int],
-    features: Sequence[dict[int, float]],
-    labels: np.ndarray,
-    groups: Sequence[str],
-    width: int,
-) -> tuple[np.ndarray, float]:
-    x = [features[i] for i in train]
-    y = labels[list(train)]
-    l2, _ = l2_choose(x, y, [groups[i] for i in train], width)
-    w, b = logistic_fit(design(x, width), y, l2=l2)
-    return predict_proba(design([features[i] for i in test], width), w, b), l2
-
-
-def learned_scores(
-    rows: Sequence[Row],
-    *,
-    train_rows: Sequence[Row] = (),
-    folds: int = 5,
-    spec: HashingSpec | None = None,
-) -> LearnedScores:
-    """Held-out predicted success of each model on every row of ``rows``: fitted on
-    ``train_rows`` when given, else out of fold (whole groups per fold)."""
-    spec = spec or HashingSpec()
-    everything = [*train_rows, *rows]
-    features = [request_features(spec, r.prompt) for r in everything]
-    groups = [r.group for r in everything]
-    offset = len(train_rows)
-    if train_rows:
-        splits = [(list(range(offset)), list(range(offset, len(everything))))]
-    else:
-        fold = group_folds(groups, folds)
-        splits = [
-            ([i for i in range(len(rows)) if fold[i] != f],
-             [i for i in range(len(rows)) if fold[i] == f])
-            for f in range(folds)
-        ]  # fmt: skip
-    out = {"weak": np.zeros(len(rows)), "strong": np.zeros(len(rows))}
-    chosen: dict[str, list[float]] = {"weak": [], "strong": []}
-    for tier in ("weak", "strong"):
-        labels = np.asarray([getattr(r, tier) for r in everything], dtype=float)
-        for train, test in splits:
-            if not train or not test:
-                continue
-            p, l2 = _fit_predict(train, test, features, labels, groups, spec.width)
-            out[tier][[i - offset for i in test]] = p
-            chosen[tier].append(l2)
-    return LearnedScores(
-        p_weak=[float(v) for v in out["weak"]],
-        p_strong=[float(v) for v in out["strong"]],
-        l2=chosen,
-    )
+    p_weak: Sequence[float]
+    p_strong: Sequence[float]
+    chose_strong: Sequence[bool]
+    confidence: Sequence[float]
+    cascade: Sequence[float] | None = None
+    routers: Sequence[dict[str, Any]] = ()
 
 
 def semantic_scores(
@@ -247,71 +201,53 @@ def semantic_scores(
 
 
 def evaluate(
-    rows: list[Row], *, train_rows: Sequence[Row] = (), folds: int = 5, seed: int = 0
+    rows: list[Row],
+    *,
+    product: ProductScores,
+    train_rows: Sequence[Row] = (),
+    folds: int = 5,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Every router's summary on ``rows``, and the scores (for the curves)."""
     rng = random.Random(seed)
+    n = len(rows)
     out: dict[str, Any] = {
-        "prompts": len(rows),
-        "weak_accuracy": round(sum(r.weak for r in rows) / len(rows), 4),
-        "strong_accuracy": round(sum(r.strong for r in rows) / len(rows), 4),
+        "prompts": n,
+        "weak_accuracy": round(sum(r.weak for r in rows) / n, 4),
+        "strong_accuracy": round(sum(r.strong for r in rows) / n, 4),
         "held_out": "trained on --train" if train_rows else f"{folds}-fold, whole groups held out",
     }
-    learned = learned_scores(rows, train_rows=train_rows, folds=folds)
     observed = [r.weak for r in rows]
     routers: dict[str, list[float]] = {
         "random": [rng.random() for _ in rows],
         "length": [-float(len(r.prompt)) for r in rows],
-        "learned": [w - s for w, s in zip(learned.p_weak, learned.p_strong, strict=True)],
+        # The rule gain of routing.learned: the threshold sweep is what the product routes.
+        "learned": [w - s for w, s in zip(product.p_weak, product.p_strong, strict=True)],
         "semantic": semantic_scores(rows, train_rows=train_rows, folds=folds),
         "oracle": [1.0 if r.weak or not r.strong else 0.0 for r in rows],
     }
-    cascade: list[float] = []
-    if any(r.weak_response for r in rows):
-        cascade = [
-            cascade_judge(
-                CascadeAttempt(output=r.weak_response), prior=p, expects="number"
-            ).p_success
-            for r, p in zip(rows, learned.p_weak, strict=True)
-        ]
-        routers["cascade"] = cascade
+    if product.cascade is not None:
+        routers["cascade"] = list(product.cascade)
     for router, scores in routers.items():
         out[router] = summary(rows, scores, seed)
-    out["learned"]["brier"] = round(brier_score(learned.p_weak, observed), 4)
+    learned = out["learned"]
+    learned["brier"] = round(brier_score(product.p_weak, observed), 4)
     base = sum(r.weak for r in (train_rows or rows)) / len(train_rows or rows)
-    out["learned"]["brier_base_rate"] = round(brier_score([base] * len(rows), observed), 4)
-    out["learned"]["l2_chosen"] = learned.l2
-    if cascade:
+    learned["brier_base_rate"] = round(brier_score([base] * n, observed), 4)
+    # The engine's decisions at the router's threshold, and their confidence.
+    chosen_ok = [r.strong if s else r.weak for r, s in zip(rows, product.chose_strong, strict=True)]
+    learned["strong_share"] = round(sum(product.chose_strong) / n, 4)
+    learned["accuracy"] = round(sum(chosen_ok) / n, 4)
+    learned["confidence_brier"] = round(brier_score(product.confidence, chosen_ok), 4)
+    learned["routers"] = list(product.routers)
+    if product.cascade is not None:
+        cascade = list(product.cascade)
         out["cascade"]["brier"] = round(brier_score(cascade, observed), 4)
         escalate = [p < 0.5 for p in cascade]
         acc = sum(r.strong if e else r.weak for r, e in zip(rows, escalate, strict=True))
-        out["cascade"]["strong_share_at_0.5"] = round(sum(escalate) / len(rows), 4)
-        out["cascade"]["accuracy_at_0.5"] = round(acc / len(rows), 4)
+        out["cascade"]["strong_share_at_0.5"] = round(sum(escalate) / n, 4)
+        out["cascade"]["accuracy_at_0.5"] = round(acc / n, 4)
     return out, routers
-
-
-def routerbench(
-    data: Path,
-    *,
-    train: Path | None = None,
-    folds: int = 5,
-    seed: int = 0,
-    weak: str = WEAK,
-    strong: str = STRONG,
-) -> tuple[dict[str, Any], dict[str, tuple[list[Row], dict[str, list[float]]]]]:
-    """Results per dataset found in ``data`` (and the rows and scores behind them)."""
-    results: dict[str, Any] = {}
-    scored: dict[str, tuple[list[Row], dict[str, list[float]]]] = {}
-    for name, loader in LOADERS.items():
-        rows = loader(data, weak, strong)
-        if not rows:
-            continue
-        train_rows = loader(train, weak, strong) if train is not None else []
-        if train is not None and not train_rows:
-            continue
-        results[name], routers = evaluate(rows, train_rows=train_rows, folds=folds, seed=seed)
-        scored[name] = (rows, routers)
-    return results, scored
 
 
 def table(results: dict[str, Any]) -> list[str]:

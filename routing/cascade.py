@@ -14,6 +14,10 @@ truncated              ``finish_reason`` "length", or unbalanced brackets       
 no final number        a number expected and none at the end                    −3
 arithmetic error       an equation in the answer that does not hold             −2
                        ("12 + 7 = 20"; within rounding to 2 decimals)
+unused request number  a number written in the request (given) is nowhere in     −1
+                       the answer: a given left out of the working (numbers)
+fractional answer      the final number has a fractional part while every       −2.5
+                       number of the request is whole (request given, numbers)
 self-correction        "however", "can't have half", "rounding" (numbers)       −1
 not a label            a short label expected, prose given                      −2.5
 refusal / hedge        "I cannot", "I would need more information", …           −3 / −1
@@ -47,6 +51,8 @@ WEIGHTS: Final[Mapping[str, float]] = {
     "truncated": -3.0,
     "no_final_number": -3.0,
     "arithmetic_error": -2.0,
+    "unused_request_number": -1.0,
+    "fractional_answer": -2.5,
     "self_correction": -1.0,
     "not_a_label": -2.5,
     "refusal": -3.0,
@@ -71,6 +77,7 @@ _LABEL = re.compile(r"^[\w\-]+(?:/[\w\-]+)?$")
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
 # "a op b [op c …] = d" (also inside calculator annotations "<<a*b=d>>").
 _EQUATION = re.compile(rf"({_NUM}(?:\s*[-+*/×]\s*{_NUM})+)\s*=\s*\$?({_NUM})")
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 _SELF_CORRECTION = re.compile(
     r"\b(however|but since|can(?:no|')t have|round(?:ed|ing)? (?:up|down)|approximately)\b", re.I
 )
@@ -168,8 +175,40 @@ def _evaluate(expression: str) -> float:
     return total
 
 
-def attempt_evidence(attempt: CascadeAttempt, expects: Expects) -> dict[str, float]:
-    """The evidence present in the attempt: {name: 1.0} flags, plus the numeric signals."""
+def _numbers(text: str) -> list[float]:
+    """The numbers written in digits in ``text`` ("1,200" is 1200; "3." is 3)."""
+    out = []
+    for match in _NUMBER.findall(text):
+        try:
+            out.append(float(match.replace(",", "")))
+        except ValueError:
+            continue
+    return out
+
+
+def _request_evidence(text: str, prompt: str) -> dict[str, float]:
+    """What a numeric answer shows against its request: a given number it never uses, a
+    fractional final number when every given number is whole."""
+    out: dict[str, float] = {}
+    given = _numbers(prompt)
+    if not given:
+        return out
+    used = set(_numbers(text))
+    if any(n not in used for n in given):
+        out["unused_request_number"] = 1.0
+    final = _FINAL_NUMBER.search(text)
+    if final is not None and all(n == int(n) for n in given):
+        values = _numbers(final.group(0))
+        if values and values[-1] != int(values[-1]):
+            out["fractional_answer"] = 1.0
+    return out
+
+
+def attempt_evidence(
+    attempt: CascadeAttempt, expects: Expects, prompt: str = ""
+) -> dict[str, float]:
+    """The evidence present in the attempt: {name: 1.0} flags, plus the numeric signals.
+    ``prompt``: the request, when known (numbers: the givens the answer should use)."""
     text = attempt.output.strip()
     out: dict[str, float] = {}
     if not text:
@@ -186,6 +225,8 @@ def attempt_evidence(attempt: CascadeAttempt, expects: Expects) -> dict[str, flo
         out["no_final_number"] = 1.0
     if _arithmetic_error(text):
         out["arithmetic_error"] = 1.0
+    if expects == "number" and prompt:
+        out.update(_request_evidence(text, prompt))
     if expects == "number" and _SELF_CORRECTION.search(text):
         out["self_correction"] = 1.0
     if expects == "label" and not _LABEL.match(text):
@@ -210,14 +251,16 @@ def cascade_judge(
     expects: Expects = "",
     threshold: float = DEFAULT_THRESHOLD,
     weights: Mapping[str, float] = WEIGHTS,
+    prompt: str = "",
 ) -> CascadeVerdict:
-    """Accept or escalate the attempt (see the module docstring)."""
-    evidence = attempt_evidence(attempt, expects)
+    """Accept or escalate the attempt (see the module docstring); ``prompt``: the request
+    the attempt answers, when known."""
+    evidence = attempt_evidence(attempt, expects, prompt)
     z = _logit(prior)
     reasons = [f"prior {prior:.2f} (the decision's confidence)"]
     for name in ("empty", "schema_invalid", "json_broken", "truncated", "no_final_number",
-                 "arithmetic_error", "self_correction", "not_a_label", "refusal", "hedge",
-                 "chatty"):  # fmt: skip
+                 "arithmetic_error", "unused_request_number", "fractional_answer",
+                 "self_correction", "not_a_label", "refusal", "hedge", "chatty"):  # fmt: skip
         if name in evidence:
             z += weights[name]
             reasons.append(f"{name.replace('_', ' ')} ({weights[name]:+g})")

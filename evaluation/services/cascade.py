@@ -81,6 +81,7 @@ def cascade_check(*, record: DecisionRecord, attempt: CascadeInput) -> dict[str,
         prior=prior,
         expects=expects,
         threshold=threshold,
+        prompt=record.prompt or "",  # the stored request, while it is retained
     )
     position = chain.index(model)
     escalate_to = (

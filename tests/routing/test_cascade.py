@@ -9,28 +9,33 @@ import pytest
 from evaluation.fleet.skills import SKILLS, verdict
 from evaluation.graders import GraderSpec, grader_build
 from evaluation.workload import INVOICE_SCHEMA, workload_items
-from routing.cascade import CascadeAttempt, attempt_evidence, cascade_judge
+from routing.cascade import CascadeAttempt, Expects, attempt_evidence, cascade_judge
 from routing.confidence import brier_score
 
-CLASSES = {"multi-step-reasoning": "number", "field-extraction": "json", "ticket-triage": "label"}
+CLASSES: dict[str, Expects] = {
+    "multi-step-reasoning": "number",
+    "field-extraction": "json",
+    "ticket-triage": "label",
+}
 CHEAP = "llama-3.1-8b-local"
 
 
-def _attempts(task_class: str) -> list[tuple[str, str]]:
-    """(answer text, verdict) of the cheap model on every generated item of the class."""
-    out = []
+def _attempts(task_class: str) -> list[tuple[str, str, str]]:
+    """(answer text, verdict, request) of the cheap model on every generated item of the
+    class."""
+    out: list[tuple[str, str, str]] = []
     for item in workload_items(task_class):
         v = verdict(CHEAP, SKILLS[CHEAP], task_class, item.difficulty, item.id)
         pool = {"correct": item.answers, "wrong": item.wrong, "invalid": item.invalid}[v]
         text = pool[int(item.id.rsplit("/", 1)[-1]) % len(pool)] if pool else ""
-        out.append((text, v))
+        out.append((text, v, item.prompt))
     return out
 
 
 @pytest.mark.parametrize("task_class", sorted(CLASSES))
 def test_cascade_beats_the_prior_on_generated_attempts(task_class: str) -> None:
     attempts = _attempts(task_class)
-    outcomes = [v == "correct" for _, v in attempts]
+    outcomes = [v == "correct" for _, v, _ in attempts]
     prior = sum(outcomes) / len(outcomes)  # the model's calibrated rate on the class
     # Structured output is checked against the class's schema, as the cascade call does.
     schema = grader_build(GraderSpec(kind="json_schema", output_schema=INVOICE_SCHEMA))
@@ -40,19 +45,21 @@ def test_cascade_beats_the_prior_on_generated_attempts(task_class: str) -> None:
             return None
         return schema.grade(prompt="", answer=text, reference=None).passed
 
+    # The request goes with the attempt, as the cascade call passes the stored prompt.
     verdicts = [
         cascade_judge(
             CascadeAttempt(output=text, schema_valid=valid(text)),
             prior=prior,
             expects=CLASSES[task_class],
+            prompt=prompt,
         )
-        for text, _ in attempts
+        for text, _, prompt in attempts
     ]
     p = [v.p_success for v in verdicts]
     brier = brier_score(p, outcomes)
     base = brier_score([prior] * len(outcomes), outcomes)
-    invalid = [v for v, (_, kind) in zip(verdicts, attempts, strict=True) if kind == "invalid"]
-    correct = [v for v, (_, kind) in zip(verdicts, attempts, strict=True) if kind == "correct"]
+    invalid = [v for v, (_, kind, _) in zip(verdicts, attempts, strict=True) if kind == "invalid"]
+    correct = [v for v, (_, kind, _) in zip(verdicts, attempts, strict=True) if kind == "correct"]
     caught = sum(v.action == "escalate" for v in invalid) / len(invalid)
     kept = sum(v.action == "accept" for v in correct) / len(correct)
     print(
@@ -105,3 +112,28 @@ def test_an_answer_whose_own_arithmetic_is_wrong_escalates_sooner() -> None:
     bad = cascade_judge(CascadeAttempt(wrong), prior=0.7, expects="number")
     assert good.action == "accept" and bad.action == "escalate"
     assert any("arithmetic error" in r for r in bad.reasons)
+
+
+def test_an_answer_that_drops_a_given_or_ends_in_a_fraction_escalates_sooner() -> None:
+    """Against its request: a number the question gives that the working never uses, or a
+    fractional final answer when every given is whole (half a bolt), lowers the odds."""
+    prompt = "A robe takes 2 bolts of blue fiber and 3 of white. Each bolt costs $4. Total cost?"
+    full = "2 + 3 = 5 bolts, 5 * 4 = 20.\n#### 20"
+    dropped = "2 + 3 = 5 bolts.\n#### 5"
+    fraction = "2 + 3 = 5 bolts, 5 * 4 = 20, 20 / 8 = 2.5.\n#### 2.5"
+    assert attempt_evidence(CascadeAttempt(full), "number", prompt) == {}
+    assert attempt_evidence(CascadeAttempt(dropped), "number", prompt) == {
+        "unused_request_number": 1.0
+    }
+    assert "fractional_answer" in attempt_evidence(CascadeAttempt(fraction), "number", prompt)
+    # A fractional given makes a fractional answer plausible; no request, no such evidence.
+    priced = "A bolt costs $2.5 and a robe takes 3 bolts. Cost?"
+    assert attempt_evidence(CascadeAttempt("3 * 2.5 = 7.5\n#### 7.5"), "number", priced) == {}
+    assert attempt_evidence(CascadeAttempt(dropped), "number") == {}
+    assert attempt_evidence(CascadeAttempt(dropped), "", prompt) == {}
+    good = cascade_judge(CascadeAttempt(full), prior=0.7, expects="number", prompt=prompt)
+    left_out = cascade_judge(CascadeAttempt(dropped), prior=0.7, expects="number", prompt=prompt)
+    half = cascade_judge(CascadeAttempt(fraction), prior=0.7, expects="number", prompt=prompt)
+    assert good.p_success == pytest.approx(0.7, abs=1e-3)
+    assert half.p_success < left_out.p_success < good.p_success
+    assert half.action == "escalate" and any("fractional answer" in r for r in half.reasons)

@@ -1,16 +1,42 @@
 """``manage.py routerbench DIR [--train DIR] [--json] [--out FILE] [--plot FILE]``: routing
-quality (APGR, CPT) of the random, length, learned and cascade routers on RouteLLM-format
-recorded outcomes (``evaluation.routerbench``). DIR is read in place."""
+quality (APGR, CPT) of the random, length, learned, semantic and cascade routers on
+RouteLLM-format recorded outcomes (``evaluation.routerbench``), the learned router and the
+cascade run through the product in a scratch database that is dropped afterwards
+(``evaluation.services.routerbench``). DIR is read in place."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from evaluation import routerbench
+from evaluation.services.routerbench import routerbench_run
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a timeout, ``kill``) unwinds the stack like Ctrl-C, so the scratch
+    database is dropped on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Command(BaseCommand):
@@ -37,14 +63,18 @@ class Command(BaseCommand):
                 raise CommandError(f"{path} is not a directory")
         if options["folds"] < 2:
             raise CommandError("--folds must be at least 2")
-        results, scored = routerbench.routerbench(
-            data,
-            train=options["train"],
-            folds=options["folds"],
-            seed=options["seed"],
-            weak=options["weak"],
-            strong=options["strong"],
-        )
+        try:
+            with _sigterm_unwinds():
+                results, scored = routerbench_run(
+                    data,
+                    train=options["train"],
+                    folds=options["folds"],
+                    seed=options["seed"],
+                    weak=options["weak"],
+                    strong=options["strong"],
+                )
+        except RuntimeError as exc:  # e.g. too few graded decisions to train a router
+            raise CommandError(str(exc)) from exc
         if not results:
             raise CommandError(
                 f"no RouteLLM-format data in {data} (mmlu/*.csv, gsm8k_responses.csv)"
