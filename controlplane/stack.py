@@ -578,10 +578,15 @@ def main(argv: Sequence[str]) -> int:
     if argv[0] == "exec":
         return run_with_services(argv[1:])
     services = Services()
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
     try:
         services.start()
+        # Blocked (after the servers started: they would inherit the mask) so that sigwait
+        # receives them; unblocked, SIGTERM's default action ended this process and left
+        # PostgreSQL and Redis running.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         _say("services up; Ctrl-C to stop")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         services.stop()
     return 0
