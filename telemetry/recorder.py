@@ -184,6 +184,34 @@ class RecordingRefused(Exception):
         self.detail = detail
 
 
+# The batch as one JSON document, one parameter: the statement is the same for every batch
+# size, so psycopg converts it once (it re-parses statements of more than 50 parameters on
+# every call) and PostgreSQL prepares it once; orjson writes the whole batch in one call
+# instead of psycopg adapting 35 values a row. Measured in process: about a fifth less CPU
+# per decision than the multi-row VALUES statement.
+_JSON_INSERT_SQL = (
+    f"INSERT INTO telemetry_decision ({', '.join(DECISION_COLUMNS)}) "  # noqa: S608 (constants)
+    f"SELECT {', '.join(DECISION_COLUMNS)} "
+    "FROM jsonb_populate_recordset(NULL::telemetry_decision, %s::jsonb)"
+)
+
+
+def _rows_insert(cursor: psycopg.Cursor[Any], rows: Sequence[DecisionRow]) -> None:
+    """INSERT the rows in one statement (no idempotency handling)."""
+    try:
+        document = orjson.dumps(
+            [{column: row[column] for column in DECISION_COLUMNS} for row in rows],  # type: ignore[literal-required]
+            option=orjson.OPT_NAIVE_UTC,
+        )
+    except orjson.JSONEncodeError:  # a value JSON cannot carry: psycopg adapts it
+        values: list[Any] = []
+        for row in rows:
+            values.extend(_copy_values(row))
+        cursor.execute(_insert_sql(len(rows)), values)
+        return
+    cursor.execute(_JSON_INSERT_SQL, (document.decode(),))
+
+
 def _copy_values(row: DecisionRow) -> tuple[Any, ...]:
     values = []
     for column in DECISION_COLUMNS:
@@ -683,11 +711,8 @@ class _Writer:
             p.uncertain or p.r["request_id"] for p in batch
         ):
             with conn.cursor() as cursor:
-                values: list[Any] = []
-                for item in batch:
-                    values.extend(_copy_values(item.r))
                 try:
-                    cursor.execute(_insert_sql(len(batch)), values)  # autocommit: committed
+                    _rows_insert(cursor, [item.r for item in batch])  # autocommit: committed
                 except psycopg.errors.UniqueViolation as exc:
                     if _decision_id_taken(exc):
                         raise _Retry from exc

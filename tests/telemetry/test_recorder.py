@@ -471,3 +471,60 @@ def _as_ms(value: str) -> int:
         if value.endswith(unit):
             return int(value[: -len(unit)]) * units[unit]
     return int(value)
+
+
+def _stored_columns(decision_id: uuid.UUID) -> dict[str, Any]:
+    from telemetry.recorder import DECISION_COLUMNS
+
+    with psycopg.connect(**_params()) as conn:
+        row = conn.execute(
+            f"SELECT {', '.join(DECISION_COLUMNS)} FROM telemetry_decision WHERE id = %s",  # noqa: S608
+            (decision_id,),
+        ).fetchone()
+    assert row is not None
+    return dict(zip(DECISION_COLUMNS, row, strict=True))
+
+
+def test_the_one_document_insert_stores_what_the_parameter_insert_stores() -> None:
+    """The writer's batch INSERT (one JSON document) and psycopg's adaptation of each value
+    store the same thing, awkward values included; a value JSON cannot carry (a Decimal)
+    falls back to the parameter insert."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from telemetry.recorder import _copy_values, _insert_sql, _rows_insert
+
+    def awkward(**extra: Any) -> DecisionRow:
+        fields: dict[str, Any] = dict(
+            team="ops — team ＠ ü",
+            pii_types=["email", "phone"],
+            retrieval_document_ids=['doc "1"', "a,b", "{x}", "back\\slash", "NULL", ""],
+            retrieval_query="printer\u200b queue ‘quoted’",
+            metadata={"nested": {"list": [1, 2.5, None, True]}, "emoji": "🚀", "big": 2**53},
+            path={"steps": [{"rule": "a"}], "score": 1e-7},
+            prompt="line 1\nline 2\ttab",
+            prompt_expires_at=datetime(2027, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+            latency_budget_ms=250,
+            max_cost_usd=0.0125,
+            confidence=0.123456789,
+            budget_holds=[[7, "0.00012300"]],
+        )
+        return make_row(**(fields | extra))
+
+    by_document, by_parameters = awkward(), awkward()
+    with psycopg.connect(**_params(), autocommit=True) as conn, conn.cursor() as cursor:
+        _rows_insert(cursor, [by_document])
+        cursor.execute(_insert_sql(1), _copy_values(by_parameters))
+        fallback = awkward(max_cost_usd=Decimal("0.5"))
+        _rows_insert(cursor, [fallback])
+    stored_document = _stored_columns(by_document["id"])
+    stored_parameters = _stored_columns(by_parameters["id"])
+    for column in ("id", "created_at", "response"):
+        stored_document.pop(column), stored_parameters.pop(column)
+    assert stored_document == stored_parameters
+    assert stored_document["retrieval_document_ids"] == by_document["retrieval_document_ids"]
+    assert stored_document["prompt_expires_at"] == by_document["prompt_expires_at"]
+    assert stored_document["metadata"] == by_document["metadata"]
+    assert _stored_columns(fallback["id"])["max_cost_usd"] == 0.5
+    created = _stored_columns(by_document["id"])["created_at"]
+    assert abs(created - by_document["created_at"]) < timedelta(microseconds=1)
