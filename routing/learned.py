@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -40,7 +41,6 @@ SCHEME: Final = "crc32-signed-v1"
 RULES: Final = ("success", "gain")
 DENSE_FEATURES: Final = ("log_chars", "log_words", "log_numbers")
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
-_NUMBER = re.compile(r"^[0-9]+$")
 _MAX_META_VALUE = 64
 # Metadata keys never used as features: the evaluation's reference answers (stored with
 # demo and sweep requests) would leak the label into training.
@@ -96,6 +96,21 @@ def _bucket(token: str, n: int) -> tuple[int, float]:
     return h % n, (1.0 if h & 0x80000000 else -1.0)
 
 
+# Buckets of grams seen before, per number of buckets: the decision path hashes the same
+# words again and again. Bounded; emptied when full.
+_BUCKETS: dict[int, dict[str, tuple[int, float]]] = {}
+_BUCKETS_MAX = 1 << 16
+_LOG1P_COUNT = tuple(1.0 + math.log(c) if c else 0.0 for c in range(64))
+
+
+def _grams(tokens: list[str], ngram_max: int) -> dict[str, int]:
+    """Counts of the 1..ngram_max-grams, in order of first appearance (unigrams first)."""
+    counts = Counter(tokens)
+    for n in range(2, ngram_max + 1):
+        counts.update(map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False)))
+    return counts
+
+
 def request_features(
     spec: HashingSpec,
     prompt: str | None,
@@ -106,17 +121,21 @@ def request_features(
     """Sparse feature vector {index: value} of one request (see the module docstring)."""
     text = (prompt or "").casefold()
     words = _TOKEN.findall(text)
-    tokens = ["#" if _NUMBER.match(w) else w for w in words]
-    counts: dict[str, int] = {}
-    for n in range(1, spec.ngram_max + 1):
-        for i in range(len(tokens) - n + 1):
-            gram = tokens[i] if n == 1 else " ".join(tokens[i : i + n])
-            counts[gram] = counts.get(gram, 0) + 1
+    tokens = ["#" if w.isdigit() and w.isascii() else w for w in words]  # [0-9]+ only
+    counts = _grams(tokens, spec.ngram_max)
     buckets: dict[int, float] = {}
     size = spec.n_features
+    known = _BUCKETS.get(size)
+    if known is None or len(known) > _BUCKETS_MAX:
+        known = _BUCKETS[size] = {}
+    logs = _LOG1P_COUNT
     for gram, count in counts.items():
-        index, sign = _bucket(gram, size)
-        buckets[index] = buckets.get(index, 0.0) + sign * (1.0 + math.log(count))
+        bucket = known.get(gram)
+        if bucket is None:
+            bucket = known[gram] = _bucket(gram, size)
+        index, sign = bucket
+        weight = logs[count] if count < 64 else 1.0 + math.log(count)
+        buckets[index] = buckets.get(index, 0.0) + sign * weight
     norm = math.sqrt(sum(v * v for v in buckets.values()))
     if norm > 0:
         for index in buckets:
@@ -135,7 +154,7 @@ def request_features(
     for token in extra:
         index, sign = _bucket(token, size)
         buckets[index] = buckets.get(index, 0.0) + sign
-    numbers = sum(1 for w in words if _NUMBER.match(w))
+    numbers = tokens.count("#")  # "#" is never a word itself (_TOKEN)
     buckets[size] = math.log1p(len(text)) / 10.0
     buckets[size + 1] = math.log1p(len(words)) / 8.0
     buckets[size + 2] = math.log1p(numbers) / 4.0

@@ -27,6 +27,48 @@ from routing.learned import (
 SPEC = HashingSpec(n_features=256)
 
 
+def _reference_features(spec: HashingSpec, prompt: str) -> dict[int, float]:
+    """The feature definition written plainly (module docstring of routing.learned): stored
+    routers were trained on exactly these values, so a faster implementation must match."""
+    import re
+    import zlib
+
+    text = prompt.casefold()
+    words = re.findall(r"[^\W_]+", text)
+    tokens = ["#" if re.fullmatch(r"[0-9]+", w) else w for w in words]
+    counts: dict[str, int] = {}
+    for n in range(1, spec.ngram_max + 1):
+        for i in range(len(tokens) - n + 1):
+            gram = " ".join(tokens[i : i + n])
+            counts[gram] = counts.get(gram, 0) + 1
+    buckets: dict[int, float] = {}
+    for gram, count in counts.items():
+        h = zlib.crc32(gram.encode("utf-8", "surrogatepass"))
+        index, sign = h % spec.n_features, (1.0 if h & 0x80000000 else -1.0)
+        buckets[index] = buckets.get(index, 0.0) + sign * (1.0 + math.log(count))
+    norm = math.sqrt(sum(v * v for v in buckets.values()))
+    if norm > 0:
+        buckets = {i: v / norm for i, v in buckets.items()}
+    numbers = sum(1 for t in tokens if t == "#")
+    size = spec.n_features
+    buckets[size] = math.log1p(len(text)) / 10.0
+    buckets[size + 1] = math.log1p(len(words)) / 8.0
+    buckets[size + 2] = math.log1p(numbers) / 4.0
+    return buckets
+
+
+@pytest.mark.parametrize("spec", [SPEC, HashingSpec(n_features=64, ngram_max=3)])
+def test_features_match_their_plain_definition(spec: HashingSpec) -> None:
+    prompts = [
+        "",
+        "Add 12 and 30, then 12 and 30 again",
+        "naïve café ² ٣ 007 x_y e-mail ＠ 零 data data data data",
+        " ".join(["refund order printer"] * 80),  # counts past the cached logarithms
+    ]
+    for prompt in prompts * 2:  # the second round comes from the bucket cache
+        assert request_features(spec, prompt) == _reference_features(spec, prompt)
+
+
 def test_features_are_deterministic_sparse_and_normalised() -> None:
     a = request_features(SPEC, "Add 12 and 30, then double it", template="t@1")
     b = request_features(SPEC, "Add 12 and 30, then double it", template="t@1")
