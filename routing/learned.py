@@ -91,23 +91,33 @@ class HashingSpec:
         return self.n_features + len(DENSE_FEATURES)
 
 
-def _bucket(token: str, n: int) -> tuple[int, float]:
-    h = zlib.crc32(token.encode("utf-8", "surrogatepass"))
+def _bucket(token: str | bytes, n: int) -> tuple[int, float]:
+    data = token if isinstance(token, bytes) else token.encode("utf-8", "surrogatepass")
+    h = zlib.crc32(data)
     return h % n, (1.0 if h & 0x80000000 else -1.0)
 
 
 # Buckets of grams seen before, per number of buckets: the decision path hashes the same
-# words again and again. Bounded; emptied when full.
-_BUCKETS: dict[int, dict[str, tuple[int, float]]] = {}
+# words again and again. Bounded; emptied when full. (ASCII grams are kept as bytes, which
+# hash as their UTF-8 text does.)
+_BUCKETS: dict[int, dict[str | bytes, tuple[int, float]]] = {}
 _BUCKETS_MAX = 1 << 16
 _LOG1P_COUNT = tuple(1.0 + math.log(c) if c else 0.0 for c in range(64))
+# ASCII: every byte but a letter or digit separates words — what _TOKEN finds in ASCII text.
+_ASCII_SEPARATORS = bytes(
+    b if chr(b).isascii() and chr(b).isalnum() else ord(" ") for b in range(256)
+)
 
 
-def _grams(tokens: list[str], ngram_max: int) -> dict[str, int]:
+def _grams(tokens: Sequence[str | bytes], ngram_max: int) -> dict[str | bytes, int]:
     """Counts of the 1..ngram_max-grams, in order of first appearance (unigrams first)."""
-    counts = Counter(tokens)
+    counts: Counter[str | bytes] = Counter(tokens)
+    if tokens and isinstance(tokens[0], bytes):
+        join: Any = b" ".join
+    else:
+        join = " ".join
     for n in range(2, ngram_max + 1):
-        counts.update(map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False)))
+        counts.update(map(join, zip(*(tokens[i:] for i in range(n)), strict=False)))
     return counts
 
 
@@ -120,26 +130,31 @@ def request_features(
 ) -> dict[int, float]:
     """Sparse feature vector {index: value} of one request (see the module docstring)."""
     text = (prompt or "").casefold()
-    words = _TOKEN.findall(text)
-    tokens = ["#" if w.isdigit() and w.isascii() else w for w in words]  # [0-9]+ only
+    words: list[str] | list[bytes]
+    number: str | bytes
+    if text.isascii():  # the words _TOKEN finds, several times faster than the expression
+        words, number = text.encode("ascii").translate(_ASCII_SEPARATORS).split(), b"#"
+    else:
+        words, number = _TOKEN.findall(text), "#"
+    # Numbers are [0-9]+ only (isdigit alone would take other scripts' digits too).
+    tokens = [number if w.isdigit() and w.isascii() else w for w in words]
     counts = _grams(tokens, spec.ngram_max)
     buckets: dict[int, float] = {}
     size = spec.n_features
     known = _BUCKETS.get(size)
     if known is None or len(known) > _BUCKETS_MAX:
         known = _BUCKETS[size] = {}
-    logs = _LOG1P_COUNT
+    known_get, buckets_get, logs = known.get, buckets.get, _LOG1P_COUNT
     for gram, count in counts.items():
-        bucket = known.get(gram)
+        bucket = known_get(gram)
         if bucket is None:
             bucket = known[gram] = _bucket(gram, size)
-        index, sign = bucket
+        index = bucket[0]
         weight = logs[count] if count < 64 else 1.0 + math.log(count)
-        buckets[index] = buckets.get(index, 0.0) + sign * weight
+        buckets[index] = buckets_get(index, 0.0) + bucket[1] * weight
     norm = math.sqrt(sum(v * v for v in buckets.values()))
     if norm > 0:
-        for index in buckets:
-            buckets[index] /= norm
+        buckets = {index: value / norm for index, value in buckets.items()}
     extra = []
     if template:
         extra.append(f"tpl:{template}")
@@ -154,7 +169,7 @@ def request_features(
     for token in extra:
         index, sign = _bucket(token, size)
         buckets[index] = buckets.get(index, 0.0) + sign
-    numbers = tokens.count("#")  # "#" is never a word itself (_TOKEN)
+    numbers = tokens.count(number)  # "#" is never a word itself (_TOKEN)
     buckets[size] = math.log1p(len(text)) / 10.0
     buckets[size + 1] = math.log1p(len(words)) / 8.0
     buckets[size + 2] = math.log1p(numbers) / 4.0

@@ -62,6 +62,7 @@ def test_features_match_their_plain_definition(spec: HashingSpec) -> None:
     prompts = [
         "",
         "Add 12 and 30, then 12 and 30 again",
+        "snake_case & CamelCase: e-mail a.b@c.d!? 3.14 v2 __init__ 007",  # ASCII path
         "naïve café ² ٣ 007 x_y e-mail ＠ 零 data data data data",
         " ".join(["refund order printer"] * 80),  # counts past the cached logarithms
     ]
