@@ -19,6 +19,7 @@ Attempt models must be in the registry (the API answers 400 otherwise; see
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
 import orjson
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
@@ -90,26 +91,37 @@ class PriceBook:
 
 
 _pricebook_lock = threading.Lock()
-_pricebook: tuple[int, PriceBook] | None = None
+# (generation, price book, active budgets): what charging reads, reloaded together when the
+# registry generation changes (Budget and what its scope names are registry models).
+_pricebook: tuple[int, PriceBook, tuple[Budget, ...]] | None = None
 
 
-def pricebook_current() -> PriceBook:
-    """The price book, reloaded when the registry generation changes."""
+def charging_registry() -> tuple[PriceBook, tuple[Budget, ...]]:
+    """The price book and the active budgets, for one registry generation (one query)."""
     global _pricebook
     from controlplane.generation import generation_current
 
     generation = generation_current()
     with _pricebook_lock:
         if _pricebook is None or _pricebook[0] != generation:
-            _pricebook = (generation, PriceBook.load())
-        return _pricebook[1]
+            budgets = tuple(
+                Budget.objects.filter(is_active=True).select_related(
+                    "team", "application", "task_class"
+                )
+            )
+            _pricebook = (generation, PriceBook.load(), budgets)
+        return _pricebook[1], _pricebook[2]
 
 
-def budgets_active() -> list[Budget]:
-    """Active budgets (with what their scope key needs)."""
-    return list(
-        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
-    )
+def pricebook_current() -> PriceBook:
+    """The price book, reloaded when the registry generation changes."""
+    return charging_registry()[0]
+
+
+def budgets_active() -> tuple[Budget, ...]:
+    """Active budgets (with what their scope key needs), reloaded when the registry
+    generation changes."""
+    return charging_registry()[1]
 
 
 def budgets_applicable(decision: DecisionRecord) -> list[Budget]:
@@ -318,7 +330,12 @@ def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
     )
 
 
-def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -> int:
+def outcome_report_batch(
+    items: Sequence[OutcomeInput],
+    *,
+    flush: bool = True,
+    registry: tuple[PriceBook, Sequence[Budget]] | None = None,
+) -> int:
     """Many first-time outcomes in one transaction (the gateway, the demo and benchmark
     loaders). ``flush=False``: the COMMIT does not wait for its own WAL flush
     (``synchronous_commit = off``) — for outcomes nobody was promised durable yet (the
@@ -335,17 +352,37 @@ def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -
     """
     if not items:
         return 0
-    pricebook = pricebook_current()
-    budgets = budgets_active()
+    pricebook, budgets = registry or charging_registry()
+    try:
+        inserted = _outcome_rows_store(items, flush, pricebook, budgets)
+    except DatabaseError:
+        _outcome_load_ready.discard(connection.connection)  # perhaps gone with the session
+        raise
+    return inserted
+
+
+# The raw connections whose session has the ``outcome_load`` temporary table (created once per
+# session instead of asking for it in every batch).
+_outcome_load_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _outcome_rows_store(
+    items: Sequence[OutcomeInput], flush: bool, pricebook: PriceBook, budgets: Sequence[Budget]
+) -> int:
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
     columns = ", ".join(_OUTCOME_COLUMNS)
+    outer = connection.in_atomic_block  # then our COMMIT is not the one that keeps the table
     with transaction.atomic(), connection.cursor() as cursor:
-        if not flush:
-            cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
-            "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+        raw = connection.connection
+        created = raw not in _outcome_load_ready
+        prepare = [] if flush else ["SET LOCAL synchronous_commit = off"]
+        if created:
+            prepare.append(
+                "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
+                "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+        if prepare:
+            cursor.execute("; ".join(prepare))  # one round trip
         with cursor.cursor.copy(f"COPY outcome_load ({columns}) FROM STDIN") as copy:
             for item in items:
                 priced, total = _attempts_priced(item, pricebook)
@@ -373,4 +410,6 @@ def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -
             for slot, amount in _charges(budgets, decision, total).items():
                 charges[slot] = charges.get(slot, Decimal(0)) + amount
         budget_holds_settle(cursor, holds=holds, charges=charges)
+    if created and not outer:
+        _outcome_load_ready.add(raw)  # committed: the table stays with the session
     return len(inserted)
