@@ -785,7 +785,8 @@ class OutcomeWriter:
         )
 
         close_old_connections()
-        registry = charging_registry()  # one generation query for the batch
+        # The generation the routing snapshot follows (no query), else one for the batch.
+        registry = charging_registry(registry_cache.generation_tracked())
         pricebook = registry[0]
         # The decisions as stored (decision_make kept the columns charging reads, their
         # budget holds included); only a call made without them is read back.

@@ -96,12 +96,14 @@ _pricebook_lock = threading.Lock()
 _pricebook: tuple[int, PriceBook, tuple[Budget, ...]] | None = None
 
 
-def charging_registry() -> tuple[PriceBook, tuple[Budget, ...]]:
-    """The price book and the active budgets, for one registry generation (one query)."""
+def charging_registry(generation: int | None = None) -> tuple[PriceBook, tuple[Budget, ...]]:
+    """The price book and the active budgets of the registry ``generation`` (by default the
+    current one: one query)."""
     global _pricebook
     from controlplane.generation import generation_current
 
-    generation = generation_current()
+    if generation is None:
+        generation = generation_current()
     with _pricebook_lock:
         if _pricebook is None or _pricebook[0] != generation:
             budgets = tuple(
