@@ -19,7 +19,6 @@ Attempt models must be in the registry (the API answers 400 otherwise; see
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +26,7 @@ from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
 import orjson
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
@@ -319,7 +318,6 @@ _OUTCOME_COLUMNS = (
     "cost_usd", "latency_ms", "quality_score", "user_feedback", "validation",
     "retrieval_document_ids", "charged_attempts",
 )  # fmt: skip
-_OUTCOME_JSON = {"attempts", "validation"}
 
 
 def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
@@ -346,8 +344,9 @@ def outcome_report_batch(
     ``wal_writer_delay`` could lose them, as killing the process before the COMMIT could.
 
     Same cost and charging rules as ``outcome_report``:
-    1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
-       (an outcome already reported is kept as it is).
+    1. Rows are sent as one JSON array and inserted from it (``jsonb_populate_recordset``)
+       with ON CONFLICT DO NOTHING in one statement (an outcome already reported is kept as
+       it is).
     2. Only the rows actually inserted are charged (and their holds settled), once
        per (budget, period) with their sum, in (budget, period) order so concurrent loaders
        cannot deadlock.
@@ -355,53 +354,27 @@ def outcome_report_batch(
     if not items:
         return 0
     pricebook, budgets = registry or charging_registry()
-    try:
-        inserted = _outcome_rows_store(items, flush, pricebook, budgets)
-    except DatabaseError:
-        _outcome_load_ready.discard(connection.connection)  # perhaps gone with the session
-        raise
-    return inserted
-
-
-# The raw connections whose session has the ``outcome_load`` temporary table (created once per
-# session instead of asking for it in every batch).
-_outcome_load_ready: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _outcome_rows_store(
-    items: Sequence[OutcomeInput], flush: bool, pricebook: PriceBook, budgets: Sequence[Budget]
-) -> int:
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
+    rows = []
+    for item in items:
+        priced, total = _attempts_priced(item, pricebook)
+        fields = _outcome_fields(item, priced, total, priced[-1])
+        fields["charged_attempts"] = len(priced)
+        fields["decision_id"] = item.decision.id
+        fields["decision_created_at"] = item.decision.created_at
+        rows.append(fields)
+        costs[item.decision.id] = (item.decision, total)
+    # Decimals as JSON strings: PostgreSQL reads them back into the numeric columns exactly.
+    payload = orjson.dumps(rows, default=_decimal_str).decode()
     columns = ", ".join(_OUTCOME_COLUMNS)
-    outer = connection.in_atomic_block  # then our COMMIT is not the one that keeps the table
     with transaction.atomic(), connection.cursor() as cursor:
-        raw = connection.connection
-        created = raw not in _outcome_load_ready
-        prepare = [] if flush else ["SET LOCAL synchronous_commit = off"]
-        if created:
-            prepare.append(
-                "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
-                "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-        if prepare:
-            cursor.execute("; ".join(prepare))  # one round trip
-        with cursor.cursor.copy(f"COPY outcome_load ({columns}) FROM STDIN") as copy:
-            for item in items:
-                priced, total = _attempts_priced(item, pricebook)
-                fields = _outcome_fields(item, priced, total, priced[-1])
-                fields["charged_attempts"] = len(priced)
-                fields["decision_id"] = item.decision.id
-                fields["decision_created_at"] = item.decision.created_at
-                copy.write_row(
-                    tuple(
-                        orjson.dumps(fields[c]).decode() if c in _OUTCOME_JSON else fields[c]
-                        for c in _OUTCOME_COLUMNS
-                    )
-                )
-                costs[item.decision.id] = (item.decision, total)
+        if not flush:
+            cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(
             f"INSERT INTO telemetry_outcome ({columns}) "  # noqa: S608 (constant names)
-            f"SELECT {columns} FROM outcome_load ON CONFLICT DO NOTHING RETURNING decision_id"
+            f"SELECT {columns} FROM jsonb_populate_recordset(NULL::telemetry_outcome, %s::jsonb) "
+            "ON CONFLICT DO NOTHING RETURNING decision_id",
+            [payload],
         )
         inserted = [row[0] for row in cursor.fetchall()]
         charges: dict[Slot, Decimal] = {}
@@ -412,6 +385,10 @@ def _outcome_rows_store(
             for slot, amount in _charges(budgets, decision, total).items():
                 charges[slot] = charges.get(slot, Decimal(0)) + amount
         budget_holds_settle(cursor, holds=holds, charges=charges)
-    if created and not outer:
-        _outcome_load_ready.add(raw)  # committed: the table stays with the session
     return len(inserted)
+
+
+def _decimal_str(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
