@@ -779,12 +779,15 @@ class OutcomeWriter:
         from telemetry.models import DecisionRecord
         from telemetry.services import (
             OutcomeInput,
+            charging_registry,
             outcome_report,
             outcome_report_batch,
-            pricebook_current,
         )
 
         close_old_connections()
+        # The generation the routing snapshot follows (no query), else one for the batch.
+        registry = charging_registry(registry_cache.generation_tracked())
+        pricebook = registry[0]
         # The decisions as stored (decision_make kept the columns charging reads, their
         # budget holds included); only a call made without them is read back.
         missing = [p for p in batch if p.call.decided.stored is None]
@@ -825,7 +828,7 @@ class OutcomeWriter:
             # Written after the answer (the default): its COMMIT need not wait for its own
             # fsync (the next decision's flushes it); before the answer it must.
             flush = bool(settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER)
-            outcome_report_batch([item for _, item in items], flush=flush)
+            outcome_report_batch([item for _, item in items], flush=flush, registry=registry)
         except DatabaseError:
             logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
             close_old_connections()
@@ -834,7 +837,6 @@ class OutcomeWriter:
                     outcome_report(item)
                 except Exception as exc:
                     p.future.set_exception(exc)
-        pricebook = pricebook_current()
         for p, item in items:
             if p.future.done():
                 continue

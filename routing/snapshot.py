@@ -418,6 +418,14 @@ class RegistryCache:
         self._circuits_open: frozenset[str] = frozenset()  # routing/circuit_board.py
         self._circuits_until = float("inf")  # epoch seconds: the first of them turns half-open
 
+    def generation_tracked(self) -> int | None:
+        """The registry generation this snapshot follows when a background refresher keeps
+        it (at most ``SWITCHYARD_SNAPSHOT_CHECK_S`` old), else None (ask the database)."""
+        refresher = self._refresher
+        if refresher is None or not refresher.is_alive():
+            return None
+        return self._generation
+
     def invalidate(self) -> None:
         with self._lock:
             self._generation = None

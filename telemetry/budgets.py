@@ -454,21 +454,22 @@ def budget_holds_settle(
         per_lease[lease_id] = per_lease.get(lease_id, _ZERO) + amount
     if per_lease:
         ids = sorted(per_lease)
+        # One round trip: the leases still there are locked in id order (the CTE, never
+        # inlined with FOR UPDATE, is where any lock wait happens), then credited.
         cursor.execute(
-            "SELECT id, budget_id, period_start FROM controlplane_budgetlease "
-            "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            [ids],
+            """
+            WITH locked AS (
+                SELECT id FROM controlplane_budgetlease
+                WHERE id = ANY(%s) ORDER BY id FOR UPDATE
+            )
+            UPDATE controlplane_budgetlease l SET settled_usd = l.settled_usd + t.amount
+            FROM locked, unnest(%s::bigint[], %s::numeric[]) AS t(id, amount)
+            WHERE l.id = locked.id AND l.id = t.id
+            RETURNING l.id, l.budget_id, l.period_start
+            """,
+            [ids, ids, [per_lease[i] for i in ids]],
         )
         found = cursor.fetchall()
-        if found:
-            live = [int(row[0]) for row in found]
-            cursor.execute(
-                """
-                UPDATE controlplane_budgetlease l SET settled_usd = l.settled_usd + t.amount
-                FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, amount) WHERE l.id = t.id
-                """,
-                [live, [per_lease[i] for i in live]],
-            )
         for lease_id, budget_id, period_start in found:
             slot = (int(budget_id), period_start)
             spent, reserved = changes.get(slot, (_ZERO, _ZERO))

@@ -90,26 +90,39 @@ class PriceBook:
 
 
 _pricebook_lock = threading.Lock()
-_pricebook: tuple[int, PriceBook] | None = None
+# (generation, price book, active budgets): what charging reads, reloaded together when the
+# registry generation changes (Budget and what its scope names are registry models).
+_pricebook: tuple[int, PriceBook, tuple[Budget, ...]] | None = None
+
+
+def charging_registry(generation: int | None = None) -> tuple[PriceBook, tuple[Budget, ...]]:
+    """The price book and the active budgets of the registry ``generation`` (by default the
+    current one: one query)."""
+    global _pricebook
+    from controlplane.generation import generation_current
+
+    if generation is None:
+        generation = generation_current()
+    with _pricebook_lock:
+        if _pricebook is None or _pricebook[0] != generation:
+            budgets = tuple(
+                Budget.objects.filter(is_active=True).select_related(
+                    "team", "application", "task_class"
+                )
+            )
+            _pricebook = (generation, PriceBook.load(), budgets)
+        return _pricebook[1], _pricebook[2]
 
 
 def pricebook_current() -> PriceBook:
     """The price book, reloaded when the registry generation changes."""
-    global _pricebook
-    from controlplane.generation import generation_current
-
-    generation = generation_current()
-    with _pricebook_lock:
-        if _pricebook is None or _pricebook[0] != generation:
-            _pricebook = (generation, PriceBook.load())
-        return _pricebook[1]
+    return charging_registry()[0]
 
 
-def budgets_active() -> list[Budget]:
-    """Active budgets (with what their scope key needs)."""
-    return list(
-        Budget.objects.filter(is_active=True).select_related("team", "application", "task_class")
-    )
+def budgets_active() -> tuple[Budget, ...]:
+    """Active budgets (with what their scope key needs), reloaded when the registry
+    generation changes."""
+    return charging_registry()[1]
 
 
 def budgets_applicable(decision: DecisionRecord) -> list[Budget]:
@@ -305,7 +318,6 @@ _OUTCOME_COLUMNS = (
     "cost_usd", "latency_ms", "quality_score", "user_feedback", "validation",
     "retrieval_document_ids", "charged_attempts",
 )  # fmt: skip
-_OUTCOME_JSON = {"attempts", "validation"}
 
 
 def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
@@ -318,7 +330,12 @@ def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
     )
 
 
-def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -> int:
+def outcome_report_batch(
+    items: Sequence[OutcomeInput],
+    *,
+    flush: bool = True,
+    registry: tuple[PriceBook, Sequence[Budget]] | None = None,
+) -> int:
     """Many first-time outcomes in one transaction (the gateway, the demo and benchmark
     loaders). ``flush=False``: the COMMIT does not wait for its own WAL flush
     (``synchronous_commit = off``) — for outcomes nobody was promised durable yet (the
@@ -327,42 +344,37 @@ def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -
     ``wal_writer_delay`` could lose them, as killing the process before the COMMIT could.
 
     Same cost and charging rules as ``outcome_report``:
-    1. Rows are COPied into a temporary table, then inserted with ON CONFLICT DO NOTHING
-       (an outcome already reported is kept as it is).
+    1. Rows are sent as one JSON array and inserted from it (``jsonb_populate_recordset``)
+       with ON CONFLICT DO NOTHING in one statement (an outcome already reported is kept as
+       it is).
     2. Only the rows actually inserted are charged (and their holds settled), once
        per (budget, period) with their sum, in (budget, period) order so concurrent loaders
        cannot deadlock.
     """
     if not items:
         return 0
-    pricebook = pricebook_current()
-    budgets = budgets_active()
+    pricebook, budgets = registry or charging_registry()
     costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
+    rows = []
+    for item in items:
+        priced, total = _attempts_priced(item, pricebook)
+        fields = _outcome_fields(item, priced, total, priced[-1])
+        fields["charged_attempts"] = len(priced)
+        fields["decision_id"] = item.decision.id
+        fields["decision_created_at"] = item.decision.created_at
+        rows.append(fields)
+        costs[item.decision.id] = (item.decision, total)
+    # Decimals as JSON strings: PostgreSQL reads them back into the numeric columns exactly.
+    payload = orjson.dumps(rows, default=_decimal_str).decode()
     columns = ", ".join(_OUTCOME_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
         if not flush:
             cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS outcome_load "
-            "(LIKE telemetry_outcome INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cursor.cursor.copy(f"COPY outcome_load ({columns}) FROM STDIN") as copy:
-            for item in items:
-                priced, total = _attempts_priced(item, pricebook)
-                fields = _outcome_fields(item, priced, total, priced[-1])
-                fields["charged_attempts"] = len(priced)
-                fields["decision_id"] = item.decision.id
-                fields["decision_created_at"] = item.decision.created_at
-                copy.write_row(
-                    tuple(
-                        orjson.dumps(fields[c]).decode() if c in _OUTCOME_JSON else fields[c]
-                        for c in _OUTCOME_COLUMNS
-                    )
-                )
-                costs[item.decision.id] = (item.decision, total)
-        cursor.execute(
             f"INSERT INTO telemetry_outcome ({columns}) "  # noqa: S608 (constant names)
-            f"SELECT {columns} FROM outcome_load ON CONFLICT DO NOTHING RETURNING decision_id"
+            f"SELECT {columns} FROM jsonb_populate_recordset(NULL::telemetry_outcome, %s::jsonb) "
+            "ON CONFLICT DO NOTHING RETURNING decision_id",
+            [payload],
         )
         inserted = [row[0] for row in cursor.fetchall()]
         charges: dict[Slot, Decimal] = {}
@@ -374,3 +386,9 @@ def outcome_report_batch(items: Sequence[OutcomeInput], *, flush: bool = True) -
                 charges[slot] = charges.get(slot, Decimal(0)) + amount
         budget_holds_settle(cursor, holds=holds, charges=charges)
     return len(inserted)
+
+
+def _decimal_str(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

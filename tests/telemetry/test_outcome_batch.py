@@ -47,3 +47,38 @@ def test_batch_prices_inserts_and_charges_each_outcome_once(registry: dict[str, 
     spend.refresh_from_db()
     assert spend.spent_usd == per_outcome * 3
     assert DecisionOutcome.objects.count() == 4
+
+
+def test_batch_stores_every_column_as_a_single_report_does(registry: dict[str, Any]) -> None:
+    """The batch sends its rows as JSON: every column (decimals, timestamps, JSON, arrays,
+    nulls, text with quotes and non-ASCII) reads back as ``outcome_report`` stores it."""
+    from telemetry.services import outcome_report
+
+    attempts = [
+        {"model": "big-cloud", "status": "timeout", "latency_ms": 900, "input_tokens": 1234,
+         "output_tokens": 0, "escalation_reason": 'slow "really" – 100%'},
+        {"model": "big-cloud", "status": "ok", "latency_ms": 57, "input_tokens": 1234,
+         "output_tokens": 77, "ttft_ms": 12},
+    ]  # fmt: skip
+    when = timezone.now()
+    fields = {
+        "attempts": attempts,
+        "final_status": "ok",
+        "quality_score": 0.1,
+        "user_feedback": "thumbs_up",
+        "validation": {"gateway": "plain", "note": "é \\ '"},
+        "retrieval_document_ids": ["doc-1", 'doc "2"'],
+        "reported_at": when,
+    }
+    single, batched = _decision("team-a"), _decision("team-a")
+    outcome_report(OutcomeInput(decision=single, **fields))  # type: ignore[arg-type]
+    assert outcome_report_batch([OutcomeInput(decision=batched, **fields)]) == 1  # type: ignore[arg-type]
+    compared = [f.name for f in DecisionOutcome._meta.fields if f.name != "decision_id"]
+    compared.remove("decision_created_at")
+    a = DecisionOutcome.objects.values(*compared).get(decision_id=single.id)
+    b = DecisionOutcome.objects.values(*compared).get(decision_id=batched.id)
+    assert a == b
+    assert b["cost_usd"] > 0 and b["retrieval_document_ids"] == ["doc-1", 'doc "2"']
+    assert b["reported_at"] == when and b["quality_score"] == 0.1
+    stored = DecisionOutcome.objects.get(decision_id=batched.id)
+    assert stored.decision_created_at == batched.created_at
