@@ -33,9 +33,10 @@ import math
 import re
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from operator import itemgetter
+from typing import Any, Final, cast
 
 SCHEME: Final = "crc32-signed-v1"
 RULES: Final = ("success", "gain")
@@ -210,17 +211,32 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+def _weights_of(features: Mapping[int, float]) -> Callable[[Sequence[float]], Sequence[float]]:
+    """The weights of ``features``' indices from a weight vector, in one C call."""
+    indices = tuple(features)
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda weights: (weights[index],)
+    return cast(Callable[[Sequence[float]], Sequence[float]], itemgetter(*indices))
+
+
 def predict_one(model: LearnedModel, features: Mapping[int, float]) -> float:
-    weights = model.weights
-    z = model.intercept
-    for index, value in features.items():
-        z += weights[index] * value
-    return sigmoid(z)
+    if not features:
+        return sigmoid(model.intercept)
+    weights = _weights_of(features)(model.weights)
+    return sigmoid(model.intercept + math.sumprod(weights, features.values()))
 
 
 def predict_success(router: LearnedRouterInfo, features: Mapping[int, float]) -> dict[str, float]:
-    """Predicted success probability of every model the router knows."""
-    return {m.slug: round(predict_one(m, features), 4) for m in router.models}
+    """Predicted success probability of every model the router knows (the feature indices
+    looked up once for all of them)."""
+    if not features:
+        return {m.slug: round(sigmoid(m.intercept), 4) for m in router.models}
+    weights_of, values = _weights_of(features), tuple(features.values())
+    return {
+        m.slug: round(sigmoid(m.intercept + math.sumprod(weights_of(m.weights), values)), 4)
+        for m in router.models
+    }
 
 
 def learned_router_from_data(
