@@ -478,7 +478,7 @@ def _stored_columns(decision_id: uuid.UUID) -> dict[str, Any]:
 
     with psycopg.connect(**_params()) as conn:
         row = conn.execute(
-            f"SELECT {', '.join(DECISION_COLUMNS)} FROM telemetry_decision WHERE id = %s",  # noqa: S608
+            f"SELECT {', '.join(DECISION_COLUMNS)} FROM telemetry_decision WHERE id = %s",
             (decision_id,),
         ).fetchone()
     assert row is not None
