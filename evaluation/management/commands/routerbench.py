@@ -29,7 +29,10 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
         return
 
+    received: list[int] = []
+
     def _exit(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, _exit)
@@ -37,6 +40,10 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if received:
+        # The exception was raised where Python ignores it (a finaliser the garbage
+        # collector was running): the run went on to its end and cleaned up; exit now.
+        raise SystemExit(128 + received[0])
 
 
 class Command(BaseCommand):
