@@ -356,7 +356,9 @@ def _measure(
     return side, ids
 
 
-def _switchyard(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def switchyard_prepare(work: Path, stub_port: int) -> tuple[dict[str, str], str, str]:
+    """A fresh bench database (migrated, demo registry, budgets wide open, one API key) and
+    the gateway's environment with every model pointed at the stub: (env, db url, key)."""
     db_url = prepare_database(os.environ["DATABASE_URL"])
     prom_dir = work / "prometheus"
     prom_dir.mkdir()
@@ -370,7 +372,7 @@ def _switchyard(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "DJANGO_SETTINGS_MODULE": "controlplane.settings",
             "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
             "LOG_LEVEL": "WARNING",
-            "FLEET_URL": f"http://127.0.0.1:{STUB_PORT}/v1",
+            "FLEET_URL": f"http://127.0.0.1:{stub_port}/v1",
         }
     )
     py = sys.executable
@@ -396,21 +398,31 @@ def _switchyard(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         .stdout.strip()
         .splitlines()[-1]
     )
-    gateway = subprocess.Popen(
+    return env, db_url, secret
+
+
+def switchyard_gateway(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The gateway as ``make run`` starts it (uvicorn workers under gunicorn)."""
+    return subprocess.Popen(
         [
-            str(Path(py).parent / "gunicorn"),
+            str(Path(sys.executable).parent / "gunicorn"),
             "controlplane.asgi:application",
             "-c",
             str(ROOT / "controlplane" / "gunicorn_gateway_conf.py"),
             "--bind",
-            f"127.0.0.1:{GATEWAY_PORT}",
+            f"127.0.0.1:{port}",
             "--workers",
-            "2",
+            str(workers),
         ],
         cwd=ROOT,
         env=env,
         start_new_session=True,
     )
+
+
+def _switchyard(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env, db_url, secret = switchyard_prepare(work, STUB_PORT)
+    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=2)
     try:
         _wait(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", 60, gateway)
         side, ids = _measure(GATEWAY_PORT, secret, args, work, "switchyard", record=True)

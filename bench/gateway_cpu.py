@@ -26,13 +26,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_decision_api import prepare_database  # noqa: E402
 from bench.bench_gateway import (  # noqa: E402
     DECISION_HEADER,
     _stop,
     _stored,
     _wait,
     chat_body,
+    switchyard_gateway,
+    switchyard_prepare,
 )
 from bench.loadgen import percentile, steady_run  # noqa: E402
 
@@ -82,65 +83,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hold", action="store_true")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="sy-gateway-cpu-"))
-    db_url = prepare_database(os.environ["DATABASE_URL"])
-    prom_dir = work / "prometheus"
-    prom_dir.mkdir()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "DJANGO_DEBUG": "0",
-            "DJANGO_HTTPS": "0",
-            "SWITCHYARD_VAR_DIR": str(work),
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
-            "LOG_LEVEL": "WARNING",
-            "FLEET_URL": f"http://127.0.0.1:{STUB_PORT}/v1",
-        }
-    )
+    env, db_url, secret = switchyard_prepare(work, STUB_PORT)
     py = sys.executable
-    subprocess.run([py, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    subprocess.run(
-        [py, "manage.py", "demo_load", "--registry-only"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("UPDATE controlplane_budget SET limit_usd = 1000000000")
-    secret = (
-        subprocess.run(
-            [py, "manage.py", "create_api_key", "bench-client"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
     stub = subprocess.Popen(
         [py, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(STUB_PORT)],
         cwd=ROOT,
         start_new_session=True,
     )
-    gateway = subprocess.Popen(
-        [
-            str(Path(py).parent / "gunicorn"),
-            "controlplane.asgi:application",
-            "-c",
-            str(ROOT / "controlplane" / "gunicorn_gateway_conf.py"),
-            "--bind",
-            f"127.0.0.1:{GATEWAY_PORT}",
-            "--workers",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=1)
     results: list[dict[str, Any]] = []
     try:
         _wait(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", 60, gateway)
