@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from django.conf import settings
 from controlplane.authentication import bearer_secret
 from controlplane.errors import ApiError
 from routing import metrics
-from routing.condense import condenser_for, condensing_worst_tokens
+from routing.condense import condenser_for, condensing_worst_tokens, estimate_tokens
 from routing.engine import (
     BudgetExceeded,
     BudgetView,
@@ -78,10 +77,6 @@ logger = logging.getLogger(__name__)
 # Worst cases are held against budgets out of this process's budget leases, per batch, by
 # the recorder's writer (telemetry/budgets.py).
 recorder.admission = BudgetLeases()
-
-
-def _estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
 
 
 def _end_user_hash(value: str) -> str:
@@ -304,7 +299,7 @@ def decision_make(
     snapshot = registry_cache.snapshot()
     prompt = data.prompt or ""
     scan = request_scan(data)  # every free-text field; fail closed
-    input_tokens = data.input_tokens if data.input_tokens is not None else _estimate_tokens(prompt)
+    input_tokens = data.input_tokens if data.input_tokens is not None else estimate_tokens(prompt)
     context_tokens = data.context_tokens if data.context_tokens is not None else input_tokens
     extras = registry_cache.extras(data.task_class)
     keep_days = extras.prompt_retention_days if extras is not None else 0

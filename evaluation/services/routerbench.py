@@ -68,6 +68,7 @@ from evaluation.services.learned import (
     learned_router_train,
 )
 from evaluation.services.thresholds import learned_threshold_calibrate
+from routing.condense import estimate_tokens
 from routing.engine import Decision, DecisionRequest, Snapshot, decide
 from routing.enums import RouteStrategy
 from routing.learned import predict_success, request_features
@@ -213,7 +214,7 @@ def _classes_route(
 
 
 def _request(task_class: str, prompt: str, reg: BenchRegistry) -> DecisionRequest:
-    tokens = max(1, -(-len(prompt) // 4))
+    tokens = max(1, estimate_tokens(prompt))  # the decision API's estimate
     return DecisionRequest(
         task_class=task_class,
         input_tokens=tokens,
