@@ -34,6 +34,7 @@ from routing.enums import AttemptStatus
 from routing.pricing import price_cost_usd, price_in_force, price_schedule
 from telemetry.budgets import Hold, Slot, budget_holds_settle, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord
+from telemetry.recorder import document_insert_sql
 
 ATTEMPT_STATUSES = tuple(AttemptStatus)
 # What only the server writes on an outcome's ``validation``: the gateway's account of how it
@@ -318,6 +319,11 @@ _OUTCOME_COLUMNS = (
     "cost_usd", "latency_ms", "quality_score", "user_feedback", "validation",
     "retrieval_document_ids", "charged_attempts",
 )  # fmt: skip
+# An outcome already reported is kept as it is; the inserted rows' ids come back.
+_OUTCOMES_INSERT_SQL = (
+    document_insert_sql("telemetry_outcome", _OUTCOME_COLUMNS)
+    + " ON CONFLICT DO NOTHING RETURNING decision_id"
+)
 
 
 def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
@@ -366,16 +372,10 @@ def outcome_report_batch(
         costs[item.decision.id] = (item.decision, total)
     # Decimals as JSON strings: PostgreSQL reads them back into the numeric columns exactly.
     payload = orjson.dumps(rows, default=_decimal_str).decode()
-    columns = ", ".join(_OUTCOME_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
         if not flush:
             cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute(
-            f"INSERT INTO telemetry_outcome ({columns}) "  # noqa: S608 (constant names)
-            f"SELECT {columns} FROM jsonb_populate_recordset(NULL::telemetry_outcome, %s::jsonb) "
-            "ON CONFLICT DO NOTHING RETURNING decision_id",
-            [payload],
-        )
+        cursor.execute(_OUTCOMES_INSERT_SQL, [payload])
         inserted = [row[0] for row in cursor.fetchall()]
         charges: dict[Slot, Decimal] = {}
         holds: list[Hold] = []
