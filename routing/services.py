@@ -64,6 +64,7 @@ from telemetry.ids import uuid7, uuid7_time
 from telemetry.record import decision_response, decision_row_build, replay, stored_decision
 from telemetry.recorder import (
     Committing,
+    DecisionRow,
     RecordingBusy,
     RecordingFailed,
     RecordingInvalid,
@@ -77,6 +78,24 @@ logger = logging.getLogger(__name__)
 # Worst cases are held against budgets out of this process's budget leases, per batch, by
 # the recorder's writer (telemetry/budgets.py).
 recorder.admission = BudgetLeases()
+
+
+def _decisions_counted(stored: list[tuple[DecisionRow, float]]) -> None:
+    """The decision metrics, kept by the recorder's writer thread for each batch it commits
+    (``recorder.on_stored``): one update per label set instead of one per request thread."""
+    counts: dict[tuple[str, str, str], int] = {}
+    version = 0
+    for row, seconds in stored:
+        labels = (row["task_class"], str(row["tier"]), row["strategy"])
+        counts[labels] = counts.get(labels, 0) + 1
+        version = max(version, row["routing_table_version"])
+        metrics.DECISION_SECONDS.observe(seconds)
+    for labels, count in counts.items():
+        metrics.DECISIONS.labels(*labels).inc(count)
+    metrics.ACTIVE_VERSION.set(version)
+
+
+recorder.on_stored = _decisions_counted
 
 
 def _end_user_hash(value: str) -> str:
@@ -388,10 +407,6 @@ def decision_make(
         if stored is None:  # the winner was refused, or its key expired meanwhile
             raise ApiError(503, "recording_unavailable", "Retry.")
         return replay(stored, request_sha256)
-    model = decision.model
-    metrics.DECISIONS.labels(data.task_class, str(model.tier), decision.strategy).inc()
-    metrics.DECISION_SECONDS.observe((time.perf_counter_ns() - started) / 1e9)
-    metrics.ACTIVE_VERSION.set(decision.routing_table_version)
     is_sensitive = request_sensitive(scan.types, scan.failed, data.data_classification)
     columns = cast(dict[str, Any], row)  # budget_holds as the recorder's admission set them
     as_stored = {name: columns[name] for name in RECORD_FOR_OUTCOME}

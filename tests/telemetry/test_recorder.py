@@ -528,3 +528,38 @@ def test_the_one_document_insert_stores_what_the_parameter_insert_stores() -> No
     assert _stored_columns(fallback["id"])["max_cost_usd"] == 0.5
     created = _stored_columns(by_document["id"])["created_at"]
     assert abs(created - by_document["created_at"]) < timedelta(microseconds=1)
+
+
+def test_on_stored_hears_of_stored_rows_only_before_their_waiters_are_released(
+    rec: DecisionRecorder,
+) -> None:
+    heard: list[tuple[uuid.UUID, float]] = []
+    results_when_heard: list[int] = []
+    results: dict[uuid.UUID, Any] = {}
+
+    def hook(stored: list[tuple[DecisionRow, float]]) -> None:
+        results_when_heard.append(len(results))
+        heard.extend((row["id"], seconds) for row, seconds in stored)
+
+    rec.on_stored = hook
+    good = [make_row(decision_us=5_000) for _ in range(5)]
+    bad = make_row(metadata={"note": "a\x00b"})  # rejected by the server: never heard of
+    for row in [*good, bad]:
+        _record_into(rec, row, results, 5)
+    assert [results[r["id"]] for r in good] == ["stored"] * 5
+    assert isinstance(results[bad["id"]], RecordingInvalid)
+    assert [i for i, _ in heard] == [r["id"] for r in good]
+    # From the decision's start (decision_us before it was handed over) to its COMMIT.
+    assert all(0.005 < seconds < 5 for _, seconds in heard)
+    # Each row was heard of before its own record() returned.
+    assert results_when_heard == [0, 1, 2, 3, 4]
+
+
+def test_a_failing_on_stored_hook_holds_no_waiter_back(rec: DecisionRecorder) -> None:
+    def hook(stored: list[tuple[DecisionRow, float]]) -> None:
+        raise RuntimeError("metrics are down")
+
+    rec.on_stored = hook
+    row = make_row()
+    assert rec.record(row) == "stored"
+    assert _stored_ids() == {row["id"]}
