@@ -12,7 +12,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-
 _RANDOM_CHUNK = 80 * 64  # bytes: 64 ids' random bits per os.urandom call
 _random = threading.local()
 
