@@ -767,9 +767,11 @@ class OutcomeWriter:
                     break
                 batch.append(item)
             try:
+                _attempts_counted(batch)
                 self._write(batch)
             except Exception as exc:  # never let the writer die
                 logger.exception("gateway outcomes: batch failed")
+                connections["default"].close()
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
@@ -784,7 +786,9 @@ class OutcomeWriter:
             outcome_report_batch,
         )
 
-        close_old_connections()
+        # The writer keeps its connection from batch to batch (handing it back to the pool
+        # would cost a check query per batch); one that failed is closed (below) and the
+        # next batch connects afresh.
         # The generation the routing snapshot follows (no query), else one for the batch.
         registry = charging_registry(registry_cache.generation_tracked())
         pricebook = registry[0]
@@ -831,12 +835,13 @@ class OutcomeWriter:
             outcome_report_batch([item for _, item in items], flush=flush, registry=registry)
         except DatabaseError:
             logger.warning("gateway outcomes: batch refused, one by one", exc_info=True)
-            close_old_connections()
+            connections["default"].close()
             for p, item in items:
                 try:
                     outcome_report(item)
                 except Exception as exc:
                     p.future.set_exception(exc)
+                    connections["default"].close()
         for p, item in items:
             if p.future.done():
                 continue
@@ -850,6 +855,28 @@ class OutcomeWriter:
                 Decimal(0),
             )
             p.future.set_result(f"{cost:.6f}")
+
+
+def _attempts_counted(batch: list[_Pending]) -> None:
+    """The gateway's attempt metrics for a batch of calls, kept by the outcome writer's
+    thread (one update per label set; the event loop and the request threads never wait
+    for the metrics' lock)."""
+    attempts: dict[tuple[str, str], int] = {}
+    escalations: dict[str, int] = {}
+    for p in batch:
+        made = p.attempts[1:] if p.call.condensing is not None else p.attempts
+        for i, attempt in enumerate(made):
+            labels = (attempt["model"], attempt["status"])
+            attempts[labels] = attempts.get(labels, 0) + 1
+            metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt["latency_ms"] / 1000)
+            if "ttft_ms" in attempt:
+                metrics.GATEWAY_TTFT_SECONDS.observe(attempt["ttft_ms"] / 1000)
+            if i < len(made) - 1:
+                escalations[attempt["model"]] = escalations.get(attempt["model"], 0) + 1
+    for labels, count in attempts.items():
+        metrics.GATEWAY_ATTEMPTS.labels(*labels).inc(count)
+    for model, count in escalations.items():
+        metrics.GATEWAY_ESCALATIONS.labels(model).inc(count)
 
 
 def _validation(call: ChatCall) -> dict[str, Any]:
@@ -955,13 +982,6 @@ class Gateway:
         process killed in between leaves the decision without outcome, its holds released
         after the reservation TTL, as for a caller of the decision API that never
         reports)."""
-        for i, attempt in enumerate(attempts):
-            metrics.GATEWAY_ATTEMPTS.labels(attempt.model.slug, attempt.status).inc()
-            metrics.GATEWAY_UPSTREAM_SECONDS.observe(attempt.latency_ms / 1000)
-            if attempt.ttft_ms is not None:
-                metrics.GATEWAY_TTFT_SECONDS.observe(attempt.ttft_ms / 1000)
-            if i < len(attempts) - 1:
-                metrics.GATEWAY_ESCALATIONS.labels(attempt.model.slug).inc()
         try:
             return await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
         except Exception:

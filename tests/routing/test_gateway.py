@@ -278,10 +278,11 @@ def test_an_upstream_outage_escalates_with_context(
     else:
         text = parsed.choices[0].message.content  # type: ignore[union-attr]
     assert text
-    assert escalations._value.get() == before + 1  # counted once the answer is complete
     assert raw.headers["x-switchyard-model"] == "gpt-4o"
     assert raw.headers["x-switchyard-escalations"] == "1"
     outcome = outcome_of(raw.headers["x-switchyard-decision-id"])
+    # Counted by the outcome writer with the call's outcome (before its COMMIT).
+    assert escalations._value.get() == before + 1
     assert outcome.escalated and outcome.final_model == "gpt-4o"
     first, second = outcome.attempts
     assert first["model"] == "mistral-small-hosted" and first["status"] == "error"
