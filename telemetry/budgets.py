@@ -92,33 +92,26 @@ def holds_of(value: Iterable[Sequence[Any]]) -> list[Hold]:
     return [(int(lease), Decimal(str(amount))) for lease, amount in value]
 
 
-# Adding (spent, reserved) deltas to budget periods from ``{source}`` (rows b, p, s, r),
-# creating missing period rows, in (budget, period) order so concurrent writers cannot
-# deadlock. The one definition of the upsert (``budget_spend_apply``, ``SETTLE_SQL``).
-_SPEND_UPSERT = """
-    INSERT INTO controlplane_budgetspend
-        (budget_id, period_start, spent_usd, reserved_usd, updated_at)
-    SELECT b, p, s, r, now()
-    FROM {source}
-    WHERE (s <> 0 OR r <> 0) AND EXISTS (SELECT 1 FROM controlplane_budget WHERE id = b)
-    ORDER BY b, p
-    ON CONFLICT (budget_id, period_start) DO UPDATE
-    SET spent_usd = controlplane_budgetspend.spent_usd + EXCLUDED.spent_usd,
-        reserved_usd = controlplane_budgetspend.reserved_usd + EXCLUDED.reserved_usd,
-        updated_at = now()
-"""
-
-
 def budget_spend_apply(cursor: Any, changes: Mapping[Slot, tuple[Decimal, Decimal]]) -> None:
-    """Add (spent, reserved) deltas to budget periods in one statement (``_SPEND_UPSERT``)."""
+    """Add (spent, reserved) deltas to budget periods in one statement, creating missing
+    period rows, in (budget, period) order so concurrent writers cannot deadlock."""
     slots = sorted(s for s, (spent, reserved) in changes.items() if spent or reserved)
     if not slots:
         return
-    source = (
-        "unnest(%s::bigint[], %s::timestamptz[], %s::numeric[], %s::numeric[]) AS t(b, p, s, r)"
-    )
     cursor.execute(
-        _SPEND_UPSERT.format(source=source),
+        """
+        INSERT INTO controlplane_budgetspend
+            (budget_id, period_start, spent_usd, reserved_usd, updated_at)
+        SELECT b, p, s, r, now()
+        FROM unnest(%s::bigint[], %s::timestamptz[], %s::numeric[], %s::numeric[])
+            AS t(b, p, s, r)
+        WHERE EXISTS (SELECT 1 FROM controlplane_budget WHERE id = b)
+        ORDER BY b, p
+        ON CONFLICT (budget_id, period_start) DO UPDATE
+        SET spent_usd = controlplane_budgetspend.spent_usd + EXCLUDED.spent_usd,
+            reserved_usd = controlplane_budgetspend.reserved_usd + EXCLUDED.reserved_usd,
+            updated_at = now()
+        """,
         [
             [s[0] for s in slots],
             [s[1] for s in slots],
@@ -126,73 +119,6 @@ def budget_spend_apply(cursor: Any, changes: Mapping[Slot, tuple[Decimal, Decima
             [changes[s][1] for s in slots],
         ],
     )
-
-
-# Settling outcomes (module doc, step 4) as common table expressions of one statement, for
-# the decisions listed by a CTE named ``applied`` (column ``decision_id``) that the statement
-# defines first — an outcome INSERT's RETURNING, so that only outcomes actually stored are
-# settled and charged. Named parameters (``settle_params``): each decision's holds (lease,
-# amount) and charges (budget, period, amount). The leases still there are locked in id order
-# (the CTE with FOR UPDATE is where any lock wait happens), credited, and the budget periods
-# are then charged and released (``_SPEND_UPSERT``, run after the main query): lease rows,
-# then budget-spend rows, as everywhere.
-SETTLE_SQL = """
-    held AS (
-        SELECT h.lease_id, sum(h.amount) AS amount
-        FROM unnest(%(hold_decisions)s::uuid[], %(hold_leases)s::bigint[],
-                    %(hold_amounts)s::numeric[]) AS h(decision_id, lease_id, amount)
-        WHERE h.decision_id IN (SELECT decision_id FROM applied)
-        GROUP BY h.lease_id
-    ),
-    locked AS (
-        SELECT id FROM controlplane_budgetlease
-        WHERE id IN (SELECT lease_id FROM held) ORDER BY id FOR UPDATE
-    ),
-    settled AS (
-        UPDATE controlplane_budgetlease l SET settled_usd = l.settled_usd + held.amount
-        FROM locked JOIN held ON held.lease_id = locked.id
-        WHERE l.id = locked.id
-        RETURNING l.budget_id, l.period_start, held.amount
-    ),
-    changes AS (
-        SELECT b, p, sum(s) AS s, sum(r) AS r FROM (
-            SELECT c.budget_id, c.period_start, c.amount, 0::numeric
-            FROM unnest(%(charge_decisions)s::uuid[], %(charge_budgets)s::bigint[],
-                        %(charge_periods)s::timestamptz[], %(charge_amounts)s::numeric[])
-                AS c(decision_id, budget_id, period_start, amount)
-            WHERE c.decision_id IN (SELECT decision_id FROM applied)
-            UNION ALL
-            SELECT budget_id, period_start, 0::numeric, -amount FROM settled
-        ) AS x(b, p, s, r)
-        GROUP BY b, p
-    ),
-    spent AS ({spend})
-""".format(spend=_SPEND_UPSERT.format(source="changes"))  # noqa: S608 (constant text)
-
-
-def settle_params(
-    holds: Mapping[uuid.UUID, Sequence[Hold]], charges: Mapping[uuid.UUID, Mapping[Slot, Decimal]]
-) -> dict[str, list[Any]]:
-    """``SETTLE_SQL``'s parameters: per decision id, its holds and its charges."""
-    params: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "hold_decisions", "hold_leases", "hold_amounts",
-            "charge_decisions", "charge_budgets", "charge_periods", "charge_amounts",
-        )
-    }  # fmt: skip
-    for decision_id, decision_holds in holds.items():
-        for lease_id, amount in decision_holds:
-            params["hold_decisions"].append(decision_id)
-            params["hold_leases"].append(lease_id)
-            params["hold_amounts"].append(amount)
-    for decision_id, slots in charges.items():
-        for (budget_id, period_start), amount in slots.items():
-            params["charge_decisions"].append(decision_id)
-            params["charge_budgets"].append(budget_id)
-            params["charge_periods"].append(period_start)
-            params["charge_amounts"].append(amount)
-    return params
 
 
 # -- leases: the recorder's side -------------------------------------------------------------
@@ -514,22 +440,41 @@ class BudgetLeases:
 # -- outcomes and expiry ------------------------------------------------------------------
 
 
-_ONE = uuid.UUID(int=0)  # the one "decision" budget_holds_settle settles for
-
-
 def budget_holds_settle(
     cursor: Any, *, holds: Sequence[Hold], charges: Mapping[Slot, Decimal]
 ) -> None:
-    """Settle a decision's holds (its first outcome) and charge its real cost (module doc,
-    step 4) in one statement (``SETTLE_SQL``). Call inside the outcome's transaction; a hold
-    whose lease expired meanwhile was released already. ``holds`` may be empty (a later
-    report only charges)."""
-    if not holds and not any(charges.values()):
-        return
-    cursor.execute(
-        f"WITH applied AS (SELECT %(one)s::uuid AS decision_id), {SETTLE_SQL} SELECT 1",
-        {"one": _ONE, **settle_params({_ONE: holds}, {_ONE: charges})},
-    )
+    """Settle decisions' holds (their first outcome) and charge real costs (module doc,
+    step 4). Call inside the outcome's transaction; a hold whose lease expired meanwhile was
+    released already. ``holds`` may be empty (a later report only charges)."""
+    changes: dict[Slot, tuple[Decimal, Decimal]] = {
+        slot: (amount, _ZERO) for slot, amount in charges.items()
+    }
+    per_lease: dict[int, Decimal] = {}
+    for lease_id, amount in holds:
+        per_lease[lease_id] = per_lease.get(lease_id, _ZERO) + amount
+    if per_lease:
+        ids = sorted(per_lease)
+        # One round trip: the leases still there are locked in id order (the CTE, never
+        # inlined with FOR UPDATE, is where any lock wait happens), then credited.
+        cursor.execute(
+            """
+            WITH locked AS (
+                SELECT id FROM controlplane_budgetlease
+                WHERE id = ANY(%s) ORDER BY id FOR UPDATE
+            )
+            UPDATE controlplane_budgetlease l SET settled_usd = l.settled_usd + t.amount
+            FROM locked, unnest(%s::bigint[], %s::numeric[]) AS t(id, amount)
+            WHERE l.id = locked.id AND l.id = t.id
+            RETURNING l.id, l.budget_id, l.period_start
+            """,
+            [ids, ids, [per_lease[i] for i in ids]],
+        )
+        found = cursor.fetchall()
+        for lease_id, budget_id, period_start in found:
+            slot = (int(budget_id), period_start)
+            spent, reserved = changes.get(slot, (_ZERO, _ZERO))
+            changes[slot] = (spent, reserved - per_lease[int(lease_id)])
+    budget_spend_apply(cursor, changes)
 
 
 def budget_leases_expire(*, now: datetime | None = None, limit: int = 10_000) -> int:

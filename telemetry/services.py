@@ -19,7 +19,6 @@ Attempt models must be in the registry (the API answers 400 otherwise; see
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +32,7 @@ from django.utils import timezone
 from controlplane.models import Budget, ModelEndpoint, ModelPrice
 from routing.enums import AttemptStatus
 from routing.pricing import price_cost_usd, price_in_force, price_schedule
-from telemetry.budgets import SETTLE_SQL, Hold, Slot, budget_holds_settle, holds_of, settle_params
+from telemetry.budgets import Hold, Slot, budget_holds_settle, holds_of
 from telemetry.models import DecisionOutcome, DecisionRecord
 from telemetry.recorder import document_insert_sql
 
@@ -320,18 +319,11 @@ _OUTCOME_COLUMNS = (
     "cost_usd", "latency_ms", "quality_score", "user_feedback", "validation",
     "retrieval_document_ids", "charged_attempts",
 )  # fmt: skip
-# One statement per batch: the outcomes are inserted (an outcome already reported is kept as
-# it is), and only those inserted are settled and charged (``SETTLE_SQL``); their ids come
-# back. ``flush=False`` adds ``synchronous_commit = off`` for the statement's own
-# transaction (``set_config(..., true)``: no SET round trip).
-_OUTCOMES_SQL = (
-    "WITH applied AS ("  # noqa: S608 (constant text)
-    + document_insert_sql("telemetry_outcome", _OUTCOME_COLUMNS, "%(rows)s")
-    + " ON CONFLICT DO NOTHING RETURNING decision_id), "
-    + SETTLE_SQL
-    + "SELECT decision_id FROM applied"
+# An outcome already reported is kept as it is; the inserted rows' ids come back.
+_OUTCOMES_INSERT_SQL = (
+    document_insert_sql("telemetry_outcome", _OUTCOME_COLUMNS)
+    + " ON CONFLICT DO NOTHING RETURNING decision_id"
 )
-_OUTCOMES_NO_FLUSH_SQL = _OUTCOMES_SQL + ", set_config('synchronous_commit', 'off', true)"
 
 
 def _budget_applies(budget: Budget, decision: DecisionRecord) -> bool:
@@ -368,27 +360,32 @@ def outcome_report_batch(
     if not items:
         return 0
     pricebook, budgets = registry or charging_registry()
+    costs: dict[Any, tuple[DecisionRecord, Decimal]] = {}
     rows = []
-    holds: dict[uuid.UUID, list[Hold]] = {}
-    charges: dict[uuid.UUID, dict[Slot, Decimal]] = {}
     for item in items:
-        decision = item.decision
         priced, total = _attempts_priced(item, pricebook)
         fields = _outcome_fields(item, priced, total, priced[-1])
         fields["charged_attempts"] = len(priced)
-        fields["decision_id"] = decision.id
-        fields["decision_created_at"] = decision.created_at
+        fields["decision_id"] = item.decision.id
+        fields["decision_created_at"] = item.decision.created_at
         rows.append(fields)
-        holds[decision.id] = holds_of(decision.budget_holds)
-        charges[decision.id] = _charges(budgets, decision, total)
+        costs[item.decision.id] = (item.decision, total)
     # Decimals as JSON strings: PostgreSQL reads them back into the numeric columns exactly.
     payload = orjson.dumps(rows, default=_decimal_str).decode()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _OUTCOMES_SQL if flush else _OUTCOMES_NO_FLUSH_SQL,
-            {"rows": payload, **settle_params(holds, charges)},
-        )
-        return len(cursor.fetchall())
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not flush:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+        cursor.execute(_OUTCOMES_INSERT_SQL, [payload])
+        inserted = [row[0] for row in cursor.fetchall()]
+        charges: dict[Slot, Decimal] = {}
+        holds: list[Hold] = []
+        for decision_id in inserted:
+            decision, total = costs[decision_id]
+            holds.extend(holds_of(decision.budget_holds))
+            for slot, amount in _charges(budgets, decision, total).items():
+                charges[slot] = charges.get(slot, Decimal(0)) + amount
+        budget_holds_settle(cursor, holds=holds, charges=charges)
+    return len(inserted)
 
 
 def _decimal_str(value: Any) -> str:
