@@ -82,3 +82,64 @@ def test_batch_stores_every_column_as_a_single_report_does(registry: dict[str, A
     assert b["reported_at"] == when and b["quality_score"] == 0.1
     stored = DecisionOutcome.objects.get(decision_id=batched.id)
     assert stored.decision_created_at == batched.created_at
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_batch_settles_the_holds_of_the_outcomes_it_stores_only(
+    registry: dict[str, Any], flush: bool
+) -> None:
+    """Each newly stored outcome's
+    holds are settled on their leases and its cost charged; an outcome already reported
+    settles and charges nothing again; the books balance (reserved == what leases hold)."""
+    from django.db import connection
+
+    from controlplane.models import BudgetLease
+    from telemetry.budgets import BudgetLeases
+
+    budget = services.budget_create(
+        name="all", scope="global", period="day", limit_usd=Decimal("100")
+    )
+    decisions = [_decision("team-a") for _ in range(4)]
+    rows: list[Any] = [
+        {
+            "id": d.id,
+            "created_at": d.created_at,
+            "locality": "cloud",
+            "reservations": [{"budget_id": budget.pk, "amount_usd": 0.01}],
+            "budget_holds": [],
+        }
+        for d in decisions
+    ]
+    leases = BudgetLeases()
+    connection.ensure_connection()
+    assert leases.admit(connection.connection, rows) == {}
+    leases.tick(connection.connection, close_all=True)  # what was not held goes back
+    for d, r in zip(decisions, rows, strict=True):
+        d.budget_holds = r["budget_holds"]
+    spend = BudgetSpend.objects.get(budget=budget)
+    assert spend.reserved_usd == Decimal("0.04") and spend.spent_usd == 0
+
+    attempt = {"model": "big-cloud", "status": "ok", "latency_ms": 50,
+               "input_tokens": 1000, "output_tokens": 100}  # fmt: skip
+    per_outcome = Decimal("0.0035")  # 1000 * 2.50 + 100 * 10.00, per million
+
+    def items(ds: list[DecisionRecord]) -> list[OutcomeInput]:
+        return [OutcomeInput(decision=d, attempts=[attempt], final_status="ok") for d in ds]
+
+    def books_balance() -> None:
+        held = sum((lease.held_usd for lease in BudgetLease.objects.filter(budget=budget)), 0)
+        spend.refresh_from_db()
+        assert spend.reserved_usd == held
+
+    assert outcome_report_batch(items(decisions[:2]), flush=flush) == 2
+    spend.refresh_from_db()
+    assert spend.spent_usd == per_outcome * 2 and spend.reserved_usd == Decimal("0.02")
+    books_balance()
+    # Two already reported, two new: only the new two settle and are charged.
+    assert outcome_report_batch(items(decisions), flush=flush) == 2
+    spend.refresh_from_db()
+    assert spend.spent_usd == per_outcome * 4 and spend.reserved_usd == 0
+    books_balance()
+    settled = sum(lease.settled_usd for lease in BudgetLease.objects.filter(budget=budget))
+    assert settled == Decimal("0.04")
+    assert DecisionOutcome.objects.count() == 4
