@@ -88,9 +88,9 @@ def test_batch_stores_every_column_as_a_single_report_does(registry: dict[str, A
 def test_batch_settles_the_holds_of_the_outcomes_it_stores_only(
     registry: dict[str, Any], flush: bool
 ) -> None:
-    """Each newly stored outcome's
-    holds are settled on their leases and its cost charged; an outcome already reported
-    settles and charges nothing again; the books balance (reserved == what leases hold)."""
+    """Each newly stored outcome's holds are settled on their leases and its cost charged;
+    an outcome already reported settles and charges nothing again; the books balance
+    (reserved == what the leases hold)."""
     from django.db import connection
 
     from controlplane.models import BudgetLease
