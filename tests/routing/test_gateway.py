@@ -8,9 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from decimal import Decimal
 from pathlib import Path
@@ -20,132 +18,40 @@ import httpx
 import openai
 import orjson
 import pytest
-import uvicorn
 from django.utils import timezone
-from openai.types.chat import ChatCompletionMessageParam
 
 from controlplane import services
 from controlplane.generation import generation_bump
-from controlplane.models import Application, BudgetSpend, ModelEndpoint, TaskClass, Team
+from controlplane.models import BudgetSpend, ModelEndpoint, TaskClass, Team
 from evaluation.fleet import RunningFleet, fleet_start
 from routing import metrics
-from routing.circuit_board import board as circuits
-from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending, application
+from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending
 from routing.schemas import decision_input_decode
 from routing.services import Decided, decision_make
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionOutcome, DecisionRecord
 from telemetry.recorder import recorder
-from tests import factories
 from tests.live_server import free_port
+from tests.routing.gateway_support import (
+    ASK,
+    SUPPORT,
+    client_for,
+    outcome_of,
+    registry_create,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[RunningFleet]:
-    with fleet_start(latency_scale=0.0) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def gateway_url() -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, lifespan="on", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
-def registry_create(base_url: str) -> dict[str, Any]:
-    """Fleet models (local tier 1, cloud tiers 2 and 3); ``support`` routed to the tier-2
-    model with the tier-3 one as fallback (output cap 24), ``redact`` local-only. Every
-    circuit closed (the breakers live in the process and in Redis across tests)."""
-    circuits.reset()
-    local = factories.model_create(
-        slug="llama-3.1-8b-local", provider_model="llama-3.1-8b-local", base_url=base_url
-    )
-    mid = factories.model_create(
-        slug="mistral-small-hosted",
-        provider_model="mistral-small-hosted",
-        base_url=base_url,
-        tier=2,
-        locality="cloud",
-        context_window=32000,
-        input_usd_per_mtok="1.00",
-        output_usd_per_mtok="3.00",
-    )
-    big = factories.model_create(
-        slug="gpt-4o",
-        provider_model="gpt-4o",
-        base_url=base_url,
-        tier=3,
-        locality="cloud",
-        context_window=128000,
-        input_usd_per_mtok="2.50",
-        output_usd_per_mtok="10.00",
-    )
-    support = factories.task_class_create(slug="support", default_output_cap=24)
-    redact = factories.task_class_create(slug="redact", data_policy="local_only")
-    factories.routing_table_create(
-        {support: (mid, ["gpt-4o"]), redact: (local, [])},
-    )
-    team = Team.objects.create(slug="team-a", name="Team A")
-    Team.objects.create(slug="team-b", name="Team B")
-    app = Application.objects.create(slug="app-a", name="App A", team=team)
-    _, secret = services.api_key_create(application=app, scopes=["decide", "report", "read"])
-    return {"local": local, "mid": mid, "big": big, "secret": secret}
-
-
-@pytest.fixture
-def registry(fleet: RunningFleet) -> dict[str, Any]:
-    fleet.state.reset()
-    return registry_create(f"{fleet.url}/v1")
-
-
-def client_for(gateway_url: str, secret: str, **kwargs: Any) -> openai.OpenAI:
-    # No retries: every call the client makes is one decision.
-    return openai.OpenAI(
-        base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0, timeout=30, **kwargs
-    )
-
-
-SUPPORT = {"X-Switchyard-Task-Class": "support"}
-ASK: list[ChatCompletionMessageParam] = [
-    {"role": "user", "content": "My router keeps dropping the connection. What can I do?"}
-]
-
-
-def outcome_of(decision_id: str, wait_s: float = 5.0) -> DecisionOutcome:
-    """The call's outcome: group-committed right after the answer was sent, so it may
-    land a moment after the client has read it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        outcome = DecisionOutcome.objects.filter(decision_id=decision_id).first()
-        if outcome is not None:
-            return outcome
-        assert time.monotonic() < deadline, f"no outcome for {decision_id}"
-        time.sleep(0.02)
-
-
 def test_plain_completion_is_decided_called_and_recorded(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     uncapped_answer = httpx.post(
         f"{fleet.url}/v1/chat/completions", json={"model": "mistral-small-hosted", "messages": ASK}
     ).json()["usage"]["completion_tokens"]
     assert uncapped_answer > 24  # so the cap below is what shortens it
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, max_tokens=1000
     )
@@ -172,14 +78,16 @@ def test_plain_completion_is_decided_called_and_recorded(
     uncapped = httpx.post(
         f"{gateway_url}/v1/chat/completions",
         json={"model": "support", "messages": ASK, "max_tokens": None},
-        headers={"Authorization": f"Bearer {registry['secret']}"},
+        headers={"Authorization": f"Bearer {fleet_registry['secret']}"},
     )
     assert uncapped.status_code == 200
     assert uncapped.json()["usage"]["completion_tokens"] <= 24
 
 
-def test_task_class_as_model_or_in_metadata(registry: dict[str, Any], gateway_url: str) -> None:
-    client = client_for(gateway_url, registry["secret"])
+def test_task_class_as_model_or_in_metadata(
+    fleet_registry: dict[str, Any], gateway_url: str
+) -> None:
+    client = client_for(gateway_url, fleet_registry["secret"])
     by_model = client.chat.completions.with_raw_response.create(model="support", messages=ASK)
     by_metadata = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, metadata={"task_class": "support", "ticket": "T-9"}
@@ -201,9 +109,9 @@ def test_task_class_as_model_or_in_metadata(registry: dict[str, Any], gateway_ur
 
 
 def test_pinned_model_is_policy_checked_budgeted_and_recorded(
-    registry: dict[str, Any], gateway_url: str
+    fleet_registry: dict[str, Any], gateway_url: str
 ) -> None:
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=ASK, extra_headers=SUPPORT
     )
@@ -230,9 +138,9 @@ def test_pinned_model_is_policy_checked_budgeted_and_recorded(
 
 
 def test_streaming_relays_chunks_and_records_time_to_first_token(
-    registry: dict[str, Any], gateway_url: str
+    fleet_registry: dict[str, Any], gateway_url: str
 ) -> None:
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
     )
@@ -263,12 +171,12 @@ def test_streaming_relays_chunks_and_records_time_to_first_token(
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_upstream_outage_escalates_with_context(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet, stream: bool
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet, stream: bool
 ) -> None:
     fleet.state.configure("mistral-small-hosted", fail_rate=None, down=True)
     escalations = metrics.GATEWAY_ESCALATIONS.labels("mistral-small-hosted")
     before = escalations._value.get()
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
     )
@@ -293,11 +201,11 @@ def test_an_upstream_outage_escalates_with_context(
 
 
 def test_every_model_down_is_a_clean_error_and_recorded(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     for slug in ("mistral-small-hosted", "gpt-4o"):
         fleet.state.configure(slug, fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for stream in (False, True):
         with pytest.raises(openai.APIStatusError) as failed:
             client.chat.completions.create(
@@ -311,16 +219,18 @@ def test_every_model_down_is_a_clean_error_and_recorded(
     assert DecisionOutcome.objects.count() == 2
 
 
-def test_models_lists_what_the_key_may_name(registry: dict[str, Any], gateway_url: str) -> None:
-    ids = [m.id for m in client_for(gateway_url, registry["secret"]).models.list()]
+def test_models_lists_what_the_key_may_name(
+    fleet_registry: dict[str, Any], gateway_url: str
+) -> None:
+    ids = [m.id for m in client_for(gateway_url, fleet_registry["secret"]).models.list()]
     assert ids[0] == "auto"
     assert {"support", "redact", "llama-3.1-8b-local", "gpt-4o"} <= set(ids)
     with pytest.raises(openai.AuthenticationError):
         client_for(gateway_url, "sy_not-a-key").models.list()
 
 
-def test_errors_use_the_openai_shape(registry: dict[str, Any], gateway_url: str) -> None:
-    good = client_for(gateway_url, registry["secret"])
+def test_errors_use_the_openai_shape(fleet_registry: dict[str, Any], gateway_url: str) -> None:
+    good = client_for(gateway_url, fleet_registry["secret"])
     with pytest.raises(openai.AuthenticationError) as bad_key:
         client_for(gateway_url, "sy_" + "x" * 40).chat.completions.create(
             model="auto", messages=ASK, extra_headers=SUPPORT
@@ -341,15 +251,15 @@ def test_errors_use_the_openai_shape(registry: dict[str, Any], gateway_url: str)
     raw = httpx.post(
         f"{gateway_url}/v1/chat/completions",
         content=b"{not json",
-        headers={"Authorization": f"Bearer {registry['secret']}"},
+        headers={"Authorization": f"Bearer {fleet_registry['secret']}"},
     )
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "malformed_json"
     assert httpx.get(f"{gateway_url}/v1/nothing").json()["error"]["code"] == "not_found"
     assert DecisionRecord.objects.count() == 0
 
 
-def test_hostile_input(registry: dict[str, Any], gateway_url: str) -> None:
-    client = client_for(gateway_url, registry["secret"])
+def test_hostile_input(fleet_registry: dict[str, Any], gateway_url: str) -> None:
+    client = client_for(gateway_url, fleet_registry["secret"])
     # Look-alikes never match: a Cyrillic 'о' in the model, a fullwidth class name.
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4\u043e", messages=ASK, extra_headers=SUPPORT)
@@ -364,7 +274,7 @@ def test_hostile_input(registry: dict[str, Any], gateway_url: str) -> None:
         f"{gateway_url}/v1/chat/completions",
         json={"model": "auto", "messages": ASK},
         headers={
-            "Authorization": f"Bearer {registry['secret']}",
+            "Authorization": f"Bearer {fleet_registry['secret']}",
             "X-Switchyard-Task-Class": "supp\u043ert".encode(),
         },
     )
@@ -418,8 +328,8 @@ def test_upstream_killed_mid_stream_ends_cleanly_and_is_recorded(
     port = free_port()
     proc = _fleet_process(port, latency_scale=4.0)  # the answer streams over ~2 s
     try:
-        registry = registry_create(f"http://127.0.0.1:{port}/v1")
-        client = client_for(gateway_url, registry["secret"])
+        fleet_registry = registry_create(f"http://127.0.0.1:{port}/v1")
+        client = client_for(gateway_url, fleet_registry["secret"])
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
         )
@@ -456,7 +366,7 @@ def test_upstream_killed_mid_stream_ends_cleanly_and_is_recorded(
 
 
 def test_budgets_are_held_then_settled_with_the_real_cost(
-    registry: dict[str, Any], gateway_url: str
+    fleet_registry: dict[str, Any], gateway_url: str
 ) -> None:
     team = Team.objects.get(slug="team-a")
     b = services.budget_create(
@@ -467,7 +377,7 @@ def test_budgets_are_held_then_settled_with_the_real_cost(
         limit_usd=Decimal("100"),
         hard_action="block",
     )
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT
     )
@@ -492,12 +402,12 @@ def test_a_timeout_escalates_and_an_upstream_refusal_does_not(
     fleet: RunningFleet, gateway_url: str, settings: Any
 ) -> None:
     with fleet_start(latency_scale=1.0) as slow:  # the mid model answers in ≈ 0.5 s
-        registry = registry_create(f"{fleet.url}/v1")
+        fleet_registry = registry_create(f"{fleet.url}/v1")
         ModelEndpoint.objects.filter(slug="mistral-small-hosted").update(base_url=f"{slow.url}/v1")
         generation_bump()
         registry_cache.invalidate()
         settings.SWITCHYARD_MODEL_TIMEOUTS = {"mistral-small-hosted": 0.05}
-        client = client_for(gateway_url, registry["secret"])
+        client = client_for(gateway_url, fleet_registry["secret"])
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT
         )
@@ -517,9 +427,9 @@ def test_a_timeout_escalates_and_an_upstream_refusal_does_not(
 
 
 def test_outcomes_are_written_in_one_batch_with_bounded_queries(
-    registry: dict[str, Any], django_assert_max_num_queries: Any
+    fleet_registry: dict[str, Any], django_assert_max_num_queries: Any
 ) -> None:
-    key = registry_cache.key_for_secret(registry["secret"])
+    key = registry_cache.key_for_secret(fleet_registry["secret"])
     assert key is not None
     calls = []
     for i in range(25):
@@ -547,9 +457,9 @@ def test_outcomes_are_written_in_one_batch_with_bounded_queries(
 
 def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(gateway_url: str) -> None:
     with fleet_start(latency_scale=4.0) as slow:  # the answer streams over ≈ 2 s
-        registry = registry_create(f"{slow.url}/v1")
+        fleet_registry = registry_create(f"{slow.url}/v1")
         body = {"model": "auto", "messages": ASK, "stream": True}
-        headers = {"Authorization": f"Bearer {registry['secret']}", **SUPPORT}
+        headers = {"Authorization": f"Bearer {fleet_registry['secret']}", **SUPPORT}
         with httpx.stream(
             "POST", f"{gateway_url}/v1/chat/completions", json=body, headers=headers
         ) as response:
@@ -574,20 +484,20 @@ def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(gateway_url: st
 
 
 def test_a_route_that_does_not_escalate_on_errors_is_obeyed(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     draft = services.routing_version_draft_create()
     services.route_set(
         version=draft,
         task_class=TaskClass.objects.get(slug="support"),
-        primary=registry["mid"],
+        primary=fleet_registry["mid"],
         fallbacks=["gpt-4o"],
         escalate_on_error=False,
     )
     services.routing_version_activate(version=draft)
     registry_cache.invalidate()
     fleet.state.configure("mistral-small-hosted", fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for stream in (False, True):
         with pytest.raises(openai.APIStatusError) as failed:
             client.chat.completions.create(
@@ -600,10 +510,10 @@ def test_a_route_that_does_not_escalate_on_errors_is_obeyed(
 
 
 def test_recording_before_the_answer_when_configured(
-    registry: dict[str, Any], gateway_url: str, settings: Any
+    fleet_registry: dict[str, Any], gateway_url: str, settings: Any
 ) -> None:
     settings.SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER = True
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for stream in (False, True):
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream

@@ -2,7 +2,6 @@
 client in front, the replay fleet behind, Redis (the broker's server) as the store, decisions
 and outcomes in PostgreSQL."""
 
-# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
 from __future__ import annotations
 
 from decimal import Decimal
@@ -25,12 +24,10 @@ from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.rollups import rollups_rebuild
 from tests import factories
-from tests.routing.test_gateway import (  # noqa: F401
+from tests.routing.gateway_support import (
     ASK,
     SUPPORT,
     client_for,
-    fleet,
-    gateway_url,
     outcome_of,
     registry_create,
 )
@@ -59,19 +56,19 @@ def _cache_clear() -> None:
 
 
 @pytest.fixture
-def registry(fleet: RunningFleet) -> dict[str, Any]:
+def fleet_registry(fleet: RunningFleet) -> dict[str, Any]:
     fleet.state.reset()
     _cache_clear()
     return registry_create(f"{fleet.url}/v1")
 
 
 def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     first = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT
     )
@@ -120,11 +117,11 @@ def test_a_repeated_request_is_answered_from_the_cache_and_recorded_as_a_hit(
 
 
 def test_classes_not_marked_cacheable_are_never_cached(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for _ in range(2):
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT
@@ -135,12 +132,12 @@ def test_classes_not_marked_cacheable_are_never_cached(
 
 
 def test_personal_data_is_cached_only_where_the_class_allows_it(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     personal: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "Please call me back at jane.doe@example.com"}
     ]
@@ -162,11 +159,11 @@ def test_personal_data_is_cached_only_where_the_class_allows_it(
 
 
 def test_the_dashboard_shows_the_spend_the_cache_saved(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     ids = []
     for _ in range(3):
         raw = client.chat.completions.with_raw_response.create(
@@ -188,12 +185,12 @@ def _streamed_text(chunks: list[Any]) -> str:
 
 
 def test_streamed_requests_hit_the_cache_and_fill_it(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     # A streamed miss: relayed from the model, and its answer, put back together, cached.
     first = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, stream=True
@@ -240,10 +237,10 @@ def test_streamed_requests_hit_the_cache_and_fill_it(
 def test_a_stream_that_fails_is_not_cached(gateway_url: str) -> None:
     with fleet_start(latency_scale=4.0) as slow:  # the answer streams over ≈ 2 s
         _cache_clear()
-        registry = registry_create(f"{slow.url}/v1")
+        fleet_registry = registry_create(f"{slow.url}/v1")
         _cacheable(600)
         body = {"model": "auto", "messages": ASK, "stream": True}
-        headers = {"Authorization": f"Bearer {registry['secret']}", **SUPPORT}
+        headers = {"Authorization": f"Bearer {fleet_registry['secret']}", **SUPPORT}
         with httpx.stream(
             "POST", f"{gateway_url}/v1/chat/completions", json=body, headers=headers
         ) as response:
@@ -257,11 +254,11 @@ def test_a_stream_that_fails_is_not_cached(gateway_url: str) -> None:
 
 
 def test_savings_count_only_what_the_gateway_observed(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     ids = [
         client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT
@@ -274,7 +271,7 @@ def test_savings_count_only_what_the_gateway_observed(
     api = Client()
     # The caller reports on its own decision: forging a bigger saving is refused ...
     url = f"/api/v1/decisions/{ids[1]}/outcome"
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {registry['secret']}"}
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {fleet_registry['secret']}"}
     attempts = [
         {k: a[k] for k in ("model", "status", "latency_ms", "input_tokens", "output_tokens")}
         for a in hit.attempts
@@ -333,12 +330,12 @@ def _streamed_tool_calls(chunks: list[Any]) -> list[tuple[str, str, str, str]]:
 
 
 def test_answers_with_tool_calls_are_cached_and_replayed_as_the_same_calls(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     # A streamed miss with a tool call: relayed, put back together and cached.
     first = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, tools=TOOLS, extra_headers=SUPPORT, stream=True
@@ -392,12 +389,12 @@ def test_answers_with_tool_calls_are_cached_and_replayed_as_the_same_calls(
 
 
 def test_a_plain_tool_call_answer_fills_the_cache_for_streams(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
 ) -> None:
     _cacheable(600)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     choice = {"type": "function", "function": {"name": "lookup_ticket"}}
     first = client.chat.completions.with_raw_response.create(
         model="auto",

@@ -3,7 +3,6 @@ the gateway's circuit breakers opening, the engine routing around them, a half-o
 closing them again, a local model answering when every cloud model is down — and the state
 on /metrics and the model page."""
 
-# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
 from __future__ import annotations
 
 import time
@@ -21,12 +20,10 @@ from routing.circuit_board import board, circuit_view
 from routing.snapshot import registry_cache
 from telemetry.models import DecisionRecord
 from tests import factories
-from tests.routing.test_gateway import (  # noqa: F401
+from tests.routing.gateway_support import (
     ASK,
     SUPPORT,
     client_for,
-    fleet,
-    gateway_url,
     outcome_of,
     registry_create,
 )
@@ -36,7 +33,7 @@ MID = "mistral-small-hosted"
 
 
 @pytest.fixture
-def registry(fleet: RunningFleet, settings: Any) -> dict[str, Any]:
+def fleet_registry(fleet: RunningFleet, settings: Any) -> dict[str, Any]:
     settings.SWITCHYARD_CIRCUIT_FAILURES = 2
     settings.SWITCHYARD_CIRCUIT_COOLDOWN_S = 4.0  # long enough to look at it open
     fleet.state.reset()
@@ -57,10 +54,10 @@ def _wait_routable(slug: str, seconds: float = 10.0) -> None:
 
 
 def test_a_failing_model_is_routed_around_then_probed_back(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     fleet.state.configure(MID, fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for _ in range(2):  # each call: the mid model fails, the fallback answers
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=ASK, extra_headers=SUPPORT
@@ -104,10 +101,10 @@ def test_a_failing_model_is_routed_around_then_probed_back(
 
 
 def test_a_failed_probe_opens_the_circuit_again(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     fleet.state.configure(MID, fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for _ in range(2):
         client.chat.completions.create(model="auto", messages=ASK, extra_headers=SUPPORT)
     first = circuit_view(MID)
@@ -125,16 +122,16 @@ def test_a_failed_probe_opens_the_circuit_again(
 
 
 def test_every_cloud_model_down_answers_locally_where_the_class_allows_it(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     for slug in (MID, "gpt-4o"):
         fleet.state.configure(slug, fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     for _ in range(2):  # both cloud models fail on each call: a clean 502
         raw = httpx.post(
             f"{gateway_url}/v1/chat/completions",
             json={"model": "support", "messages": ASK},
-            headers={"Authorization": f"Bearer {registry['secret']}"},
+            headers={"Authorization": f"Bearer {fleet_registry['secret']}"},
         )
         assert raw.status_code == 502
     assert board.allow(MID) is False and board.allow("gpt-4o") is False
@@ -142,7 +139,7 @@ def test_every_cloud_model_down_answers_locally_where_the_class_allows_it(
     raw = httpx.post(
         f"{gateway_url}/v1/chat/completions",
         json={"model": "support", "messages": ASK},
-        headers={"Authorization": f"Bearer {registry['secret']}"},
+        headers={"Authorization": f"Bearer {fleet_registry['secret']}"},
     )
     assert raw.status_code == 422
     assert raw.json()["error"]["code"] == "no_eligible_model"

@@ -3,7 +3,6 @@ that COMMIT has returned (routing.gateway._committed): a COMMIT made slow or mad
 a deferred trigger (tests/commit_faults.py) in the real PostgreSQL, the official openai
 client in front, the replay fleet behind."""
 
-# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -22,15 +21,11 @@ from telemetry.budgets import BudgetLeases
 from telemetry.models import DecisionOutcome, DecisionRecord
 from telemetry.recorder import connection_params, recorder
 from tests import commit_faults
-from tests.routing.test_gateway import (  # noqa: F401
+from tests.routing.gateway_support import (
     ASK,
     SUPPORT,
     client_for,
-    fleet,
-    gateway_url,
     outcome_of,
-    registry,
-    registry_create,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,14 +50,14 @@ def _fleet_calls(fleet: RunningFleet) -> int:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_the_answer_waits_for_the_decisions_commit(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
     faults: psycopg.Connection[Any],
     stream: bool,
 ) -> None:
     commit_faults.arm(faults, 1, "slow")  # the next COMMIT takes 0.4 s more, then succeeds
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
     )
@@ -81,7 +76,7 @@ def test_the_answer_waits_for_the_decisions_commit(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_a_failed_commit_is_an_error_never_an_unrecorded_answer(
-    registry: dict[str, Any],
+    fleet_registry: dict[str, Any],
     gateway_url: str,
     fleet: RunningFleet,
     faults: psycopg.Connection[Any],
@@ -90,7 +85,7 @@ def test_a_failed_commit_is_an_error_never_an_unrecorded_answer(
 ) -> None:
     settings.SWITCHYARD_RECORD_TIMEOUT_S = 1.0
     commit_faults.arm(faults, 1000, "abort")  # every COMMIT fails until disarmed
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     with pytest.raises(openai.APIStatusError) as failed:
         client.chat.completions.create(
             model="auto", messages=ASK, extra_headers=SUPPORT, stream=stream
@@ -112,7 +107,7 @@ def test_a_failed_commit_is_an_error_never_an_unrecorded_answer(
 
 
 def test_holds_taken_without_waiting_are_settled_like_the_others(
-    registry: dict[str, Any], gateway_url: str
+    fleet_registry: dict[str, Any], gateway_url: str
 ) -> None:
     team = Team.objects.get(slug="team-a")
     budget = services.budget_create(
@@ -123,7 +118,7 @@ def test_holds_taken_without_waiting_are_settled_like_the_others(
         limit_usd=Decimal("100"),
         hard_action="block",
     )
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     admission = recorder.admission
     assert isinstance(admission, BudgetLeases)
     taken = admission.taken

@@ -2,7 +2,6 @@
 condenses a long context before the frontier model is called; what it saved is recorded and
 shown on the dashboards."""
 
-# ruff: noqa: F811  (the gateway tests' module fixtures, imported by name)
 from __future__ import annotations
 
 from decimal import Decimal
@@ -27,12 +26,10 @@ from telemetry.models import DecisionRecord, HourlyRollup
 from telemetry.recorder import recorder
 from telemetry.rollups import rollups_rebuild
 from tests import factories
-from tests.routing.test_gateway import (  # noqa: F401
+from tests.routing.gateway_support import (
     ASK,
     SUPPORT,
     client_for,
-    fleet,
-    gateway_url,
     outcome_of,
     registry_create,
 )
@@ -54,7 +51,7 @@ LONG: list[ChatCompletionMessageParam] = [
 
 
 @pytest.fixture
-def registry(fleet: RunningFleet) -> dict[str, Any]:
+def fleet_registry(fleet: RunningFleet) -> dict[str, Any]:
     fleet.state.reset()
     made = registry_create(f"{fleet.url}/v1")
     research = factories.task_class_create(slug="research", condense_above_tokens=200)
@@ -78,9 +75,9 @@ def _calls(fleet: RunningFleet, slug: str) -> int:
 
 
 def test_a_long_context_is_condensed_locally_before_the_frontier_call(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=LONG, extra_headers=RESEARCH
     )
@@ -107,12 +104,12 @@ def test_a_long_context_is_condensed_locally_before_the_frontier_call(
 
 
 def test_short_contexts_and_non_frontier_models_are_not_condensed(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     TaskClass.objects.filter(slug="support").update(condense_above_tokens=10)
     generation_bump()
     registry_cache.invalidate()
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     short = client.chat.completions.with_raw_response.create(
         model="auto", messages=ASK, extra_headers=RESEARCH
     )
@@ -126,10 +123,10 @@ def test_short_contexts_and_non_frontier_models_are_not_condensed(
 
 
 def test_a_failed_condensing_call_leaves_the_request_whole(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     fleet.state.configure(LOCAL, fail_rate=None, down=True)
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=LONG, extra_headers=RESEARCH
     )
@@ -140,7 +137,7 @@ def test_a_failed_condensing_call_leaves_the_request_whole(
 
 
 def test_the_condensing_call_is_charged_like_any_attempt(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     team = Team.objects.get(slug="team-a")
     budget = services.budget_create(
@@ -151,7 +148,7 @@ def test_the_condensing_call_is_charged_like_any_attempt(
         limit_usd=Decimal("100"),
         hard_action="block",
     )
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=LONG, extra_headers=RESEARCH
     )
@@ -189,16 +186,16 @@ def _held(decision_id: str) -> Decimal:
 
 
 def test_the_budget_hold_covers_the_condensing_call(
-    registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
+    fleet_registry: dict[str, Any], gateway_url: str, fleet: RunningFleet
 ) -> None:
     """A call that may be condensed holds the frontier call's worst case plus the
     condensing call's, so spent + reserved bounds what it can spend before it spends it."""
     whole = factories.task_class_create(slug="research-whole")  # the same, never condensed
     routes = {
-        TaskClass.objects.get(slug="research"): (registry["big"], []),
-        whole: (registry["big"], []),
-        TaskClass.objects.get(slug="support"): (registry["mid"], ["gpt-4o"]),
-        TaskClass.objects.get(slug="redact"): (registry["local"], []),
+        TaskClass.objects.get(slug="research"): (fleet_registry["big"], []),
+        whole: (fleet_registry["big"], []),
+        TaskClass.objects.get(slug="support"): (fleet_registry["mid"], ["gpt-4o"]),
+        TaskClass.objects.get(slug="redact"): (fleet_registry["local"], []),
     }
     factories.routing_table_create(routes)
     generation_bump()
@@ -213,7 +210,7 @@ def test_the_budget_hold_covers_the_condensing_call(
         soft_limit_pct=100,  # no downgrade before the hard limit: the hold decides alone
         hard_action="block",
     )
-    client = client_for(gateway_url, registry["secret"])
+    client = client_for(gateway_url, fleet_registry["secret"])
     condensed = client.chat.completions.with_raw_response.create(
         model="auto", messages=LONG, extra_headers=RESEARCH
     )
