@@ -34,7 +34,11 @@ class _Design:
     width: int
 
 
-def design(features: Sequence[dict[int, float]], width: int) -> _Design:
+def design(
+    features: Sequence[dict[int, float]], width: int, scale: np.ndarray | None = None
+) -> _Design:
+    """The sparse matrix of these feature dicts; ``scale``: a multiplier per column
+    (:func:`column_scales`)."""
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []
@@ -42,13 +46,33 @@ def design(features: Sequence[dict[int, float]], width: int) -> _Design:
         rows.extend([i] * len(f))
         cols.extend(f.keys())
         vals.extend(f.values())
-    return _Design(
-        np.asarray(rows, dtype=np.int64),
-        np.asarray(cols, dtype=np.int64),
-        np.asarray(vals, dtype=np.float64),
-        len(features),
-        width,
-    )
+    col = np.asarray(cols, dtype=np.int64)
+    val = np.asarray(vals, dtype=np.float64)
+    if scale is not None:
+        val = val * scale[col]
+    return _Design(np.asarray(rows, dtype=np.int64), col, val, len(features), width)
+
+
+def column_scales(features: Sequence[dict[int, float]], start: int, width: int) -> np.ndarray:
+    """A multiplier per column that gives the dense columns ``[start, width)`` unit
+    standard deviation over these rows (1 for the others, and for a constant column).
+    Fit on the scaled columns, multiply the weights by the same array: the weights for the
+    raw values, under a penalty that treats every dense feature alike."""
+    scale = np.ones(width)
+    n = len(features)
+    if n < 2:
+        return scale
+    total = np.zeros(width - start)
+    squares = np.zeros(width - start)
+    for f in features:
+        for i, v in f.items():
+            if i >= start:
+                total[i - start] += v
+                squares[i - start] += v * v
+    var = squares / n - (total / n) ** 2
+    sd = np.sqrt(np.clip(var, 0.0, None))
+    scale[start:] = np.where(sd > 1e-9, 1.0 / np.maximum(sd, 1e-9), 1.0)
+    return scale
 
 
 def _scores(x: _Design, w: np.ndarray, b: float) -> np.ndarray:
@@ -210,7 +234,7 @@ def heldout_metrics(p: list[float], y: list[bool], base_rate: float) -> dict[str
 
 
 # The penalties cross-validation chooses from (mean log loss, grouped folds).
-L2_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+L2_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 # Above this many (distinct) rows the penalty is chosen on a stable subsample of this size.
 CV_MAX_ROWS = 12_000
 
@@ -227,6 +251,15 @@ def group_folds(groups: Sequence[str], k: int) -> list[int]:
     return [fold_of[g] for g in groups]
 
 
+def cv_rows(n: int, max_rows: int | None = None) -> list[int]:
+    """The rows :func:`l2_choose` cross-validates on (all, or a fixed-seed draw of
+    ``max_rows``, default :data:`CV_MAX_ROWS`): only their features are read."""
+    max_rows = CV_MAX_ROWS if max_rows is None else max_rows
+    if n <= max_rows:
+        return list(range(n))
+    return sorted(np.random.default_rng(0).choice(n, max_rows, replace=False).tolist())
+
+
 def l2_choose(
     features: Sequence[dict[int, float]],
     y: np.ndarray,
@@ -237,22 +270,22 @@ def l2_choose(
     folds: int = 3,
     trials: np.ndarray | None = None,
     max_rows: int | None = None,
+    column_scale: np.ndarray | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The penalty with the lowest grouped k-fold cross-validated log loss on these examples
     (and the mean loss per request of every candidate). Fewer than two groups, or a fold
     without both outcomes in its training part: the middle of the grid.
 
-    ``y``/``trials`` as in :func:`logistic_fit`. Each fold fits the grid from the strongest
+    ``y``/``trials`` as in :func:`logistic_fit`; ``column_scale``: ``scale`` of
+    :func:`design`. Each fold fits the grid from the strongest
     penalty down, each fit starting from the previous one's solution. More than
     ``max_rows`` rows (default :data:`CV_MAX_ROWS`): cross-validated on ``max_rows`` of
     them (a fixed-seed draw), and the chosen penalty scaled by (requests in the subsample /
     all requests)."""
-    max_rows = CV_MAX_ROWS if max_rows is None else max_rows
     counts = np.ones(len(y)) if trials is None else trials
     scale = 1.0
-    rows = list(range(len(y)))
-    if len(rows) > max_rows:
-        rows = sorted(np.random.default_rng(0).choice(len(y), max_rows, replace=False).tolist())
+    rows = cv_rows(len(y), max_rows)
+    if len(rows) < len(y):
         scale = float(counts[rows].sum() / counts.sum())
     fold = group_folds([groups[i] for i in rows], folds)
     k = len(set(fold))
@@ -268,8 +301,8 @@ def l2_choose(
         if not test or wins_train.sum() == 0 or wins_train.sum() == n_train.sum():
             return middle, losses
         parts.append(
-            (design([features[i] for i in train], width), wins_train, n_train,
-             design([features[i] for i in test], width), y[test], counts[test])
+            (design([features[i] for i in train], width, column_scale), wins_train, n_train,
+             design([features[i] for i in test], width, column_scale), y[test], counts[test])
         )  # fmt: skip
     requests = float(counts[rows].sum())
     totals = dict.fromkeys(grid, 0.0)

@@ -17,7 +17,12 @@ Routers:
   database by the product's own training and decided by its engine
   (``evaluation.services.routerbench``); the score is the predicted success of the weak
   model minus the strong model's — the ``gain`` rule of ``routing.learned``, so the
-  threshold sweep is exactly what the product would route. Also reported: the engine's
+  threshold sweep is exactly what the product would route. In k-fold runs each fold has
+  its own router, and the prompts are ranked by their place in their fold's training
+  traffic (the strong share at which a threshold calibrated there, as the product
+  calibrates, sends them weak); ``learned_raw`` pools the folds' raw scores instead, which
+  mixes five routers' offsets (a fold that holds out the domains with the largest gap has
+  trained on the rest, so its offset leans the wrong way). Also reported: the engine's
   strong share and accuracy at the router's threshold and the Brier score of its
   decisions' confidence.
 - ``semantic``: the product's semantic router (``routing.semantic``, default hashed TF-IDF
@@ -51,7 +56,7 @@ from routing.semantic import HashedTfidf
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
-ROUTERS = ("random", "length", "learned", "semantic", "cascade", "oracle")
+ROUTERS = ("random", "length", "learned", "learned_raw", "semantic", "cascade", "oracle")
 csv.field_size_limit(1 << 26)
 
 
@@ -158,6 +163,9 @@ class ProductScores:
     confidence: Sequence[float]
     cascade: Sequence[float] | None = None
     routers: Sequence[dict[str, Any]] = ()
+    # Each prompt's rank in its fold's training traffic (evaluation.services.routerbench):
+    # with it, ``learned`` ranks by it and ``learned_raw`` by the raw gain score.
+    traffic_rank: Sequence[float] = ()
 
 
 def semantic_scores(
@@ -218,14 +226,22 @@ def evaluate(
         "held_out": "trained on --train" if train_rows else f"{folds}-fold, whole groups held out",
     }
     observed = [r.weak for r in rows]
+    gain = [w - s for w, s in zip(product.p_weak, product.p_strong, strict=True)]
     routers: dict[str, list[float]] = {
         "random": [rng.random() for _ in rows],
         "length": [-float(len(r.prompt)) for r in rows],
-        # The rule gain of routing.learned: the threshold sweep is what the product routes.
-        "learned": [w - s for w, s in zip(product.p_weak, product.p_strong, strict=True)],
+        # The rule gain of routing.learned, each fold's router at every threshold
+        # calibrated on its own training traffic: the threshold sweep is what the product
+        # routes (one router, with --train: the same order as the raw score).
+        "learned": list(product.traffic_rank) if product.traffic_rank else gain,
         "semantic": semantic_scores(rows, train_rows=train_rows, folds=folds),
         "oracle": [1.0 if r.weak or not r.strong else 0.0 for r in rows],
     }
+    if product.traffic_rank:
+        # The raw gain scores of the folds' routers pooled: each fold's router has its own
+        # offset, and a fold that holds out the domains with the largest gap trains on the
+        # others, so its offset leans the wrong way (a cross-validation artefact).
+        routers["learned_raw"] = gain
     if product.cascade is not None:
         routers["cascade"] = list(product.cascade)
     for router, scores in routers.items():
@@ -257,14 +273,13 @@ def table(results: dict[str, Any]) -> list[str]:
             f"{name}: {res['prompts']} prompts, weak {res['weak_accuracy']:.3f}, "
             f"strong {res['strong_accuracy']:.3f} ({res['held_out']})"
         )
-        lines.append(f"  {'router':<8} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'Brier':>6}")
+        lines.append(f"  {'router':<11} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'Brier':>6}")
         for router in ROUTERS:
             if router in res:
                 r = res[router]
                 brier = f"{r['brier']:>6.3f}" if "brier" in r else f"{'':>6}"
-                lines.append(
-                    f"  {router:<8} {r['apgr']:>6.3f} {r['cpt50']:>6.3f} {r['cpt80']:>6.3f} {brier}"
-                )
+                figures = f"{r['apgr']:>6.3f} {r['cpt50']:>6.3f} {r['cpt80']:>6.3f}"
+                lines.append(f"  {router:<11} {figures} {brier}")
     return lines
 
 

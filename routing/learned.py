@@ -8,8 +8,23 @@ model succeeds on a request, from:
   sub-linear counts (1 + log n), L2-normalised;
 - the prompt template (``tpl:<id>@<version>``) and the metadata (``meta:<key>=<value>`` for
   short scalar values), hashed into the same buckets with weight 1;
-- three dense features after the buckets: log of the prompt's characters, of its words and
-  of its numbers (scaled to about 0–1).
+- dense *structure* features after the buckets (``HashingSpec.dense`` names which, in
+  order; :data:`STRUCTURE_FEATURES` defines them): log of the prompt's characters, of its
+  words and of its numbers; the share of (ASCII) digits, of maths symbols and of Latin
+  capitals; lines;
+  answer options (lines like ``A. …``, ``(b) …``, ``3) …``: how many, their share of the
+  text, their mean length); a negation in capitals ("NOT", "EXCEPT", "LEAST"); code
+  markers; a question mark; mean word length; and the question word that opens the
+  request's last line before the options ("which", "what", "how", … one indicator each).
+  They describe the request's *form*, not its topic, so they mean the same on any task
+  class and carry over to sources (domains, templates) the router has not seen, where
+  word n-grams mostly name the topic. Each is scaled to about 0–1; training standardises
+  them and stores the weights for these raw values.
+
+``HashingSpec.ngram_max`` 0 switches the word n-grams off (template and metadata are still
+hashed): the training (``evaluation.services.learned``) chooses between n-grams plus
+structure, structure only, and the three length features only by cross-validation grouped
+by the requests' source, and stores its choice in the hashing settings.
 
 The parameters are plain data (``LearnedRouterInfo``: coefficients as floats, the hashing
 settings, the class threshold and its rule) stored in ``evaluation.LearnedRouter`` as JSON
@@ -40,12 +55,36 @@ from typing import Any, Final, cast
 
 SCHEME: Final = "crc32-signed-v1"
 RULES: Final = ("success", "gain")
-DENSE_FEATURES: Final = ("log_chars", "log_words", "log_numbers")
+# The dense features of the first stored routers (a spec without "dense" has these).
+LENGTH_FEATURES: Final = ("log_chars", "log_words", "log_numbers")
+QUESTION_WORDS: Final = (
+    "which", "what", "how", "why", "who", "when", "where", "find", "calculate", "if", "is",
+)  # fmt: skip
+STRUCTURE_FEATURES: Final = (
+    *LENGTH_FEATURES,
+    "digit_share",
+    "math_share",
+    "upper_share",
+    "log_lines",
+    "options",
+    "option_share",
+    "log_option_len",
+    "negation",
+    "code",
+    "question_mark",
+    "mean_word_len",
+    *(f"q_{w}" for w in QUESTION_WORDS),
+)
+DENSE_FEATURES: Final = STRUCTURE_FEATURES  # the default spec's
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_META_VALUE = 64
 # Metadata keys never used as features: the evaluation's reference answers (stored with
 # demo and sweep requests) would leak the label into training.
 IGNORED_METADATA_KEYS: Final = frozenset({"reference_answer", "reference"})
+# The metadata key that names a request's source (a domain, a customer, a feed): training
+# cross-validates grouped by it, so its choices hold on sources it has not seen. Not a
+# feature: a router must not lean on the name of a source it may never see again.
+GROUP_METADATA_KEY: Final = "group"
 
 
 def learned_template(template: Any) -> str:
@@ -66,30 +105,36 @@ class HashingSpec:
     """How text becomes features; stored with every trained router."""
 
     n_features: int = 4096
-    ngram_max: int = 2
+    ngram_max: int = 2  # 0: no word n-grams (template and metadata still hashed)
     scheme: str = SCHEME
+    dense: tuple[str, ...] = DENSE_FEATURES  # names from STRUCTURE_FEATURES, in this order
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "scheme": self.scheme,
             "n_features": self.n_features,
             "ngram_max": self.ngram_max,
-            "dense": list(DENSE_FEATURES),
+            "dense": list(self.dense),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HashingSpec:
         if data.get("scheme") != SCHEME:
             raise ValueError(f"unknown feature scheme {data.get('scheme')!r}")
-        spec = cls(n_features=int(data["n_features"]), ngram_max=int(data["ngram_max"]))
-        if spec.n_features < 16 or not 1 <= spec.ngram_max <= 3:
+        dense = tuple(str(d) for d in data.get("dense", LENGTH_FEATURES))
+        spec = cls(
+            n_features=int(data["n_features"]), ngram_max=int(data["ngram_max"]), dense=dense
+        )
+        if spec.n_features < 16 or not 0 <= spec.ngram_max <= 3:
             raise ValueError("invalid hashing settings")
+        if len(set(dense)) != len(dense) or not set(dense) <= set(STRUCTURE_FEATURES):
+            raise ValueError(f"unknown or repeated dense features {list(dense)}")
         return spec
 
     @property
     def width(self) -> int:
         """Length of a weight vector: the buckets, then the dense features."""
-        return self.n_features + len(DENSE_FEATURES)
+        return self.n_features + len(self.dense)
 
 
 def _bucket(token: str | bytes, n: int) -> tuple[int, float]:
@@ -139,7 +184,7 @@ def request_features(
         words, number = _TOKEN.findall(text), "#"
     # Numbers are [0-9]+ only (isdigit alone would take other scripts' digits too).
     tokens = [number if w.isdigit() and w.isascii() else w for w in words]
-    counts = _grams(tokens, spec.ngram_max)
+    counts = _grams(tokens, spec.ngram_max) if spec.ngram_max else {}
     buckets: dict[int, float] = {}
     size = spec.n_features
     known = _BUCKETS.get(size)
@@ -161,7 +206,7 @@ def request_features(
         extra.append(f"tpl:{template}")
     if metadata:
         for key, value in metadata.items():
-            if key in IGNORED_METADATA_KEYS:
+            if key in IGNORED_METADATA_KEYS or key == GROUP_METADATA_KEY:
                 continue
             if isinstance(value, bool | int | float) or (
                 isinstance(value, str) and len(value) <= _MAX_META_VALUE
@@ -171,10 +216,71 @@ def request_features(
         index, sign = _bucket(token, size)
         buckets[index] = buckets.get(index, 0.0) + sign
     numbers = tokens.count(number)  # "#" is never a word itself (_TOKEN)
-    buckets[size] = math.log1p(len(text)) / 10.0
-    buckets[size + 1] = math.log1p(len(words)) / 8.0
-    buckets[size + 2] = math.log1p(numbers) / 4.0
+    lengths = {
+        "log_chars": math.log1p(len(text)) / 10.0,
+        "log_words": math.log1p(len(words)) / 8.0,
+        "log_numbers": math.log1p(numbers) / 4.0,
+    }
+    if spec.dense == LENGTH_FEATURES:
+        values = lengths
+    else:
+        values = structure_features(prompt or "", len(words))
+        values.update(lengths)
+    for offset, name in enumerate(spec.dense):
+        value = values[name]
+        if value or name in lengths:  # the length features are always present
+            buckets[size + offset] = value
     return buckets
+
+
+_OPTION = re.compile(r"^[ \t]*(?:\(?[A-Ha-h]|\(?[1-9])[.)][ \t]+(\S.*)$", re.M)
+_NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST|FALSE|INCORRECT|NEVER)\b")
+_CODE = re.compile(r"```|\bdef |\breturn\b|;[ \t]*$|[{}]|\bprint\(|#include|</?[a-z]+>", re.M)
+_ASCII_MATH = b"+-*/=^<>%"
+_OTHER_MATH = re.compile("[√∑∫≤≥×÷]")
+_DIGITS = b"0123456789"
+_CAPITALS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_QUESTION_WORD = re.compile(r"\b(" + "|".join(QUESTION_WORDS) + r")\b")
+
+
+def structure_features(prompt: str, words: int) -> dict[str, float]:
+    """The form of a request (see the module docstring), each about 0–1; ``words``: the
+    number of words (the tokens of the n-grams). The length features are added by
+    :func:`request_features`."""
+    n = len(prompt) or 1
+    # Counted on the UTF-8 bytes (in C): ASCII digits, Latin capitals, ASCII maths symbols
+    # (and a few others by an expression when the text is not ASCII).
+    data = prompt.encode("utf-8", "surrogatepass")
+    digits = len(data) - len(data.translate(None, _DIGITS))
+    upper = len(data) - len(data.translate(None, _CAPITALS))
+    maths = len(data) - len(data.translate(None, _ASCII_MATH))
+    if not prompt.isascii():
+        maths += len(_OTHER_MATH.findall(prompt))
+    options = _OPTION.findall(prompt)
+    option_chars = sum(map(len, options))
+    first = _OPTION.search(prompt)
+    stem = prompt[: first.start()] if first else prompt
+    last_line = stem.strip().rpartition("\n")[2].casefold()
+    question = _QUESTION_WORD.search(last_line)
+    opener = question.group(1) if question else ""
+    out = {
+        "digit_share": min(1.0, 5.0 * digits / n),
+        "math_share": min(1.0, 10.0 * maths / n),
+        "upper_share": min(1.0, 5.0 * upper / n),
+        "log_lines": math.log1p(prompt.count("\n")) / 4.0,
+        "options": min(len(options), 10) / 5.0,
+        "option_share": option_chars / n,
+        "log_option_len": math.log1p(option_chars / len(options)) / 6.0 if options else 0.0,
+        "negation": 1.0 if _NEGATION.search(prompt) else 0.0,
+        "code": 1.0 if _CODE.search(prompt) else 0.0,
+        "question_mark": 1.0 if "?" in prompt else 0.0,
+        "mean_word_len": min(1.0, (len(prompt) - prompt.count(" ")) / words / 10.0)
+        if words
+        else 0.0,
+    }
+    for w in QUESTION_WORDS:
+        out[f"q_{w}"] = 1.0 if opener == w else 0.0
+    return out
 
 
 @dataclass(frozen=True, slots=True)

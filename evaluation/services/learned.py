@@ -30,7 +30,7 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +41,15 @@ from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.models import ModelEndpoint, Route, RoutingTableVersion, TaskClass, VersionStatus
-from evaluation.logreg import aggregate, design, heldout_metrics, l2_choose, logistic_fit
+from evaluation.logreg import (
+    aggregate,
+    column_scales,
+    cv_rows,
+    design,
+    heldout_metrics,
+    l2_choose,
+    logistic_fit,
+)
 from evaluation.models import (
     LearnedRouter,
     LearnedRouterRule,
@@ -53,6 +61,8 @@ from evaluation.selectors import learned_router_info
 from routing.confidence import graded_success
 from routing.enums import RouteStrategy
 from routing.learned import (
+    GROUP_METADATA_KEY,
+    LENGTH_FEATURES,
     THRESHOLD_GRID,
     HashingSpec,
     LearnedRouterInfo,
@@ -79,6 +89,26 @@ class Example:
     model: str
     features: dict[int, float]
     success: bool
+    group: str = ""  # the request's source (metadata GROUP_METADATA_KEY), "" without one
+    template: str = ""  # "<id>@<version>" (the template feature)
+    metadata: Any = None
+
+
+# The feature sets training chooses from (routing.learned): word n-grams and structure,
+# structure only, the three length features only.
+FEATURE_SETS = ("ngrams", "structure", "lengths")
+MIN_GROUPS = 3  # marked sources needed to cross-validate grouped by them
+
+
+def feature_spec(base: HashingSpec, name: str) -> HashingSpec:
+    """The hashing settings of one of :data:`FEATURE_SETS`, from the full ``base``."""
+    if name == "ngrams":
+        return base
+    if name == "structure":
+        return replace(base, ngram_max=0)
+    if name == "lengths":
+        return replace(base, ngram_max=0, dense=LENGTH_FEATURES)
+    raise ValueError(f"unknown feature set {name!r}")
 
 
 _LIVE_SQL = """
@@ -138,15 +168,24 @@ def training_examples(
             )
             if ok is None:
                 continue
-            out.append(Example(prompt, model, features_of(prompt, tpl, tpl_v, meta), ok))
+            features = features_of(prompt, tpl, tpl_v, meta)
+            out.append(Example(prompt, model, features, ok, *_source(tpl, tpl_v, meta)))
         cursor.execute(_SWEEP_SQL, params)
         for _, prompt, cand, cand_ok, primary, primary_ok, tpl, tpl_v, meta in cursor:
             features = features_of(prompt, tpl, tpl_v, meta)
+            source = _source(tpl, tpl_v, meta)
             if cand_ok is not None:
-                out.append(Example(prompt, cand, features, bool(cand_ok)))
+                out.append(Example(prompt, cand, features, bool(cand_ok), *source))
             if primary and primary_ok is not None:
-                out.append(Example(prompt, primary, features, bool(primary_ok)))
+                out.append(Example(prompt, primary, features, bool(primary_ok), *source))
     return out
+
+
+def _source(tpl: str, tpl_v: str, meta: Any) -> tuple[str, str, Any]:
+    """(group, template key, metadata) of a stored request."""
+    metadata = _json(meta)
+    group = metadata.get(GROUP_METADATA_KEY) if isinstance(metadata, dict) else None
+    return (str(group) if group not in (None, "") else "", template_key(tpl, tpl_v), metadata)
 
 
 def is_heldout(key: str) -> bool:
@@ -251,6 +290,74 @@ def cost_quality_curve(
     return [threshold_point(p) for p in curve]
 
 
+@dataclass(slots=True)
+class _ModelData:
+    """One model's training rows (repeated requests folded: ``aggregate``)."""
+
+    model: ModelEndpoint
+    train: list[Example]
+    heldout: list[Example]
+    distinct: list[Example]  # the first example of every distinct training request
+    y: Any  # np.ndarray: successes per distinct request
+    trials: Any  # np.ndarray: requests per distinct request
+    groups: list[str]
+
+
+class _Features:
+    """Every example's features under each candidate feature set, computed once per
+    distinct request (the identity of its full feature dict) and only when asked for."""
+
+    def __init__(self, base: HashingSpec) -> None:
+        self.base = base
+        self.memo: dict[str, dict[int, dict[int, float]]] = {}
+
+    def of(self, spec: HashingSpec, e: Example) -> dict[int, float]:
+        if spec == self.base:
+            return e.features
+        memo = self.memo.setdefault(repr(spec), {})
+        f = memo.get(id(e.features))
+        if f is None:
+            f = memo[id(e.features)] = request_features(
+                spec, e.key, template=e.template, metadata=e.metadata
+            )
+        return f
+
+
+def _feature_choice(
+    data: Sequence[_ModelData], base: HashingSpec, features: _Features
+) -> tuple[str, dict[str, dict[str, Any]], dict[str, float]]:
+    """The feature set (:data:`FEATURE_SETS`) with the lowest grouped cross-validated log
+    loss summed over the models, each model at its own best penalty; and per set the
+    penalty and losses of every model, and the set's mean loss per request. ("ngrams"
+    when the cross-validation cannot run: fewer than two groups.)"""
+    per_set: dict[str, dict[str, Any]] = {}
+    totals: dict[str, float] = {}
+    for name in FEATURE_SETS:
+        spec = feature_spec(base, name)
+        loss = 0.0
+        requests = 0.0
+        chosen: dict[str, Any] = {}
+        for d in data:
+            rows = cv_rows(len(d.distinct))
+            feats: list[dict[int, float]] = [{}] * len(d.distinct)
+            for i in rows:
+                feats[i] = features.of(spec, d.distinct[i])
+            scale = column_scales([feats[i] for i in rows], spec.n_features, spec.width)
+            l2, losses = l2_choose(
+                feats, d.y, d.groups, spec.width, trials=d.trials, column_scale=scale
+            )
+            if not losses:
+                return "ngrams", {}, {}
+            n = float(d.trials[rows].sum())
+            loss += min(losses.values()) * n
+            requests += n
+            chosen[d.model.slug] = {"l2": l2, "cv_log_loss_by_l2": losses}
+        per_set[name] = chosen
+        totals[name] = round(loss / max(requests, 1.0), 5)
+    best = min(FEATURE_SETS, key=lambda name: totals[name])
+    return best, per_set, totals
+
+
 def learned_router_train(
     task_class: TaskClass,
     *,
@@ -264,20 +371,32 @@ def learned_router_train(
     """Train and store a candidate router for ``task_class``; None without enough data.
 
     ``threshold`` defaults to the class's quality target (rule ``success``) or
-    :data:`GAIN_DEFAULT_THRESHOLD` (rule ``gain``); the penalty is chosen by
-    cross-validation unless ``c`` is given (then ``l2 = 1 / (c·n)``, scikit-learn's ``C``)."""
+    :data:`GAIN_DEFAULT_THRESHOLD` (rule ``gain``). Without ``spec`` and ``c`` the feature
+    set (:data:`FEATURE_SETS`) and every model's penalty are chosen by cross-validation
+    on the training part, grouped by the requests' source (metadata
+    ``GROUP_METADATA_KEY``, when at least :data:`MIN_GROUPS` sources are marked; else by
+    a hash of the prompt), so that they are the choices that hold on sources the training
+    has not seen. With ``spec`` only the penalty is chosen; with ``c`` it is
+    ``l2 = 1 / (c·n)`` (scikit-learn's ``C``). The dense features are standardised for the
+    fit and the weights stored for their raw values."""
     now = now or timezone.now()
     days = window_days or settings.SWITCHYARD_LEARNED_WINDOW_DAYS
     since = now - timedelta(days=days)
-    spec = spec or HashingSpec()
+    choose = spec is None and c is None
+    base = spec or HashingSpec()
     ladder = _route_models(task_class)
     if len(ladder) < 2:
         return None
-    examples = training_examples(task_class.slug, since=since, until=now, spec=spec)
-    coefficients: dict[str, Any] = {}
-    samples: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    l2_used = 0.0
+    examples = training_examples(task_class.slug, since=since, until=now, spec=base)
+    marked = {e.group for e in examples if e.group}
+    by_source = len(marked) >= MIN_GROUPS
+
+    def group_of(e: Example) -> str:
+        if by_source and e.group:
+            return f"s:{e.group}"
+        return f"g{zlib.crc32(e.key.encode('utf-8', 'surrogatepass')) % 30}"
+
+    data: list[_ModelData] = []
     for model in ladder:
         mine = [e for e in examples if e.model == model.slug]
         train = [e for e in mine if not is_heldout(e.key)]
@@ -285,37 +404,63 @@ def learned_router_train(
         wins = sum(e.success for e in train)
         if len(train) < MIN_EXAMPLES or wins < MIN_EACH or len(train) - wins < MIN_EACH:
             continue
-        rows, y, trials, first = aggregate([e.features for e in train], [e.success for e in train])
-        if c is None:
-            groups = [
-                f"g{zlib.crc32(train[i].key.encode('utf-8', 'surrogatepass')) % 30}" for i in first
-            ]
-            l2, cv_loss = l2_choose(rows, y, groups, spec.width, trials=trials)
+        _, y, trials, first = aggregate([e.features for e in train], [e.success for e in train])
+        distinct = [train[i] for i in first]
+        data.append(
+            _ModelData(model, train, heldout, distinct, y, trials, [group_of(e) for e in distinct])
+        )
+    features = _Features(base)
+    chosen_set, per_set, totals = (
+        _feature_choice(data, base, features) if choose and data else ("ngrams", {}, {})
+    )
+    spec = feature_spec(base, chosen_set)
+    coefficients: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    if choose:
+        metrics["features"] = {
+            "chosen": chosen_set,
+            "cv_log_loss": totals,
+            "grouped_by": "source" if by_source else "prompt",
+            "groups": len(marked) if by_source else None,
+        }
+    l2_used = 0.0
+    for d in data:
+        model = d.model
+        rows = [features.of(spec, e) for e in d.distinct]
+        scale = column_scales(rows, spec.n_features, spec.width)
+        if c is not None:
+            l2, cv_loss = 1.0 / (c * len(d.train)), {}
+        elif model.slug in per_set.get(chosen_set, {}):
+            l2 = per_set[chosen_set][model.slug]["l2"]
+            cv_loss = per_set[chosen_set][model.slug]["cv_log_loss_by_l2"]
         else:
-            l2, cv_loss = 1.0 / (c * len(train)), {}
+            l2, cv_loss = l2_choose(
+                rows, d.y, d.groups, spec.width, trials=d.trials, column_scale=scale
+            )
         l2_used = max(l2_used, l2)
-        w, b = logistic_fit(design(rows, spec.width), y, l2=l2, trials=trials)
+        w, b = logistic_fit(design(rows, spec.width, scale), d.y, l2=l2, trials=d.trials)
         coefficients[model.slug] = {
             "intercept": round(b, 6),
-            "weights": [round(float(v), 6) for v in w],
+            "weights": [round(float(v), 6) for v in w * scale],
             "tier": model.tier,
             "l2": l2,
         }
         samples[model.slug] = {
-            "train": len(train),
-            "heldout": len(heldout),
-            "successes": int(sum(e.success for e in mine)),
+            "train": len(d.train),
+            "heldout": len(d.heldout),
+            "successes": int(sum(e.success for e in d.train) + sum(e.success for e in d.heldout)),
             "cv_log_loss_by_l2": cv_loss,
         }
-        if heldout:
+        if d.heldout:
             info = learned_router_from_coefficients(task_class.slug, spec, 0.5, coefficients)
             fitted = info.model(model.slug)
             assert fitted is not None
             from routing.learned import predict_one
 
-            p = [predict_one(fitted, e.features) for e in heldout]
-            base_rate = float(y.sum() / trials.sum())
-            metrics[model.slug] = heldout_metrics(p, [e.success for e in heldout], base_rate)
+            p = [predict_one(fitted, features.of(spec, e)) for e in d.heldout]
+            base_rate = float(d.y.sum() / d.trials.sum())
+            metrics[model.slug] = heldout_metrics(p, [e.success for e in d.heldout], base_rate)
     if not coefficients:
         return None
     if threshold is not None:
@@ -327,8 +472,8 @@ def learned_router_train(
     info = learned_router_from_coefficients(task_class.slug, spec, target, coefficients, rule)
     seen: dict[str, dict[int, float]] = {}
     for e in examples:
-        if is_heldout(e.key):
-            seen.setdefault(e.key, e.features)
+        if is_heldout(e.key) and e.key not in seen:
+            seen[e.key] = features.of(spec, e)
     metrics["routing"] = routing_shares(info, list(seen.values()), [m.slug for m in ladder])
     metrics["ladder"] = [m.slug for m in ladder]
     metrics["curve"] = cost_quality_curve(task_class, info, list(seen.values()), ladder)

@@ -34,12 +34,13 @@ PostgreSQL database created for the run and dropped afterwards (also on error):
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -71,7 +72,7 @@ from evaluation.services.thresholds import learned_threshold_calibrate
 from routing.condense import estimate_tokens
 from routing.engine import Decision, DecisionRequest, Snapshot, decide
 from routing.enums import RouteStrategy
-from routing.learned import predict_success, request_features
+from routing.learned import GROUP_METADATA_KEY, predict_success, request_features
 from routing.pinning import decision_pinned
 from routing.schemas import CascadeInput
 from routing.snapshot import registry_cache, registry_snapshot_build
@@ -213,15 +214,19 @@ def _classes_route(
 # --------------------------------------------------------------------------------------------
 
 
-def _request(task_class: str, prompt: str, reg: BenchRegistry) -> DecisionRequest:
-    tokens = max(1, estimate_tokens(prompt))  # the decision API's estimate
+def _request(task_class: str, row: bench.Row, reg: BenchRegistry) -> DecisionRequest:
+    """The decision request of one recorded prompt; its metadata names its source (the
+    MMLU domain, a GSM8K hash bucket) under ``GROUP_METADATA_KEY``, as a deployment's
+    requests may name theirs: training cross-validates grouped by it (not a feature)."""
+    tokens = max(1, estimate_tokens(row.prompt))  # the decision API's estimate
     return DecisionRequest(
         task_class=task_class,
         input_tokens=tokens,
         context_tokens=tokens,
         team=reg.team,
         application=APPLICATION,
-        prompt=prompt,
+        prompt=row.prompt,
+        metadata={"source": "routerbench", GROUP_METADATA_KEY: row.group},
     )
 
 
@@ -238,7 +243,7 @@ def _row(
         application=APPLICATION,
         team=reg.team,
         prompt=request.prompt,
-        metadata={"source": "routerbench"},
+        metadata=dict(request.metadata or {}),
     )
 
 
@@ -294,7 +299,7 @@ def training_record(
     decisions: list[DecisionRow] = []
     outcomes: list[OutcomeInput] = []
     for r in rows:
-        request = _request(task_class, r.prompt, reg)
+        request = _request(task_class, r, reg)
         routed = decide(request, snapshot)
         pinned = decision_pinned(routed, reg.strong.slug, request, snapshot)
         for decision in (routed, pinned):
@@ -329,6 +334,11 @@ class Scored:
     confidence: list[float]
     cascade: list[float] | None
     routers: list[dict[str, Any]]
+    # The share of the fold's training traffic the router ranks at or below the prompt
+    # (the strong share at which a threshold calibrated on that traffic sends it to the
+    # weak model): what the fold's router routes at every calibrated target, comparable
+    # across folds.
+    traffic_rank: list[float] = field(default_factory=list)
 
 
 def _fold_class(dataset: str, fold: int, numeric: bool) -> TaskClass:
@@ -368,6 +378,7 @@ def _describe(router: LearnedRouter) -> dict[str, Any]:
         "rule": router.rule,
         "samples": {s: v.get("train") for s, v in router.samples.items()},
         "l2": router.l2,
+        "features": router.metrics.get("features"),
         "heldout_brier": {
             s: m.get("brier") for s, m in router.metrics.items() if s in router.coefficients
         },
@@ -405,8 +416,10 @@ def dataset_score(
     out = Scored([0.0] * n, [0.0] * n, [False] * n, [0.0] * n, [0.0] * n if cascade else None,
                  [_describe(r) for r in trained])  # fmt: skip
     snapshot = registry_snapshot_build()
-    for task_class, (_, test) in zip(classes, splits, strict=True):
+    out.traffic_rank = [0.0] * n
+    for task_class, (training, test) in zip(classes, splits, strict=True):
         _score_learned(snapshot, task_class.slug, [rows[i] for i in test], test, reg, out)
+        _rank_in_traffic(snapshot, task_class.slug, training, test, reg, out)
     if cascade:
         for router in trained:
             learned_router_activate(learned_router_rethreshold(router, threshold=1.0))
@@ -446,7 +459,7 @@ def _score_learned(
 ) -> None:
     router = snapshot.learned[task_class]
     for i, r in zip(index, rows, strict=True):
-        request = _request(task_class, r.prompt, reg)
+        request = _request(task_class, r, reg)
         decision = decide(request, snapshot)
         if decision.strategy != RouteStrategy.LEARNED:
             raise RuntimeError(f"{task_class}: decided by {decision.strategy}, not learned")
@@ -463,6 +476,35 @@ def _score_learned(
         out.confidence[i] = decision.confidence
 
 
+def _rank_in_traffic(
+    snapshot: Snapshot,
+    task_class: str,
+    training: Sequence[bench.Row],
+    index: Sequence[int],
+    reg: BenchRegistry,
+    out: Scored,
+) -> None:
+    """``Scored.traffic_rank`` of the held-out prompts ``index``: the router's gain score
+    (predicted success of the weak model minus the strong one's) placed among the scores
+    of the fold's training prompts, the traffic its threshold is calibrated on."""
+    router = snapshot.learned[task_class]
+    scores = []
+    for r in training:
+        request = _request(task_class, r, reg)
+        predicted = predict_success(
+            router,
+            request_features(
+                router.spec, request.prompt, template=request.prompt_template,
+                metadata=request.metadata,
+            ),
+        )  # fmt: skip
+        scores.append(predicted[reg.weak.slug] - predicted[reg.strong.slug])
+    scores.sort()
+    for i in index:
+        gain = out.p_weak[i] - out.p_strong[i]
+        out.traffic_rank[i] = bisect.bisect_right(scores, gain) / max(1, len(scores))
+
+
 def _score_cascade(
     snapshot: Snapshot,
     task_class: str,
@@ -477,7 +519,7 @@ def _score_cascade(
     at = timezone.now() - timedelta(minutes=1)
     decided = []
     for r in rows:
-        request = _request(task_class, r.prompt, reg)
+        request = _request(task_class, r, reg)
         decision = decide(request, snapshot)
         if decision.model.slug != reg.weak.slug:
             raise RuntimeError(f"{task_class}: the cascade's first attempt is not the weak model")
@@ -528,6 +570,7 @@ def routerbench_run(
                     confidence=product.confidence,
                     cascade=product.cascade,
                     routers=product.routers,
+                    traffic_rank=product.traffic_rank,
                 ),
             )
             results[name]["learned"]["calibrated_to"] = {"strong_share": STRONG_SHARE_TARGET}

@@ -17,6 +17,8 @@ from routing.engine import (
     snapshot_build,
 )
 from routing.learned import (
+    LENGTH_FEATURES,
+    STRUCTURE_FEATURES,
     HashingSpec,
     LearnedRouterInfo,
     learned_router_from_data,
@@ -25,6 +27,7 @@ from routing.learned import (
 )
 
 SPEC = HashingSpec(n_features=256)
+LENGTHS = HashingSpec(n_features=256, dense=LENGTH_FEATURES)  # the first routers' features
 
 
 def _reference_features(spec: HashingSpec, prompt: str) -> dict[int, float]:
@@ -51,13 +54,89 @@ def _reference_features(spec: HashingSpec, prompt: str) -> dict[int, float]:
         buckets = {i: v / norm for i, v in buckets.items()}
     numbers = sum(1 for t in tokens if t == "#")
     size = spec.n_features
-    buckets[size] = math.log1p(len(text)) / 10.0
-    buckets[size + 1] = math.log1p(len(words)) / 8.0
-    buckets[size + 2] = math.log1p(numbers) / 4.0
+    dense = {
+        "log_chars": math.log1p(len(text)) / 10.0,
+        "log_words": math.log1p(len(words)) / 8.0,
+        "log_numbers": math.log1p(numbers) / 4.0,
+        **_reference_structure(prompt, len(words)),
+    }
+    for offset, name in enumerate(spec.dense):
+        if dense[name] or name in LENGTH_FEATURES:
+            buckets[size + offset] = dense[name]
     return buckets
 
 
-@pytest.mark.parametrize("spec", [SPEC, HashingSpec(n_features=64, ngram_max=3)])
+def _reference_structure(prompt: str, words: int) -> dict[str, float]:
+    """The structure features written plainly (routing.learned's module docstring)."""
+    import re
+
+    n = len(prompt) or 1
+    options = [
+        m.group(1)
+        for line in prompt.split("\n")
+        if (m := re.match(r"[ \t]*\(?(?:[A-Ha-h]|[1-9])[.)][ \t]+(\S.*)$", line))
+    ]
+    lines = prompt.split("\n")
+    first = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if re.match(r"[ \t]*\(?(?:[A-Ha-h]|[1-9])[.)][ \t]+\S", line)
+        ),
+        len(lines),
+    )
+    stem_lines = [line for line in "\n".join(lines[:first]).strip().split("\n")]
+    last = stem_lines[-1].casefold() if stem_lines else ""
+    opener = re.search(r"\b(which|what|how|why|who|when|where|find|calculate|if|is)\b", last)
+    out = {
+        "digit_share": min(1.0, 5 * sum(c in "0123456789" for c in prompt) / n),
+        "math_share": min(1.0, 10 * sum(c in "+-*/=^<>%√∑∫≤≥×÷" for c in prompt) / n),
+        "upper_share": min(1.0, 5 * sum("A" <= c <= "Z" for c in prompt) / n),
+        "log_lines": math.log1p(prompt.count("\n")) / 4,
+        "options": min(len(options), 10) / 5,
+        "option_share": sum(len(o) for o in options) / n,
+        "log_option_len": (
+            math.log1p(sum(len(o) for o in options) / len(options)) / 6 if options else 0.0
+        ),
+        "negation": float(bool(re.search(r"\b(NOT|EXCEPT|LEAST|FALSE|INCORRECT|NEVER)\b", prompt))),
+        "code": float(
+            bool(
+                re.search(
+                    r"```|\bdef |\breturn\b|;[ \t]*$|[{}]|\bprint\(|#include|</?[a-z]+>",
+                    prompt,
+                    re.M,
+                )
+            )
+        ),
+        "question_mark": float("?" in prompt),
+        "mean_word_len": min(1.0, (len(prompt) - prompt.count(" ")) / words / 10) if words else 0.0,
+    }
+    for w in (
+        "which",
+        "what",
+        "how",
+        "why",
+        "who",
+        "when",
+        "where",
+        "find",
+        "calculate",
+        "if",
+        "is",
+    ):
+        out[f"q_{w}"] = float(bool(opener) and opener.group(1) == w)
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        LENGTHS,
+        HashingSpec(n_features=64, ngram_max=3),
+        HashingSpec(n_features=64, ngram_max=0),
+    ],
+)
 def test_features_match_their_plain_definition(spec: HashingSpec) -> None:
     prompts = [
         "",
@@ -65,6 +144,8 @@ def test_features_match_their_plain_definition(spec: HashingSpec) -> None:
         "snake_case & CamelCase: e-mail a.b@c.d!? 3.14 v2 __init__ 007",  # ASCII path
         "naïve café ² ٣ 007 x_y e-mail ＠ 零 data data data data",
         " ".join(["refund order printer"] * 80),  # counts past the cached logarithms
+        "Which of these is NOT a prime?\nA. 2\nB. 9\n(c) 11\n4) x = y + 1; print(x)\nAnswer:",
+        "  Calculate 3×4 ≤ √20.\n\nFind x: 2x+1=7 {code}",
     ]
     for prompt in prompts * 2:  # the second round comes from the bucket cache
         assert request_features(spec, prompt) == _reference_features(spec, prompt)
@@ -295,3 +376,44 @@ def test_threshold_curve_and_targets() -> None:
     assert not met and best.expected_success == max(p.expected_success for p in points)
     with pytest.raises(ValueError, match="kind"):
         threshold_for_target(points, kind="latency", target=0.1)
+
+
+def test_structure_features_describe_the_form_not_the_topic() -> None:
+    def dense(prompt: str) -> dict[str, float]:
+        f = request_features(SPEC, prompt)
+        return {name: f.get(SPEC.n_features + i, 0.0) for i, name in enumerate(SPEC.dense)}
+
+    assert SPEC.dense == STRUCTURE_FEATURES and SPEC.width == 256 + len(STRUCTURE_FEATURES)
+    biology = dense("Which organelle makes ATP?\nA. Nucleus\nB. Mitochondrion\nAnswer:")
+    law = dense("Which court hears the appeal?\nA. Crown Court\nB. High Court\nAnswer:")
+    # Another topic in the same form: the same options, question word and shares.
+    for name in ("options", "q_which", "question_mark", "negation", "log_lines", "code"):
+        assert biology[name] == law[name], name
+    assert biology["options"] == 2 / 5 and biology["q_which"] == 1.0
+    assert biology["option_share"] > 0 and biology["log_option_len"] > 0
+    maths = dense("Find x if 3x + 4 = 19 and x > 0. Which is NOT a solution?\n1) 5\n2) -5")
+    # The first question word of the last line before the options opens it.
+    assert maths["q_find"] == 1.0 and maths["q_which"] == maths["q_if"] == 0.0
+    assert maths["negation"] == 1.0 and maths["options"] == 2 / 5
+    assert maths["digit_share"] > biology["digit_share"]
+    assert maths["math_share"] > biology["math_share"] == 0.0
+    code = dense("```\ndef f():\n    return {1: 2}\n```\nWhat does f() return?")
+    assert code["code"] == 1.0 and code["q_what"] == 1.0 and biology["code"] == 0.0
+
+
+def test_feature_sets_are_stored_settings() -> None:
+    # A router stored before the structure features (no "dense"): the three lengths.
+    old = HashingSpec.from_dict({"scheme": "crc32-signed-v1", "n_features": 64, "ngram_max": 2})
+    assert old.dense == LENGTH_FEATURES and old.width == 67
+    structure = HashingSpec(n_features=64, ngram_max=0)
+    assert HashingSpec.from_dict(structure.as_dict()) == structure
+    # No word n-grams: the buckets hold only the template and metadata.
+    f = request_features(structure, "refund the order twice", template="t@1")
+    assert len([i for i in f if i < 64]) == 1
+    assert request_features(structure, "refund the order twice", template="t@1") == (
+        request_features(structure, "order the refund twice", template="t@1")
+    )
+    for bad in ({"dense": ["log_chars", "shoe_size"]}, {"dense": ["log_chars", "log_chars"]},
+                {"ngram_max": 4}):  # fmt: skip
+        with pytest.raises(ValueError):
+            HashingSpec.from_dict({**structure.as_dict(), **bad})
