@@ -5,6 +5,7 @@ the proposal flow, live decisions, the command and the beat task."""
 from __future__ import annotations
 
 import json
+import random
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -30,12 +31,14 @@ from evaluation.models import (
 )
 from evaluation.selectors import learned_router_info
 from evaluation.services.learned import (
+    feature_spec,
     learned_router_propose,
     learned_router_rethreshold,
     learned_router_train,
     learned_routers_train_all,
 )
 from evaluation.workload import WorkloadItem, workload_items
+from routing.learned import HashingSpec, predict_success, request_features
 from routing.snapshot import registry_cache
 from telemetry.ids import uuid7, uuid7_time
 from telemetry.models import DecisionRecord
@@ -193,6 +196,14 @@ def test_training_stores_inspectable_data_with_honest_heldout_metrics(
         assert set(losses) == grid
         assert f"{coef['l2']:g}" == min(losses, key=losses.get)
     assert stored.rule == "success"
+    # No request names its source: the choices were cross-validated grouped by prompt.
+    choice = stored.metrics["features"]
+    assert choice["grouped_by"] == "prompt" and set(choice["cv_log_loss"]) == {
+        "ngrams",
+        "structure",
+        "lengths",
+    }
+    assert stored.hashing == feature_spec(HashingSpec(), choice["chosen"]).as_dict()
     # Retrained by the gain rule: same data, another way to read the threshold.
     gain = learned_router_train(trained["class"], rule="gain")
     assert gain is not None and gain.rule == "gain" and gain.threshold == 0.05
@@ -200,8 +211,6 @@ def test_training_stores_inspectable_data_with_honest_heldout_metrics(
 
 
 def test_the_router_predicts_difficulty(trained: dict[str, Any]) -> None:
-    from routing.learned import predict_success, request_features
-
     info = learned_router_info(trained["router"])
     by_difficulty: dict[int, list[float]] = {1: [], 2: [], 3: []}
     for item in trained["items"]:
@@ -312,3 +321,99 @@ def test_command_and_beat_task(trained: dict[str, Any]) -> None:
     from evaluation.tasks import learned_routers_train_task
 
     assert len(learned_routers_train_task()) == 1
+
+
+def _sourced_decisions(model: Any, rows: list[tuple[str, str, bool]], age: timedelta) -> None:
+    """One stored decision on ``model`` per (prompt, source, success), graded by validation;
+    the source in the metadata key ``group``."""
+    now = timezone.now()
+    records = []
+    for index, (prompt, source, _) in enumerate(rows):
+        ident = uuid7(int((now - age).timestamp() * 1000) - index)
+        records.append(
+            DecisionRecord(
+                id=ident, created_at=uuid7_time(ident), application_id=1,
+                application="app-a", team="team-a", task_class=CLASS, model=model.slug,
+                provider_model=model.provider_model, tier=model.tier,
+                locality=model.locality, strategy="rule", confidence=0.8, reason="r",
+                routing_table_version=1, input_tokens=120, context_tokens=0,
+                max_output_tokens=256, decision_us=5, prompt=prompt,
+                metadata={"group": source},
+            )
+        )  # fmt: skip
+    DecisionRecord.objects.bulk_create(records)
+    outcome_report_batch(
+        [
+            OutcomeInput(
+                decision=record,
+                attempts=[
+                    {
+                        "model": model.slug,
+                        "status": "ok",
+                        "latency_ms": 300,
+                        "input_tokens": 120,
+                        "output_tokens": 40,
+                    }
+                ],
+                final_status="ok",
+                validation={"valid": ok},
+            )
+            for record, (_, _, ok) in zip(records, rows, strict=True)
+        ]
+    )
+
+
+FILL = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+
+
+def _sourced_prompt(rng: random.Random, source: int, hard: bool) -> str:
+    """A question in its source's own words; hard ones offer five answer options, easy ones
+    two (the form, the same in every source)."""
+    words = " ".join(f"s{source}w{rng.randint(0, 9)}" for _ in range(8))
+    count = 5 if hard else 2
+    options = "\n".join(f"{'ABCDE'[k]}. {' '.join(rng.sample(FILL, 4))}" for k in range(count))
+    return f"{words} {rng.randint(0, 10**6)}?\n{options}\nAnswer:"
+
+
+def test_choices_are_cross_validated_grouped_by_the_requests_source(
+    world: dict[str, Any],
+) -> None:
+    rng = random.Random(7)
+    rows = [
+        (_sourced_prompt(rng, s, hard), f"source-{s}", hard)
+        for s in range(8)
+        for hard in [rng.random() < 0.5 for _ in range(70)]
+    ]
+    for key, p_hard, p_easy in (("local", 0.2, 0.85), ("big", 0.8, 0.95)):
+        graded = [(p, src, rng.random() < (p_hard if h else p_easy)) for p, src, h in rows]
+        _sourced_decisions(world[key], graded, timedelta(hours=5))
+    router = learned_router_train(world["class"], rule="gain")
+    assert router is not None
+    choice = router.metrics["features"]
+    print("feature choice:", choice)
+    # Grouped by the eight sources the requests name; the set with the lowest
+    # cross-validated loss is the one stored, in the hashing settings.
+    assert choice["grouped_by"] == "source" and choice["groups"] == 8
+    losses = choice["cv_log_loss"]
+    assert set(losses) == {"ngrams", "structure", "lengths"}
+    assert choice["chosen"] == min(losses, key=losses.get)
+    assert router.hashing == feature_spec(HashingSpec(), choice["chosen"]).as_dict()
+    # The three length features alone cannot tell five options from two: not chosen.
+    assert choice["chosen"] != "lengths" and losses["lengths"] > losses[choice["chosen"]]
+    info = learned_router_info(router)
+    # A source never seen, in words never seen: the form still tells hard from easy.
+    fresh = random.Random(8)
+    hard = [_sourced_prompt(fresh, 99, True) for _ in range(40)]
+    easy = [_sourced_prompt(fresh, 99, False) for _ in range(40)]
+
+    def local(prompts: list[str]) -> float:
+        p = [predict_success(info, request_features(info.spec, q))["small-local"] for q in prompts]
+        return sum(p) / len(p)
+
+    print("small-local on a new source: hard", local(hard), "easy", local(easy))
+    assert local(easy) - local(hard) > 0.3
+    # The source's name is no feature.
+    q = hard[0]
+    named = request_features(info.spec, q, metadata={"group": "source-1"})
+    assert named == request_features(info.spec, q, metadata={"group": "elsewhere"})
+    assert named == request_features(info.spec, q)
