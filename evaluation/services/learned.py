@@ -10,12 +10,19 @@ For one task class (``learned_router_train``):
    distinct request (prompt, template, metadata), and identical requests of a model are
    fitted as one row with counts (``evaluation.logreg.aggregate``: the same fit).
 3. Per model of the class's route with enough examples of both outcomes, an L2-penalised
-   logistic regression (numpy, L-BFGS, on a sparse matrix) fitted on 80 % of the prompts
-   (split by a stable hash of the prompt text: a prompt is never on both sides), its
-   penalty chosen by 3-fold cross-validated log loss on that 80 % only
-   (``evaluation.logreg.l2_choose``, prompts grouped the same way; warm starts, and on big
-   logs a subsample with the penalty scaled to the full size); the other 20 % give the
-   held-out metrics (Brier score beside the base-rate predictor's, log loss, AUC,
+   logistic regression (numpy, L-BFGS, on a sparse matrix; the dense structure features
+   standardised for the fit, the weights stored for their raw values) fitted on 80 % of
+   the prompts (split by a stable hash of the prompt text: a prompt is never on both
+   sides). The *feature set* (word n-grams with the structure features, structure only,
+   the three lengths only: ``routing.learned``) and each model's penalty are chosen by
+   3-fold cross-validated log loss on that 80 % only (``evaluation.logreg.l2_choose``:
+   warm starts, and on big logs a subsample with the penalty scaled to the full size),
+   the set by the loss summed over the models, grouped by the requests' source — the
+   metadata key ``routing.learned.GROUP_METADATA_KEY`` (a domain, a customer, a feed)
+   when at least :data:`MIN_GROUPS` sources are named, else a hash of the prompt — so the
+   choice is the one that holds on sources the training has not seen (word n-grams
+   often name a source's topic, which tells nothing about a new one). The other 20 % give
+   the held-out metrics (Brier score beside the base-rate predictor's, log loss, AUC,
    calibration error) and the share of requests each model would get at the threshold.
 4. Stored as a new *candidate* version of ``evaluation.LearnedRouter``: coefficients as JSON
    floats, hashing settings, threshold, window, sample sizes, metrics. Nothing serves until

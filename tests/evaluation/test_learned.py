@@ -398,7 +398,8 @@ def test_choices_are_cross_validated_grouped_by_the_requests_source(
     assert set(losses) == {"ngrams", "structure", "lengths"}
     assert choice["chosen"] == min(losses, key=losses.get)
     assert router.hashing == feature_spec(HashingSpec(), choice["chosen"]).as_dict()
-    # The three length features alone cannot tell five options from two: not chosen.
+    # The length features alone tell five options from two only as far as they make the
+    # prompt longer: not chosen.
     assert choice["chosen"] != "lengths" and losses["lengths"] > losses[choice["chosen"]]
     info = learned_router_info(router)
     # A source never seen, in words never seen: the form still tells hard from easy.

@@ -111,20 +111,9 @@ def _reference_structure(prompt: str, words: int) -> dict[str, float]:
         "question_mark": float("?" in prompt),
         "mean_word_len": min(1.0, (len(prompt) - prompt.count(" ")) / words / 10) if words else 0.0,
     }
-    for w in (
-        "which",
-        "what",
-        "how",
-        "why",
-        "who",
-        "when",
-        "where",
-        "find",
-        "calculate",
-        "if",
-        "is",
-    ):
-        out[f"q_{w}"] = float(bool(opener) and opener.group(1) == w)
+    first_word = opener.group(1) if opener else ""
+    for w in "which what how why who when where find calculate if is".split():
+        out[f"q_{w}"] = float(first_word == w)
     return out
 
 
