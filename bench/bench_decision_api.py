@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -214,13 +215,10 @@ def strategy_switch(py: str, env: dict[str, str], strategy: str) -> None:
     time.sleep(2)  # every worker's generation check (0.5 s) and snapshot rebuild
 
 
-def main() -> int:
-    if not shutil.which("wrk"):
-        print("wrk is missing: `make bench` installs it (apt-get install wrk)")
-        return 1
-    base = os.environ["DATABASE_URL"]
-    db_url = prepare_database(base)
-    var_dir = Path(tempfile.mkdtemp(prefix="sy-bench-"))
+def decision_prepare(var_dir: Path) -> tuple[dict[str, str], str, str]:
+    """A fresh bench database (migrated, demo registry, budgets wide open, one API key that
+    may act for the bench teams) and the server's environment: (env, db url, key)."""
+    db_url = prepare_database(os.environ["DATABASE_URL"])
     prom_dir = var_dir / "prometheus"
     prom_dir.mkdir()
     env = dict(os.environ)
@@ -267,17 +265,22 @@ def main() -> int:
         "    app.acts_for_teams.add(team)\n"
     )
     subprocess.run([py, "manage.py", "shell", "-c", grant], cwd=ROOT, env=env, check=True)
-    workers = os.environ.get("WEB_CONCURRENCY", "2")
-    gunicorn = subprocess.Popen(
+    return env, db_url, secret
+
+
+def decision_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The decision API as production runs it (gunicorn, gthread workers); returns once it
+    answers /readyz."""
+    server = subprocess.Popen(
         [
-            str(Path(py).parent / "gunicorn"),
+            str(Path(sys.executable).parent / "gunicorn"),
             "controlplane.wsgi:application",
             "-c",
             str(ROOT / "controlplane" / "gunicorn_conf.py"),
             "--bind",
-            f"127.0.0.1:{PORT}",
+            f"127.0.0.1:{port}",
             "--workers",
-            workers,
+            str(workers),
         ],
         cwd=ROOT,
         env=env,
@@ -285,19 +288,29 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            return server
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                os.killpg(server.pid, signal.SIGTERM)
+                raise
+            time.sleep(0.3)
+
+
+def main() -> int:
+    if not shutil.which("wrk"):
+        print("wrk is missing: `make bench` installs it (apt-get install wrk)")
+        return 1
+    var_dir = Path(tempfile.mkdtemp(prefix="sy-bench-"))
+    env, db_url, secret = decision_prepare(var_dir)
+    py = sys.executable
+    workers = os.environ.get("WEB_CONCURRENCY", "2")
+    gunicorn = decision_server(env, PORT, int(workers))
     result: dict = {}
     try:
-        deadline = time.time() + 30
-        import urllib.request
-
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
         bodies = make_bodies(400)
         script = var_dir / "decisions.lua"
         wrk_lua(bodies, script, secret)

@@ -1,0 +1,137 @@
+"""CPU per decision request, per routing strategy (robust to a busy machine, unlike the
+saturation throughput of ``bench/bench_decision_api.py``).
+
+Sets up the decision API as ``bench/bench_decision_api.py`` does (fresh bench database, demo
+registry, open budgets, one key; gunicorn with production settings) but with one worker,
+switches every route to each strategy in turn (``strategy_switch``: a new routing-table
+version), drives the server at a fixed modest rate with ``bench/loadgen.py`` and reads the
+worker's and PostgreSQL's CPU time from /proc before and after (as ``bench/gateway_cpu.py``):
+CPU ms per request for each. Run:
+``python -m controlplane.stack exec .venv/bin/python bench/decision_cpu.py --runs 3``.
+With ``--hold STRATEGY`` the server stays up on that strategy after setup (for a profiler)
+until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_decision_api import (  # noqa: E402
+    decision_prepare,
+    decision_server,
+    make_bodies,
+    strategy_switch,
+)
+from bench.gateway_cpu import TICK, _children, _cpu_ticks, _postgres_ticks, _postmaster  # noqa: E402
+from bench.loadgen import percentile, steady_run  # noqa: E402
+
+PORT = int(os.environ.get("BENCH_DECISION_CPU_PORT", "8321"))
+PATH = "/api/v1/decisions"
+
+
+def measure(
+    worker: int,
+    postmaster: int,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """One steady run: worker and PostgreSQL CPU ms per acknowledged request."""
+    time.sleep(1)
+    w0, p0 = _cpu_ticks(worker), _postgres_ticks(postmaster)
+    r = steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=rate, seconds=seconds)
+    time.sleep(1.5)  # let deferred recording finish
+    w1, p1 = _cpu_ticks(worker), _postgres_ticks(postmaster)
+    ok = sum(n for status, n in r.statuses.items() if 200 <= status < 300)
+    return {
+        "sent": r.sent,
+        "ok": ok,
+        "errors": r.errors + r.sent - ok,
+        "worker_cpu_ms_per_req": round((w1 - w0) * 1000 / TICK / max(ok, 1), 3),
+        "postgres_cpu_ms_per_req": round((p1 - p0) * 1000 / TICK / max(ok, 1), 3),
+        "p50_ms": round(percentile(r.latencies_ms, 50), 2),
+        "p99_ms": round(percentile(r.latencies_ms, 99), 2),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--strategies", default="rule,learned,rule,learned", help="comma-separated, in order"
+    )
+    parser.add_argument("--hold", metavar="STRATEGY", default="")
+    args = parser.parse_args(argv)
+    var_dir = Path(tempfile.mkdtemp(prefix="sy-decision-cpu-"))
+    env, db_url, secret = decision_prepare(var_dir)
+    server = decision_server(env, PORT, workers=1)
+    headers = {"Authorization": f"Bearer {secret}"}
+    bodies = make_bodies(400)
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    try:
+        workers = _children(server.pid)
+        assert len(workers) == 1, workers
+        worker = workers[0]
+        postmaster = _postmaster(db_url)
+        if args.hold:
+            if args.hold != "rule":
+                strategy_switch(sys.executable, env, args.hold)
+            steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=100, seconds=3)
+            hold = {"worker": worker, "postmaster": postmaster, "secret": secret, "port": PORT}
+            print(json.dumps(hold), flush=True)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            return 0
+        current = "rule"
+        for strategy in args.strategies.split(","):
+            if strategy != current:
+                strategy_switch(sys.executable, env, strategy)
+                current = strategy
+            # Warm-up: the new snapshot, connections, the feature cache.
+            steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=100, seconds=3)
+            for _ in range(args.runs):
+                run = measure(worker, postmaster, headers, bodies, args.rate, args.seconds)
+                run["strategy"] = strategy
+                by_strategy.setdefault(strategy, []).append(run)
+                print(json.dumps(run), flush=True)
+        summary = {
+            strategy: {
+                key: {
+                    "median": median(r[key] for r in runs),
+                    "min": min(r[key] for r in runs),
+                    "max": max(r[key] for r in runs),
+                }
+                for key in ("worker_cpu_ms_per_req", "postgres_cpu_ms_per_req")
+            }
+            for strategy, runs in by_strategy.items()
+        }
+        print(json.dumps({"summary": summary}), flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+        shutil.rmtree(var_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
