@@ -24,6 +24,7 @@ from routing.learned import (
     learned_router_from_data,
     predict_success,
     request_features,
+    sigmoid,
 )
 
 SPEC = HashingSpec(n_features=256)
@@ -196,6 +197,30 @@ def _router(threshold: float = 0.8, rule: str = "success") -> LearnedRouterInfo:
         coefficients=stored,
         rule=rule,
     )
+
+
+def test_router_keeps_the_stored_weights_and_predicts_from_them() -> None:
+    """The engine's router holds the stored weights (as one shared, read-only table): the
+    same values, and the predictions are the logistic model over them."""
+    import random
+
+    rng = random.Random(3)
+    intercepts = {slug: rng.gauss(0, 1) for slug in ("a", "b", "c")}
+    stored = {slug: [rng.gauss(0, 1) for _ in range(SPEC.width)] for slug in intercepts}
+    coefficients = {s: {"intercept": intercepts[s], "weights": stored[s]} for s in intercepts}
+    router = learned_router_from_data(
+        task_class="qa", version=1, hashing=SPEC.as_dict(), threshold=0.5,
+        coefficients=json.loads(json.dumps(coefficients)),
+    )  # fmt: skip
+    for model in router.models:
+        assert list(model.weights) == stored[model.slug]
+        with pytest.raises(TypeError):
+            model.weights[0] = 1.0  # type: ignore[index]
+    features = request_features(SPEC, "Refund order 1234 twice, then refund it again")
+    predicted = predict_success(router, features)
+    for slug, weights in stored.items():
+        z = intercepts[slug] + math.sumprod([weights[i] for i in features], features.values())
+        assert predicted[slug] == round(sigmoid(z), 4)
 
 
 def test_stored_parameters_are_checked() -> None:
