@@ -268,21 +268,23 @@ def decision_prepare(var_dir: Path) -> tuple[dict[str, str], str, str]:
     return env, db_url, secret
 
 
-def decision_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    """The decision API as production runs it (gunicorn, gthread workers); returns once it
-    answers /readyz."""
+def decision_server(
+    env: dict[str, str], port: int, workers: int, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """The decision API as production runs it (gunicorn, gthread workers), from the checkout
+    at ``root``; returns once it answers /readyz."""
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "gunicorn"),
             "controlplane.wsgi:application",
             "-c",
-            str(ROOT / "controlplane" / "gunicorn_conf.py"),
+            str(root / "controlplane" / "gunicorn_conf.py"),
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
         ],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -8,8 +8,10 @@ version), drives the server at a fixed modest rate with ``bench/loadgen.py`` and
 worker's and PostgreSQL's CPU time from /proc before and after (as ``bench/gateway_cpu.py``):
 CPU ms per request for each. Run:
 ``python -m controlplane.stack exec .venv/bin/python bench/decision_cpu.py --runs 3``.
-With ``--hold STRATEGY`` the server stays up on that strategy after setup (for a profiler)
-until Ctrl-C.
+With ``--baseline DIR`` a second server runs from another checkout (say a worktree of
+main) and the runs alternate between the two: on a busy machine compare the two within one
+invocation, not figures from different times. With ``--hold STRATEGY`` the server stays up
+on that strategy after setup (for a profiler) until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -42,8 +46,16 @@ PORT = int(os.environ.get("BENCH_DECISION_CPU_PORT", "8321"))
 PATH = "/api/v1/decisions"
 
 
+@dataclass
+class Server:
+    name: str  # "this tree", or "baseline"
+    port: int
+    process: subprocess.Popen[bytes]
+    worker: int = 0
+
+
 def measure(
-    worker: int,
+    server: Server,
     postmaster: int,
     headers: dict[str, str],
     bodies: list[bytes],
@@ -52,10 +64,10 @@ def measure(
 ) -> dict[str, Any]:
     """One steady run: worker and PostgreSQL CPU ms per acknowledged request."""
     time.sleep(1)
-    w0, p0 = _cpu_ticks(worker), _postgres_ticks(postmaster)
-    r = steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=rate, seconds=seconds)
+    w0, p0 = _cpu_ticks(server.worker), _postgres_ticks(postmaster)
+    r = steady_run("127.0.0.1", server.port, PATH, headers, bodies, rate=rate, seconds=seconds)
     time.sleep(1.5)  # let deferred recording finish
-    w1, p1 = _cpu_ticks(worker), _postgres_ticks(postmaster)
+    w1, p1 = _cpu_ticks(server.worker), _postgres_ticks(postmaster)
     ok = sum(n for status, n in r.statuses.items() if 200 <= status < 300)
     return {
         "sent": r.sent,
@@ -68,32 +80,52 @@ def measure(
     }
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(median(values), 3), "min": min(values), "max": max(values)}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs per strategy and server")
     parser.add_argument(
         "--strategies", default="rule,learned,rule,learned", help="comma-separated, in order"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a worktree of main): its server runs too, on the same "
+        "database, and the runs alternate between the two (a busy machine slows both alike)",
     )
     parser.add_argument("--hold", metavar="STRATEGY", default="")
     args = parser.parse_args(argv)
     var_dir = Path(tempfile.mkdtemp(prefix="sy-decision-cpu-"))
     env, db_url, secret = decision_prepare(var_dir)
-    server = decision_server(env, PORT, workers=1)
+    servers = [Server("this tree", PORT, decision_server(env, PORT, workers=1))]
+    if args.baseline:
+        port = PORT + 1
+        base = decision_server(env, port, workers=1, root=args.baseline.resolve())
+        servers.append(Server("baseline", port, base))
     headers = {"Authorization": f"Bearer {secret}"}
     bodies = make_bodies(400)
-    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    runs: list[dict[str, Any]] = []
     try:
-        workers = _children(server.pid)
-        assert len(workers) == 1, workers
-        worker = workers[0]
+        for server in servers:
+            workers = _children(server.process.pid)
+            assert len(workers) == 1, workers
+            server.worker = workers[0]
         postmaster = _postmaster(db_url)
         if args.hold:
             if args.hold != "rule":
                 strategy_switch(sys.executable, env, args.hold)
             steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=100, seconds=3)
-            hold = {"worker": worker, "postmaster": postmaster, "secret": secret, "port": PORT}
+            hold = {
+                "worker": servers[0].worker,
+                "postmaster": postmaster,
+                "secret": secret,
+                "port": PORT,
+            }
             print(json.dumps(hold), flush=True)
             signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly
             try:
@@ -107,28 +139,31 @@ def main(argv: list[str]) -> int:
             if strategy != current:
                 strategy_switch(sys.executable, env, strategy)
                 current = strategy
-            # Warm-up: the new snapshot, connections, the feature cache.
-            steady_run("127.0.0.1", PORT, PATH, headers, bodies, rate=100, seconds=3)
-            for _ in range(args.runs):
-                run = measure(worker, postmaster, headers, bodies, args.rate, args.seconds)
-                run["strategy"] = strategy
-                by_strategy.setdefault(strategy, []).append(run)
-                print(json.dumps(run), flush=True)
-        summary = {
-            strategy: {
-                key: {
-                    "median": median(r[key] for r in runs),
-                    "min": min(r[key] for r in runs),
-                    "max": max(r[key] for r in runs),
+            for server in servers:  # warm-up: the new snapshot, connections
+                steady_run("127.0.0.1", server.port, PATH, headers, bodies, rate=100, seconds=3)
+            for i in range(args.runs):
+                order = servers if i % 2 == 0 else servers[::-1]
+                for server in order:
+                    run = measure(server, postmaster, headers, bodies, args.rate, args.seconds)
+                    run.update(strategy=strategy, server=server.name)
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+        summary: dict[str, Any] = {}
+        for server in servers:
+            mine = [r for r in runs if r["server"] == server.name]
+            by_strategy = {
+                strategy: {
+                    key: _spread([r[key] for r in mine if r["strategy"] == strategy])
+                    for key in ("worker_cpu_ms_per_req", "postgres_cpu_ms_per_req")
                 }
-                for key in ("worker_cpu_ms_per_req", "postgres_cpu_ms_per_req")
+                for strategy in dict.fromkeys(r["strategy"] for r in mine)
             }
-            for strategy, runs in by_strategy.items()
-        }
+            summary[server.name] = by_strategy
         print(json.dumps({"summary": summary}), flush=True)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
+        for server in servers:
+            os.killpg(server.process.pid, signal.SIGTERM)
+            server.process.wait(20)
         shutil.rmtree(var_dir, ignore_errors=True)
     return 0
 
