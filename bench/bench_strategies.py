@@ -10,7 +10,10 @@ over the default 4,096 hashed features (weights drawn at random: the cost does n
 on their values). The semantic route has ten semantic routes, one per workload class, each
 defined by 20 of its prompts; the decisions are other prompts of those classes, so the
 share routed to their own class is reported too (an easy case: each class's prompts share
-an instruction). Writes ``bench/results/strategies.json``. Target (issue 10): a learned
+an instruction). A loop of decisions keeps the CPU caches warm: inside the decision API,
+between requests' other work, the same learned decision cost up to about twice its figure
+here (bench/decision_cpu.py measures the API's CPU per request by strategy).
+Writes ``bench/results/strategies.json``. Target (issue 10): a learned
 decision ≤ 1 ms p99; exits non-zero when it is missed.
 """
 
