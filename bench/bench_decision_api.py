@@ -296,7 +296,10 @@ def decision_server(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
             return server
         except OSError:
-            if time.time() > deadline or server.poll() is not None:
+            if server.poll() is not None:
+                message = f"the server on port {port} exited with {server.returncode}"
+                raise RuntimeError(message) from None
+            if time.time() > deadline:
                 os.killpg(server.pid, signal.SIGTERM)
                 raise
             time.sleep(0.3)

@@ -102,15 +102,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     var_dir = Path(tempfile.mkdtemp(prefix="sy-decision-cpu-"))
     env, db_url, secret = decision_prepare(var_dir)
-    servers = [Server("this tree", PORT, decision_server(env, PORT, workers=1))]
-    if args.baseline:
-        port = PORT + 1
-        base = decision_server(env, port, workers=1, root=args.baseline.resolve())
-        servers.append(Server("baseline", port, base))
+    servers: list[Server] = []
     headers = {"Authorization": f"Bearer {secret}"}
     bodies = make_bodies(400)
     runs: list[dict[str, Any]] = []
     try:
+        servers.append(Server("this tree", PORT, decision_server(env, PORT, workers=1)))
+        if args.baseline:
+            port = PORT + 1
+            base = decision_server(env, port, workers=1, root=args.baseline.resolve())
+            servers.append(Server("baseline", port, base))
         for server in servers:
             workers = _children(server.process.pid)
             assert len(workers) == 1, workers
@@ -162,8 +163,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"summary": summary}), flush=True)
     finally:
         for server in servers:
-            os.killpg(server.process.pid, signal.SIGTERM)
-            server.process.wait(20)
+            if server.process.poll() is None:
+                os.killpg(server.process.pid, signal.SIGTERM)
+                server.process.wait(20)
         shutil.rmtree(var_dir, ignore_errors=True)
     return 0
 
