@@ -239,8 +239,20 @@ def request_features(
 
 
 _OPTION = re.compile(r"^[ \t]*(?:\(?[A-Ha-h]|\(?[1-9])[.)][ \t]+(\S.*)$", re.M)
-_NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST|FALSE|INCORRECT|NEVER)\b")
+_NEGATION_WORDS = ("NOT", "EXCEPT", "LEAST", "FALSE", "INCORRECT", "NEVER")
+_NEGATION = re.compile(r"\b(?:" + "|".join(_NEGATION_WORDS) + r")\b")
 _CODE = re.compile(r"```|\bdef |\breturn\b|;[ \t]*$|[{}]|\bprint\(|#include|</?[a-z]+>", re.M)
+# Every match of _CODE contains one of these: a text with none of them cannot match, and
+# substring searches (in C) say so many times faster than the expression's scan.
+_CODE_HINTS = ("```", "def ", "return", ";", "{", "}", "print(", "#include", "<")
+
+
+def _matches(pattern: re.Pattern[str], hints: Sequence[str], text: str) -> bool:
+    """``pattern.search(text)``, skipped when ``text`` holds none of ``hints`` (literals one
+    of which every match contains)."""
+    return any(map(text.__contains__, hints)) and pattern.search(text) is not None
+
+
 _ASCII_MATH = b"+-*/=^<>%"
 _OTHER_MATH = re.compile("[√∑∫≤≥×÷]")
 _DIGITS = b"0123456789"
@@ -276,8 +288,8 @@ def structure_features(prompt: str, words: int) -> dict[str, float]:
         "options": min(len(options), 10) / 5.0,
         "option_share": option_chars / n,
         "log_option_len": math.log1p(option_chars / len(options)) / 6.0 if options else 0.0,
-        "negation": 1.0 if _NEGATION.search(prompt) else 0.0,
-        "code": 1.0 if _CODE.search(prompt) else 0.0,
+        "negation": 1.0 if _matches(_NEGATION, _NEGATION_WORDS, prompt) else 0.0,
+        "code": 1.0 if _matches(_CODE, _CODE_HINTS, prompt) else 0.0,
         "question_mark": 1.0 if "?" in prompt else 0.0,
         "mean_word_len": min(1.0, (len(prompt) - prompt.count(" ")) / words / 10.0)
         if words

@@ -431,3 +431,26 @@ def test_feature_sets_are_stored_settings() -> None:
                 {"ngram_max": 4}):  # fmt: skip
         with pytest.raises(ValueError):
             HashingSpec.from_dict({**structure.as_dict(), **bad})
+
+
+def test_structure_patterns_skipped_only_when_they_cannot_match() -> None:
+    """The code and negation features skip their expression when the text holds none of
+    its literals: the same answers as the expression alone, on texts built from every
+    literal, its near misses and separators."""
+    import random
+
+    from routing.learned import _CODE, _CODE_HINTS, _NEGATION, _NEGATION_WORDS, _matches
+
+    pieces = [
+        *_CODE_HINTS, *_NEGATION_WORDS, "def", "returns", "xreturn", "; \n", ";x", "print",
+        "<b>", "</a>", "<1>", "NOTE", "xNOT", "never", " ", "\n", "a", "_", "Z",
+    ]  # fmt: skip
+    rng = random.Random(2)
+    matched = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        for pattern, hints in ((_CODE, _CODE_HINTS), (_NEGATION, _NEGATION_WORDS)):
+            expected = pattern.search(text) is not None
+            assert _matches(pattern, hints, text) == expected, (pattern.pattern, text)
+            matched += expected
+    assert 1000 < matched < 9000  # both answers are exercised
