@@ -39,8 +39,8 @@ from bench.bench_decision_api import (  # noqa: E402
     make_bodies,
     strategy_switch,
 )
-from bench.gateway_cpu import TICK, _children, _cpu_ticks, _postgres_ticks, _postmaster  # noqa: E402
-from bench.loadgen import percentile, steady_run  # noqa: E402
+from bench.gateway_cpu import children_of, cpu_per_request, postmaster_pid  # noqa: E402
+from bench.loadgen import steady_run  # noqa: E402
 
 PORT = int(os.environ.get("BENCH_DECISION_CPU_PORT", "8321"))
 PATH = "/api/v1/decisions"
@@ -63,21 +63,10 @@ def measure(
     seconds: float,
 ) -> dict[str, Any]:
     """One steady run: worker and PostgreSQL CPU ms per acknowledged request."""
-    time.sleep(1)
-    w0, p0 = _cpu_ticks(server.worker), _postgres_ticks(postmaster)
-    r = steady_run("127.0.0.1", server.port, PATH, headers, bodies, rate=rate, seconds=seconds)
-    time.sleep(1.5)  # let deferred recording finish
-    w1, p1 = _cpu_ticks(server.worker), _postgres_ticks(postmaster)
-    ok = sum(n for status, n in r.statuses.items() if 200 <= status < 300)
-    return {
-        "sent": r.sent,
-        "ok": ok,
-        "errors": r.errors + r.sent - ok,
-        "worker_cpu_ms_per_req": round((w1 - w0) * 1000 / TICK / max(ok, 1), 3),
-        "postgres_cpu_ms_per_req": round((p1 - p0) * 1000 / TICK / max(ok, 1), 3),
-        "p50_ms": round(percentile(r.latencies_ms, 50), 2),
-        "p99_ms": round(percentile(r.latencies_ms, 99), 2),
-    }
+    _, run = cpu_per_request(
+        server.worker, postmaster, server.port, PATH, headers, bodies, rate=rate, seconds=seconds
+    )
+    return run
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -113,10 +102,10 @@ def main(argv: list[str]) -> int:
             base = decision_server(env, port, workers=1, root=args.baseline.resolve())
             servers.append(Server("baseline", port, base))
         for server in servers:
-            workers = _children(server.process.pid)
+            workers = children_of(server.process.pid)
             assert len(workers) == 1, workers
             server.worker = workers[0]
-        postmaster = _postmaster(db_url)
+        postmaster = postmaster_pid(db_url)
         if args.hold:
             if args.hold != "rule":
                 strategy_switch(sys.executable, env, args.hold)

@@ -35,14 +35,14 @@ from bench.bench_gateway import (  # noqa: E402
     switchyard_gateway,
     switchyard_prepare,
 )
-from bench.loadgen import percentile, steady_run  # noqa: E402
+from bench.loadgen import SteadyResult, percentile, steady_run  # noqa: E402
 
 GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "8311"))
 STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "8312"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_ticks(pid: int, children: bool = False) -> int:
+def cpu_ticks(pid: int, children: bool = False) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields[0] is state (field 3): utime=14, stime=15, cutime=16, cstime=17
     ticks = int(fields[11]) + int(fields[12])
@@ -51,28 +51,68 @@ def _cpu_ticks(pid: int, children: bool = False) -> int:
     return ticks
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
 
 
-def _postgres_ticks(pid: int) -> int:
-    total = _cpu_ticks(pid, children=True)
-    for child in _children(pid):
+def postgres_ticks(pid: int) -> int:
+    total = cpu_ticks(pid, children=True)
+    for child in children_of(pid):
         try:
-            total += _cpu_ticks(child)
+            total += cpu_ticks(child)
         except FileNotFoundError:
             pass
     return total
 
 
-def _postmaster(db_url: str) -> int:
+def postmaster_pid(db_url: str) -> int:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
             "SELECT setting FROM pg_settings WHERE name = 'data_directory'"
         ).fetchone()
     assert row is not None
     return int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
+
+
+def cpu_per_request(
+    worker: int,
+    postmaster: int,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    *,
+    rate: float,
+    seconds: float,
+    capture_header: str = "",
+) -> tuple[SteadyResult, dict[str, Any]]:
+    """One steady run (``bench/loadgen.py``) against ``port``: the run, and the worker's
+    and PostgreSQL's CPU ms per acknowledged (2xx) request with its latency figures."""
+    time.sleep(1)
+    w0, p0 = cpu_ticks(worker), postgres_ticks(postmaster)
+    r = steady_run(
+        "127.0.0.1",
+        port,
+        path,
+        headers,
+        bodies,
+        rate=rate,
+        seconds=seconds,
+        capture_header=capture_header,
+    )
+    time.sleep(1.5)  # let deferred recording finish
+    w1, p1 = cpu_ticks(worker), postgres_ticks(postmaster)
+    ok = sum(n for status, n in r.statuses.items() if 200 <= status < 300)
+    return r, {
+        "sent": r.sent,
+        "ok": ok,
+        "errors": r.errors + r.sent - ok,
+        "worker_cpu_ms_per_req": round((w1 - w0) * 1000 / TICK / max(ok, 1), 3),
+        "postgres_cpu_ms_per_req": round((p1 - p0) * 1000 / TICK / max(ok, 1), 3),
+        "p50_ms": round(percentile(r.latencies_ms, 50), 2),
+        "p99_ms": round(percentile(r.latencies_ms, 99), 2),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -94,10 +134,10 @@ def main(argv: list[str]) -> int:
     results: list[dict[str, Any]] = []
     try:
         _wait(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", 60, gateway)
-        workers = _children(gateway.pid)
+        workers = children_of(gateway.pid)
         assert len(workers) == 1, workers
         worker = workers[0]
-        postmaster = _postmaster(db_url)
+        postmaster = postmaster_pid(db_url)
         headers = {"Authorization": f"Bearer {secret}"}
         path = "/v1/chat/completions"
         steady_run("127.0.0.1", GATEWAY_PORT, path, headers, [chat_body()], rate=100, seconds=3)
@@ -120,10 +160,9 @@ def main(argv: list[str]) -> int:
             except KeyboardInterrupt:
                 pass
         for _ in range(args.runs):
-            time.sleep(1)
-            w0, p0 = _cpu_ticks(worker), _postgres_ticks(postmaster)
-            r = steady_run(
-                "127.0.0.1",
+            r, run = cpu_per_request(
+                worker,
+                postmaster,
                 GATEWAY_PORT,
                 path,
                 headers,
@@ -132,21 +171,9 @@ def main(argv: list[str]) -> int:
                 seconds=args.seconds,
                 capture_header=DECISION_HEADER,
             )
-            time.sleep(1.5)  # let deferred recording finish
-            w1, p1 = _cpu_ticks(worker), _postgres_ticks(postmaster)
-            ok = r.statuses.get(200, 0)
             durability = _stored(db_url, r.captured)
-            run = {
-                "sent": r.sent,
-                "ok": ok,
-                "errors": r.errors + r.sent - ok,
-                "worker_cpu_ms_per_req": round((w1 - w0) * 1000 / TICK / max(ok, 1), 3),
-                "postgres_cpu_ms_per_req": round((p1 - p0) * 1000 / TICK / max(ok, 1), 3),
-                "p50_ms": round(percentile(r.latencies_ms, 50), 2),
-                "p99_ms": round(percentile(r.latencies_ms, 99), 2),
-                "lost": durability["lost"],
-                "outcomes_missing": durability["outcomes_missing"],
-            }
+            run["lost"] = durability["lost"]
+            run["outcomes_missing"] = durability["outcomes_missing"]
             results.append(run)
             print(json.dumps(run), flush=True)
     finally:
