@@ -72,7 +72,12 @@ from evaluation.services.thresholds import learned_threshold_calibrate
 from routing.condense import estimate_tokens
 from routing.engine import Decision, DecisionRequest, Snapshot, decide
 from routing.enums import RouteStrategy
-from routing.learned import GROUP_METADATA_KEY, predict_success, request_features
+from routing.learned import (
+    GROUP_METADATA_KEY,
+    LearnedRouterInfo,
+    predict_success,
+    request_features,
+)
 from routing.pinning import decision_pinned
 from routing.schemas import CascadeInput
 from routing.snapshot import registry_cache, registry_snapshot_build
@@ -449,6 +454,14 @@ def _calibrated(router: LearnedRouter) -> LearnedRouter:
     return calibrated
 
 
+def _predicted(router: LearnedRouterInfo, request: DecisionRequest) -> dict[str, float]:
+    """The router's predicted success of every model on ``request`` (as the engine sees it)."""
+    features = request_features(
+        router.spec, request.prompt, template=request.prompt_template, metadata=request.metadata
+    )
+    return predict_success(router, features)
+
+
 def _score_learned(
     snapshot: Snapshot,
     task_class: str,
@@ -463,13 +476,7 @@ def _score_learned(
         decision = decide(request, snapshot)
         if decision.strategy != RouteStrategy.LEARNED:
             raise RuntimeError(f"{task_class}: decided by {decision.strategy}, not learned")
-        predicted = predict_success(
-            router,
-            request_features(
-                router.spec, request.prompt, template=request.prompt_template,
-                metadata=request.metadata,
-            ),
-        )  # fmt: skip
+        predicted = _predicted(router, request)
         out.p_weak[i] = predicted[reg.weak.slug]
         out.p_strong[i] = predicted[reg.strong.slug]
         out.chose_strong[i] = decision.model.slug == reg.strong.slug
@@ -491,13 +498,7 @@ def _rank_in_traffic(
     scores = []
     for r in training:
         request = _request(task_class, r, reg)
-        predicted = predict_success(
-            router,
-            request_features(
-                router.spec, request.prompt, template=request.prompt_template,
-                metadata=request.metadata,
-            ),
-        )  # fmt: skip
+        predicted = _predicted(router, request)
         scores.append(predicted[reg.weak.slug] - predicted[reg.strong.slug])
     scores.sort()
     for i in index:
