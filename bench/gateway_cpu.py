@@ -121,6 +121,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="gateway workers (--hold)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="sy-gateway-cpu-"))
     env, db_url, secret = switchyard_prepare(work, STUB_PORT)
@@ -130,12 +131,14 @@ def main(argv: list[str]) -> int:
         cwd=ROOT,
         start_new_session=True,
     )
-    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=1)
+    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=args.workers if args.hold else 1)
     results: list[dict[str, Any]] = []
     try:
         _wait(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", 60, gateway)
         workers = children_of(gateway.pid)
-        assert len(workers) == 1, workers
+        while len(workers) < (args.workers if args.hold else 1):
+            time.sleep(0.2)
+            workers = children_of(gateway.pid)
         worker = workers[0]
         postmaster = postmaster_pid(db_url)
         headers = {"Authorization": f"Bearer {secret}"}
@@ -146,6 +149,7 @@ def main(argv: list[str]) -> int:
                 json.dumps(
                     {
                         "worker": worker,
+                        "workers": workers,
                         "postmaster": postmaster,
                         "secret": secret,
                         "port": GATEWAY_PORT,

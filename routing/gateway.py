@@ -232,7 +232,6 @@ def _prompt_of(messages: Any) -> str:
 
 def _decide(authorization: str, raw: bytes, headers: dict[str, str], started: int) -> ChatCall:
     """Steps 1-3 (runs in the gateway's thread pool: the recorder and the ORM block)."""
-    close_old_connections()
     key = api_key_authenticate(authorization, "decide")
     if len(raw) > settings.SWITCHYARD_MAX_BODY_BYTES:
         raise ApiError(413, "too_large", "The request body is too large.")
@@ -730,7 +729,7 @@ class OutcomeWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[str]:
+    def submit(self, call: ChatCall, attempts: list[Attempt], final_status: str) -> Future[None]:
         made = [call.condensing, *attempts] if call.condensing is not None else attempts
         pending = _Pending(call, [a.report() for a in made], final_status, Future())
         with self._lock:
@@ -782,6 +781,7 @@ class OutcomeWriter:
         from telemetry.services import (
             OutcomeInput,
             charging_registry,
+            decision_record_unsaved,
             outcome_report,
             outcome_report_batch,
         )
@@ -791,7 +791,6 @@ class OutcomeWriter:
         # next batch connects afresh.
         # The generation the routing snapshot follows (no query), else one for the batch.
         registry = charging_registry(registry_cache.generation_tracked())
-        pricebook = registry[0]
         # The decisions as stored (decision_make kept the columns charging reads, their
         # budget holds included); only a call made without them is read back.
         missing = [p for p in batch if p.call.decided.stored is None]
@@ -810,7 +809,7 @@ class OutcomeWriter:
         for p in batch:
             stored = p.call.decided.stored
             record = (
-                DecisionRecord(**stored)
+                decision_record_unsaved(**stored)
                 if stored is not None
                 else records.get(p.call.decided.decision_id)
             )
@@ -842,19 +841,9 @@ class OutcomeWriter:
                 except Exception as exc:
                     p.future.set_exception(exc)
                     connections["default"].close()
-        for p, item in items:
-            if p.future.done():
-                continue
-            cost = sum(
-                (
-                    pricebook.cost(
-                        a["model"], item.decision.created_at, a["input_tokens"], a["output_tokens"]
-                    )
-                    for a in p.attempts
-                ),
-                Decimal(0),
-            )
-            p.future.set_result(f"{cost:.6f}")
+        for p, _item in items:
+            if not p.future.done():
+                p.future.set_result(None)
 
 
 def _attempts_counted(batch: list[_Pending]) -> None:
@@ -897,7 +886,7 @@ class _Pending:
     call: ChatCall
     attempts: list[dict[str, Any]]
     final_status: str
-    future: Future[str]
+    future: Future[None]
 
 
 outcome_writer = OutcomeWriter()
@@ -905,7 +894,6 @@ outcome_writer = OutcomeWriter()
 
 def _models_list(authorization: str) -> dict[str, Any]:
     """GET /v1/models: ``auto``, the routed task classes, the active models."""
-    close_old_connections()
     api_key_authenticate(authorization, "decide")
     snapshot = registry_cache.snapshot()
     data: list[dict[str, Any]] = [
@@ -954,9 +942,15 @@ class Gateway:
             with self._pool_lock:
                 self._connections.append(connection)
         try:
+            if connection.connection is not None:
+                # Kept from an earlier job (persistent connections, no pool): Django's
+                # per-request check (broken, past CONN_MAX_AGE). A pooled one was handed
+                # back after its job; most decisions open none.
+                close_old_connections()
             return fn(*args)
         finally:
-            pooled_connection_release()
+            if connection.connection is not None:
+                pooled_connection_release()
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -972,9 +966,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), self._job, fn, *args)
 
-    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> str | None:
-        """Record the outcome (settles the holds, charges the cost): the cost in USD, or
-        None if it could not be stored (logged; the holds are released when they expire).
+    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> bool:
+        """Record the outcome (settles the holds, charges the cost): whether it was stored
+        (one that could not be is logged; its holds are released when they expire).
 
         Awaited after the answer was sent unless ``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``:
         the decision itself was committed before anything was sent (``_committed``), so
@@ -983,11 +977,12 @@ class Gateway:
         after the reservation TTL, as for a caller of the decision API that never
         reports)."""
         try:
-            return await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
+            await asyncio.wrap_future(outcome_writer.submit(call, attempts, final))
         except Exception:
             metrics.GATEWAY_OUTCOME_FAILURES.inc()
             logger.exception("gateway: outcome of %s not recorded", call.decided.decision_id)
-            return None
+            return False
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

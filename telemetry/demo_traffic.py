@@ -45,7 +45,6 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
-from django.db.models.base import ModelState
 from django.utils import timezone
 
 from controlplane.models import (
@@ -74,7 +73,12 @@ from telemetry.partitions import partitions_ensure
 from telemetry.record import decision_row_build
 from telemetry.recorder import DecisionRow, decision_rows_copy
 from telemetry.rollups import rollups_rebuild
-from telemetry.services import AttemptInput, OutcomeInput, outcome_report_batch
+from telemetry.services import (
+    AttemptInput,
+    OutcomeInput,
+    decision_record_unsaved,
+    outcome_report_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -395,18 +399,6 @@ def _attempt_ok(
     return rng.random() < p
 
 
-def _record_unsaved(**fields: Any) -> DecisionRecord:
-    """The decision as outcome reporting reads it (``RECORD_FOR_OUTCOME``).
-
-    Built without ``Model.__init__`` (field defaults and init signals), which took a third
-    of the simulation's time; the instance is never saved.
-    """
-    record = DecisionRecord.__new__(DecisionRecord)
-    record._state = ModelState()
-    record.__dict__.update(fields)
-    return record
-
-
 def _outcome_for(
     ctx: _Context, row: DecisionRow, decision: Decision, extra: dict[str, Any]
 ) -> OutcomeInput:
@@ -470,7 +462,7 @@ def _outcome_for(
             quality = min(1.0, max(0.0, rng.gauss(0.3, 0.1)))
     # What charging reads of the stored row, as the live outcome API loads it.
     columns = cast(dict[str, Any], row)
-    record = _record_unsaved(**{name: columns[name] for name in RECORD_FOR_OUTCOME})
+    record = decision_record_unsaved(**{name: columns[name] for name in RECORD_FOR_OUTCOME})
     return OutcomeInput(
         decision=record,
         attempts=attempts,

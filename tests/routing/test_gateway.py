@@ -25,7 +25,7 @@ from controlplane.generation import generation_bump
 from controlplane.models import BudgetSpend, ModelEndpoint, TaskClass, Team
 from evaluation.fleet import RunningFleet, fleet_start
 from routing import metrics
-from routing.gateway import Attempt, ChatCall, OutcomeWriter, _Pending
+from routing.gateway import Attempt, ChatCall, OutcomeWriter, _cost, _Pending
 from routing.schemas import decision_input_decode
 from routing.services import Decided, decision_make
 from routing.snapshot import registry_cache
@@ -438,7 +438,7 @@ def test_outcomes_are_written_in_one_batch_with_bounded_queries(
         )
         decided = decision_make(key, data, started=time.perf_counter_ns())
         assert isinstance(decided, Decided)
-        calls.append(ChatCall(decided, {}, False, False, False))
+        calls.append(ChatCall(decided, {}, False, False, False, registry_cache.schedules()))
     writer = OutcomeWriter()
     pending = [
         _Pending(c, [Attempt(c.decided.decision.model, input_tokens=10, output_tokens=5).report()],
@@ -447,12 +447,15 @@ def test_outcomes_are_written_in_one_batch_with_bounded_queries(
     ]  # fmt: skip
     with django_assert_max_num_queries(12):
         writer._write(pending)
-    costs = [p.future.result(timeout=0) for p in pending]
+    assert all(p.future.result(timeout=0) is None for p in pending)  # stored, no error
     stored = {o.decision_id: o for o in DecisionOutcome.objects.all()}
     assert len(stored) == 25
-    for p, cost in zip(pending, costs, strict=True):
+    for p in pending:
         outcome = stored[p.call.decided.decision_id]
-        assert outcome.cost_usd == Decimal(cost) > 0 and outcome.output_tokens == 5
+        # Charged at the price the x-switchyard-cost-usd header quotes.
+        made = Attempt(p.call.decided.decision.model, input_tokens=10, output_tokens=5)
+        header_cost = _cost(p.call, [made])
+        assert outcome.cost_usd == Decimal(header_cost) > 0 and outcome.output_tokens == 5
 
 
 def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(gateway_url: str) -> None:
