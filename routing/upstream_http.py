@@ -240,15 +240,33 @@ class UpstreamClient:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._tls: ssl.SSLContext | None = None
         self._user_agent = user_agent.encode()
+        # url -> (origin, the request head up to the per-call headers): parsed once.
+        self._targets: dict[str, tuple[Origin, bytes]] = {}
 
-    def _origin(self, url: str) -> tuple[Origin, bytes]:
+    def _target(self, url: str) -> tuple[Origin, bytes]:
+        known = self._targets.get(url)
+        if known is not None:
+            return known
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise UpstreamConnectionError(f"unsupported URL {url!r}")
         port = parts.port or (443 if scheme == "https" else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return (scheme, parts.hostname, port), target.encode()
+        host = parts.hostname if port in (80, 443) else f"{parts.hostname}:{port}"
+        head = b"\r\n".join(
+            [
+                b"POST " + target.encode() + b" HTTP/1.1",
+                b"Host: " + host.encode("idna"),
+                b"User-Agent: " + self._user_agent,
+                b"Content-Type: application/json",
+                b"Accept: application/json, text/event-stream",
+            ]
+        )
+        if len(self._targets) >= 1024:
+            self._targets.clear()  # bounded: URLs come from the model registry
+        known = self._targets[url] = ((scheme, parts.hostname, port), head)
+        return known
 
     async def _connect(self, origin: Origin, timeout: float) -> _Connection:
         idle = self._idle.get(origin)
@@ -288,17 +306,9 @@ class UpstreamClient:
     async def post(
         self, url: str, body: bytes, *, timeout: float, headers: dict[str, str] | None = None
     ) -> UpstreamResponse:
-        origin, target = self._origin(url)
+        origin, fixed = self._target(url)
         connection = await self._connect(origin, timeout)
-        host = origin[1] if origin[2] in (80, 443) else f"{origin[1]}:{origin[2]}"
-        head = [
-            b"POST " + target + b" HTTP/1.1",
-            b"Host: " + host.encode("idna"),
-            b"User-Agent: " + self._user_agent,
-            b"Content-Type: application/json",
-            b"Accept: application/json, text/event-stream",
-            b"Content-Length: " + str(len(body)).encode(),
-        ]
+        head = [fixed, b"Content-Length: " + str(len(body)).encode()]
         for name, value in (headers or {}).items():
             head.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
         response = UpstreamResponse(self, connection, timeout)
