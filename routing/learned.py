@@ -51,8 +51,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter, mul, truediv
+from operator import itemgetter, mul
 from typing import Any, Final, cast
 
 SCHEME: Final = "crc32-signed-v1"
@@ -205,8 +204,8 @@ def request_features(
         buckets[index] = buckets_get(index, 0.0) + (weight if h & 0x80000000 else -weight)
     counted = buckets.values()
     norm = math.sqrt(sum(map(mul, counted, counted)))  # the same sum as a loop's, in C
-    if norm > 0:
-        buckets = dict(zip(buckets, map(truediv, counted, repeat(norm)), strict=True))
+    if norm > 0:  # a comprehension (inlined, PEP 709) beats dict(zip(map(truediv, …)))
+        buckets = {index: value / norm for index, value in buckets.items()}
     extra = []
     if template:
         extra.append(f"tpl:{template}")
