@@ -51,8 +51,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter, mul, truediv
+from operator import itemgetter, mul
 from typing import Any, Final, cast
 
 SCHEME: Final = "crc32-signed-v1"
@@ -77,6 +76,7 @@ STRUCTURE_FEATURES: Final = (
     "mean_word_len",
     *(f"q_{w}" for w in QUESTION_WORDS),
 )
+_QUESTION_FEATURES: Final = STRUCTURE_FEATURES[-len(QUESTION_WORDS) :]  # q_<word>, in order
 DENSE_FEATURES: Final = STRUCTURE_FEATURES  # the default spec's
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_META_VALUE = 64
@@ -204,8 +204,8 @@ def request_features(
         buckets[index] = buckets_get(index, 0.0) + (weight if h & 0x80000000 else -weight)
     counted = buckets.values()
     norm = math.sqrt(sum(map(mul, counted, counted)))  # the same sum as a loop's, in C
-    if norm > 0:
-        buckets = dict(zip(buckets, map(truediv, counted, repeat(norm)), strict=True))
+    if norm > 0:  # a comprehension (inlined, PEP 709) beats dict(zip(map(truediv, …)))
+        buckets = {index: value / norm for index, value in buckets.items()}
     extra = []
     if template:
         extra.append(f"tpl:{template}")
@@ -258,6 +258,28 @@ _OTHER_MATH = re.compile("[√∑∫≤≥×÷]")
 _DIGITS = b"0123456789"
 _CAPITALS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _QUESTION_WORD = re.compile(r"\b(" + "|".join(QUESTION_WORDS) + r")\b")
+# ASCII: every byte but a letter, digit or underscore (a word character) becomes a space.
+_ASCII_NON_WORD = bytes(
+    b if (chr(b).isascii() and chr(b).isalnum()) or chr(b) == "_" else ord(" ") for b in range(256)
+)
+_ASCII_QUESTION_WORDS = {w.encode("ascii"): w for w in QUESTION_WORDS}
+
+
+def question_opener(line: str) -> str:
+    """The first of ``QUESTION_WORDS`` that stands as a whole word in ``line`` (casefolded),
+    or "": what ``_QUESTION_WORD`` finds.
+
+    In ASCII text without the expression: its match is a whole run of word characters
+    (a boundary on both sides), so the answer is the earliest of the runs that is a
+    question word — the runs split in C, the question words among them found by a set
+    intersection. On a long line that is half the expression's cost, which tries every
+    alternative at every position (measured: bench/decision_cpu.py prompts)."""
+    if not line.isascii():
+        found = _QUESTION_WORD.search(line)
+        return found.group(1) if found else ""
+    runs = line.encode("ascii").translate(_ASCII_NON_WORD).split()
+    hits = _ASCII_QUESTION_WORDS.keys() & runs
+    return _ASCII_QUESTION_WORDS[min(hits, key=runs.index)] if hits else ""
 
 
 def structure_features(prompt: str, words: int) -> dict[str, float]:
@@ -273,13 +295,11 @@ def structure_features(prompt: str, words: int) -> dict[str, float]:
     maths = len(data) - len(data.translate(None, _ASCII_MATH))
     if not prompt.isascii():
         maths += len(_OTHER_MATH.findall(prompt))
-    options = _OPTION.findall(prompt)
+    found = list(_OPTION.finditer(prompt))  # one scan for the options and the first's start
+    options = [m.group(1) for m in found]
     option_chars = sum(map(len, options))
-    first = _OPTION.search(prompt)
-    stem = prompt[: first.start()] if first else prompt
-    last_line = stem.strip().rpartition("\n")[2].casefold()
-    question = _QUESTION_WORD.search(last_line)
-    opener = question.group(1) if question else ""
+    stem = prompt[: found[0].start()] if found else prompt
+    opener = question_opener(stem.strip().rpartition("\n")[2].casefold())
     out = {
         "digit_share": min(1.0, 5.0 * digits / n),
         "math_share": min(1.0, 10.0 * maths / n),
@@ -295,8 +315,9 @@ def structure_features(prompt: str, words: int) -> dict[str, float]:
         if words
         else 0.0,
     }
-    for w in QUESTION_WORDS:
-        out[f"q_{w}"] = 1.0 if opener == w else 0.0
+    out.update(dict.fromkeys(_QUESTION_FEATURES, 0.0))
+    if opener:
+        out[f"q_{opener}"] = 1.0
     return out
 
 

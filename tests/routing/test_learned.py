@@ -118,6 +118,17 @@ def _reference_structure(prompt: str, words: int) -> dict[str, float]:
     return out
 
 
+HAND_MADE = [
+    "",
+    "Add 12 and 30, then 12 and 30 again",
+    "snake_case & CamelCase: e-mail a.b@c.d!? 3.14 v2 __init__ 007",  # ASCII path
+    "naïve café ² ٣ 007 x_y e-mail ＠ 零 data data data data",
+    " ".join(["refund order printer"] * 80),  # counts past the cached logarithms
+    "Which of these is NOT a prime?\nA. 2\nB. 9\n(c) 11\n4) x = y + 1; print(x)\nAnswer:",
+    "  Calculate 3×4 ≤ √20.\n\nFind x: 2x+1=7 {code}",
+]
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -128,17 +139,62 @@ def _reference_structure(prompt: str, words: int) -> dict[str, float]:
     ],
 )
 def test_features_match_their_plain_definition(spec: HashingSpec) -> None:
-    prompts = [
-        "",
-        "Add 12 and 30, then 12 and 30 again",
-        "snake_case & CamelCase: e-mail a.b@c.d!? 3.14 v2 __init__ 007",  # ASCII path
-        "naïve café ² ٣ 007 x_y e-mail ＠ 零 data data data data",
-        " ".join(["refund order printer"] * 80),  # counts past the cached logarithms
-        "Which of these is NOT a prime?\nA. 2\nB. 9\n(c) 11\n4) x = y + 1; print(x)\nAnswer:",
-        "  Calculate 3×4 ≤ √20.\n\nFind x: 2x+1=7 {code}",
-    ]
-    for prompt in prompts * 2:  # the second round comes from the bucket cache
+    for prompt in HAND_MADE * 2:  # the second round comes from the bucket cache
         assert request_features(spec, prompt) == _reference_features(spec, prompt)
+
+
+def test_features_of_project_prompts_match_their_plain_definition() -> None:
+    """On the project's generated prompts (the workload of every task class: numbers,
+    question words, code, several lines; and the same run together as long one-line
+    prompts, the decision benchmark's shape) and the hand-made ones of the test above: the
+    same features in the same order as the plain definition, so the same predictions to
+    the last bit."""
+    import random
+
+    from evaluation.workload import TASK_CLASSES, workload_items
+
+    rng = random.Random(11)
+    stored = {slug: [rng.gauss(0, 1) for _ in range(SPEC.width)] for slug in ("a", "b", "c")}
+    router = learned_router_from_data(
+        task_class="qa", version=1, hashing=SPEC.as_dict(), threshold=0.5,
+        coefficients={s: {"intercept": 0.1, "weights": w} for s, w in stored.items()},
+    )  # fmt: skip
+    exercised: set[str] = set()
+    prompts = [item.prompt for c in TASK_CLASSES for item in workload_items(c, size=25)]
+    prompts += [" ".join(prompts[i : i + 4]).replace("\n", " ") for i in range(0, 200, 4)]
+    prompts += HAND_MADE
+    for prompt in prompts:
+        features = request_features(SPEC, prompt)
+        reference = _reference_features(SPEC, prompt)
+        assert list(features.items()) == list(reference.items()), prompt
+        assert predict_success(router, features) == predict_success(router, reference)
+        exercised.update(n for i, n in enumerate(SPEC.dense) if features.get(SPEC.n_features + i))
+    assert {"q_how", "q_which", "options", "code", "negation"} <= exercised  # forms exercised
+
+
+def test_question_opener_is_the_first_question_word_the_expression_finds() -> None:
+    """``question_opener`` (split runs for ASCII text) answers what the expression
+    ``\\b(which|what|…)\\b`` does, on lines built from the question words, their near
+    misses (inside longer words, next to digits and underscores) and separators."""
+    import random
+    import re
+
+    from routing.learned import QUESTION_WORDS, question_opener
+
+    pattern = re.compile(r"\b(which|what|how|why|who|when|where|find|calculate|if|is)\b")
+    pieces = [
+        *QUESTION_WORDS, "whichever", "this", "iff", "_is", "is_", "2if", "if2", "how's",
+        "what-if", "  ", " ", "\t", ".", "?", "-", "_", "7", "x", "é", "ıs", "naïve", "\u00a0",
+    ]  # fmt: skip
+    rng = random.Random(4)
+    found = 0
+    for _ in range(5000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 9)))
+        match = pattern.search(line)
+        expected = match.group(1) if match else ""
+        assert question_opener(line) == expected, line
+        found += bool(expected)
+    assert 1000 < found < 4500  # both answers are exercised
 
 
 def test_features_are_deterministic_sparse_and_normalised() -> None:
