@@ -8,11 +8,12 @@
    characters, some with personal data) to /api/v1/decisions.
 5. Steady: an open-loop generator at 300 requests/s; p50/p95/p99 from scheduled send time.
 6. Afterwards the stored decisions are counted: every 2xx must have its row (``lost``).
-7. Strategies: every route switched (a new routing-table version) to ``learned`` (an
-   active stored-format router per class: three models × 4,096 hashed features, weights
-   drawn at random — the cost does not depend on them), then to ``semantic`` (ten semantic
-   routes of 20 generated utterances per class), then back to the rule; 10 s of wrk
-   saturation each. The issue's target: learned ≥ 0.8 × rule in the same run.
+7. Strategies: every route switched (a new routing-table version) to the rule, to
+   ``learned`` (an active stored-format router per class: three models × 4,096 hashed
+   features, weights drawn at random — the cost does not depend on them), to ``semantic``
+   (ten semantic routes of 20 generated utterances per class); two such rounds, 10 s of wrk
+   saturation each, each strategy's figure the mean of its two. The issue's target:
+   learned ≥ 0.8 × rule in the same run.
 
 Run with ``make bench`` (or ``python -m controlplane.stack exec .venv/bin/python
 bench/bench_decision_api.py``). Writes bench/results/decision_api.json.
@@ -371,21 +372,25 @@ def main() -> int:
                 "lost": 0,
             },
         }
-        by_strategy: dict[str, list[float]] = {"rule": []}
-        for strategy in ("learned", "semantic", "rule"):
-            strategy_switch(py, env, strategy)
-            run_wrk(f"http://127.0.0.1:{PORT}", 2, 16, script)  # warm the new snapshot
-            run = run_wrk(f"http://127.0.0.1:{PORT}", 10, 32, script)
-            ok = run["requests"] - run["non_2xx"]
-            by_strategy.setdefault(strategy, []).append(
-                round(run["rps"] * ok / max(1, run["requests"]), 1)
-            )
-        by_strategy["rule"].insert(0, result["saturation_rps"])
-        rule_rps = sum(by_strategy["rule"]) / len(by_strategy["rule"])
+        # Every route on one strategy at a time (a new routing-table version each), measured
+        # alike, in two rounds so that drift over the run (the tables growing, the machine)
+        # falls on every strategy. (The saturation figure above is the demo registry's own
+        # mix of strategies, not all-rule, so it is not one of them.)
+        by_strategy: dict[str, list[float]] = {}
+        for _round in range(2):
+            for strategy in ("rule", "learned", "semantic"):
+                strategy_switch(py, env, strategy)
+                run_wrk(f"http://127.0.0.1:{PORT}", 2, 16, script)  # warm the new snapshot
+                run = run_wrk(f"http://127.0.0.1:{PORT}", 10, 32, script)
+                ok = run["requests"] - run["non_2xx"]
+                by_strategy.setdefault(strategy, []).append(
+                    round(run["rps"] * ok / max(1, run["requests"]), 1)
+                )
+        means = {k: sum(v) / len(v) for k, v in by_strategy.items()}
         result["saturation_by_strategy"] = {
             "rps": by_strategy,
-            "learned_vs_rule": round(by_strategy["learned"][0] / rule_rps, 3),
-            "semantic_vs_rule": round(by_strategy["semantic"][0] / rule_rps, 3),
+            "learned_vs_rule": round(means["learned"] / means["rule"], 3),
+            "semantic_vs_rule": round(means["semantic"] / means["rule"], 3),
             "target_learned_vs_rule": 0.8,
         }
         RESULTS.parent.mkdir(exist_ok=True)
