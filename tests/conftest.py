@@ -65,9 +65,21 @@ def role_client() -> Any:
 @pytest.fixture(scope="session", autouse=True)
 def _close_recorder_connection(django_db_setup: Any, django_db_blocker: Any) -> Any:
     yield
+    from django.db import connection
+
+    from routing.gateway import outcome_writer
     from telemetry.recorder import recorder
 
     recorder.close()
+    outcome_writer.close()
+    # Threads of this process that keep a connection by design (the registry refresher)
+    # and servers a test started would hold the test database open: end their sessions so
+    # pytest-django can drop it ("being accessed by other users" otherwise).
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(autouse=True)
