@@ -131,12 +131,13 @@ def main(argv: list[str]) -> int:
         cwd=ROOT,
         start_new_session=True,
     )
-    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=args.workers if args.hold else 1)
+    worker_count = args.workers if args.hold else 1  # CPU runs read one worker
+    gateway = switchyard_gateway(env, GATEWAY_PORT, workers=worker_count)
     results: list[dict[str, Any]] = []
     try:
         _wait(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", 60, gateway)
         workers = children_of(gateway.pid)
-        while len(workers) < (args.workers if args.hold else 1):
+        while len(workers) < worker_count:
             time.sleep(0.2)
             workers = children_of(gateway.pid)
         worker = workers[0]

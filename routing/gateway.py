@@ -892,27 +892,36 @@ class _Pending:
     error: BaseException | None = None  # set by the writer: this outcome is not stored
 
 
+# (future, its result, or the error it fails with)
+_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, answers: list[_Answer]) -> None:
+    """Resolve futures of ``loop`` from another thread: one wake-up for all of them."""
+    try:
+        loop.call_soon_threadsafe(_answered, answers)
+    except RuntimeError:  # the loop closed meanwhile: nobody waits
+        pass
+
+
+def _answered(answers: list[_Answer]) -> None:
+    for future, result, error in answers:
+        if future.done():
+            continue  # the request was cancelled meanwhile
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
 def _settled(batch: list[_Pending]) -> None:
     """Resolve a written batch's futures: one wake-up per event loop, not one per call."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
     for p in batch:
         if p.future is not None:
-            by_loop.setdefault(p.future.get_loop(), []).append(p)
-    for loop, waiting in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_resolve, waiting)
-        except RuntimeError:  # the loop closed meanwhile: nobody waits
-            pass
-
-
-def _resolve(waiting: list[_Pending]) -> None:
-    for p in waiting:
-        if p.future is None or p.future.done():
-            continue  # the request was cancelled meanwhile
-        if p.error is None:
-            p.future.set_result(None)
-        else:
-            p.future.set_exception(p.error)
+            by_loop.setdefault(p.future.get_loop(), []).append((p.future, None, p.error))
+    for loop, answers in by_loop.items():
+        _deliver(loop, answers)
 
 
 outcome_writer = OutcomeWriter()
@@ -982,11 +991,10 @@ class _Jobs:
             if future.cancelled():
                 continue  # the request went away while the job waited
             try:
-                result = self._run(fn, *args)
+                answer: _Answer = (future, self._run(fn, *args), None)
             except BaseException as exc:
-                _answer(future, None, exc)
-            else:
-                _answer(future, result, None)
+                answer = (future, None, exc)
+            _deliver(future.get_loop(), [answer])
 
     def shutdown(self) -> None:
         """Let the queued jobs finish, then stop the threads."""
@@ -999,22 +1007,6 @@ class _Jobs:
 
 
 _Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
-
-
-def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    try:
-        future.get_loop().call_soon_threadsafe(_answered, future, result, error)
-    except RuntimeError:  # the loop closed meanwhile: nobody waits
-        pass
-
-
-def _answered(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return  # cancelled meanwhile
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
 
 
 class Gateway:
@@ -1051,9 +1043,9 @@ class Gateway:
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._jobs.submit(fn, *args)
 
-    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> bool:
-        """Record the outcome (settles the holds, charges the cost): whether it was stored
-        (one that could not be is logged; its holds are released when they expire).
+    async def _recorded(self, call: ChatCall, attempts: list[Attempt], final: str) -> None:
+        """Record the outcome (settles the holds, charges the cost); one that could not be
+        stored is logged and counted (its holds are released when they expire).
 
         Awaited after the answer was sent unless ``SWITCHYARD_GATEWAY_RECORD_BEFORE_ANSWER``:
         the decision itself was committed before anything was sent (``_committed``), so
@@ -1066,8 +1058,6 @@ class Gateway:
         except Exception:
             metrics.GATEWAY_OUTCOME_FAILURES.inc()
             logger.exception("gateway: outcome of %s not recorded", call.decided.decision_id)
-            return False
-        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
